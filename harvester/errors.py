@@ -1,0 +1,44 @@
+"""One exception root for the project.
+
+Adapters translate their library's errors into these (``raise ... from exc``) so that
+the engine and the CLI reason about *what happened* (the database is away, upstream
+faulted, the user gave a bad value) rather than about asyncpg or aiohttp internals.
+Every message here is written for a person and never carries a secret.
+"""
+
+from __future__ import annotations
+
+
+class HarvesterError(Exception):
+    """Root of every error harvester raises on purpose."""
+
+
+class UserError(HarvesterError):
+    """Something the user can fix: printed as one line, exit status 2."""
+
+    exit_status = 2
+
+
+class ConfigError(UserError):
+    """A setting is missing or out of bounds. The message names the variable."""
+
+
+class MigrationError(HarvesterError):
+    """The schema cannot be brought to the version this code expects."""
+
+
+class EmbeddedDatabaseError(HarvesterError):
+    """The embedded PostgreSQL could not be started or is not installed."""
+
+
+class StoreError(HarvesterError):
+    """A database operation failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The database is unreachable or the connection dropped: transient, retry later."""
+
+
+class UpstreamError(HarvesterError):
+    """An upstream call failed as a whole (used by batch-status, not by result polls,
+    whose failures are data for the policy)."""

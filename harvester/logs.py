@@ -1,0 +1,119 @@
+"""Structured logs: JSON lines for machines, readable lines on a terminal.
+
+Event names are stable (``job.landed``, ``auth.circuit_open``) and context is bound as
+keys (``job_id``, ``status``, ``polls``). The last processor before rendering is the
+redactor: every secret the settings hold is replaced wherever it appears, in values,
+nested structures and exception text, so that a token cannot reach the output even if
+code passes it by mistake. Foreign loggers (aiohttp, asyncpg) go through the same chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+from pydantic import SecretStr
+
+REDACTED = "**********"
+_SENSITIVE_KEYS = re.compile(r"(token|password|passwd|secret|authorization|api[_-]?key|dsn)", re.I)
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+class Redactor:
+    """A structlog processor that scrubs known secrets and sensitive keys."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        # Longest first so that a secret containing another is replaced whole.
+        merged = {s for s in [*self._secrets, *secrets] if s and len(s) >= 4}
+        self._secrets = sorted(merged, key=len, reverse=True)
+
+    def scrub(self, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return REDACTED
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {k: (REDACTED if isinstance(k, str) and _SENSITIVE_KEYS.search(k)
+                        and v is not None else self.scrub(v)) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [self.scrub(v) for v in value]
+        if isinstance(value, (int, float, bool)) or value is None:
+            return value
+        # Anything else (exceptions, URLs, objects) is rendered through its str form
+        # so that a secret hiding in its repr is caught as well.
+        return self.scrub(str(value)) if self._secrets else value
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
+                 ) -> MutableMapping[str, Any]:
+        for key in list(event_dict):
+            value = event_dict[key]
+            if key not in ("event", "level", "timestamp", "logger") and _SENSITIVE_KEYS.search(key):
+                event_dict[key] = REDACTED if value is not None else None
+            else:
+                event_dict[key] = self.scrub(value)
+        return event_dict
+
+
+REDACTOR = Redactor()
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: Literal["auto", "json", "console"] = "auto",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog and the stdlib root logger once, at the edge."""
+    stream = stream if stream is not None else sys.stderr
+    REDACTOR.add(secrets)
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
+
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    # Exceptions are rendered to text *before* the redactor so a secret in an error
+    # message or traceback is scrubbed like any other value.
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    tail: list[Any] = [structlog.processors.format_exc_info, REDACTOR, renderer]
+
+    numeric = _LEVELS[level]
+    structlog.configure(
+        processors=[*shared, structlog.processors.StackInfoRenderer(), *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+    # aiohttp, asyncpg and friends log through the stdlib: same redaction, same shape.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def get_logger(name: str | None = None) -> Any:
+    """A structlog logger; the name becomes the ``logger`` key."""
+    return structlog.get_logger(name) if name is None else structlog.get_logger().bind(logger=name)
