@@ -1,0 +1,164 @@
+"""The migrations are the whole schema, idempotent, and keep the claim on its index."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import asyncpg
+import pytest
+
+from harvester.migrations import latest_version, load_migrations, migrate
+from harvester.store import CLAIM_SQL
+
+EXPECTED_COLUMNS = {
+    "jobs": {
+        "job_id": "uuid", "state": "text", "enqueued_at": "timestamp with time zone",
+        "requeued_at": "timestamp with time zone", "updated_at": "timestamp with time zone",
+        "next_poll_at": "timestamp with time zone", "polls": "integer", "last_status": "integer",
+        "last_error": "text", "landed_at": "timestamp with time zone", "failed_reason": "text",
+        "upstream_status": "text", "attempt": "integer", "consecutive_500s": "integer",
+        "lease_seq": "bigint", "leased_until": "timestamp with time zone", "leased_by": "text",
+    },
+    "extraction_results": {
+        "job_id": "uuid", "id": "uuid", "org_id": "uuid", "domain": "text", "schema_id": "text",
+        "data_type": "text", "normalized": "jsonb", "raw_blob_key": "text",
+        "quality_completeness": "double precision", "quality_validation": "double precision",
+        "quality_composite": "double precision", "latency_ms": "integer",
+        "delivered_at": "timestamp with time zone", "created_at": "timestamp with time zone",
+        "payload": "jsonb", "harvested_at": "timestamp with time zone",
+    },
+    "stuck_jobs": {
+        "job_id": "uuid", "first_seen_at": "timestamp with time zone",
+        "last_seen_at": "timestamp with time zone", "times_seen": "integer",
+        "last_status": "integer", "last_body": "text", "resolved_at": "timestamp with time zone",
+    },
+    "schema_migrations": {
+        "version": "integer", "name": "text", "checksum": "text",
+        "applied_at": "timestamp with time zone",
+    },
+    "workers": {
+        "worker_id": "text", "hostname": "text", "pid": "integer", "version": "text",
+        "started_at": "timestamp with time zone", "heartbeat_at": "timestamp with time zone",
+        "auth_circuit": "text", "paused_until": "timestamp with time zone", "in_flight": "integer",
+    },
+}
+
+
+async def _schema(conn: asyncpg.Connection) -> dict[str, dict[str, str]]:
+    rows = await conn.fetch(
+        """
+        SELECT c.table_name, c.column_name, c.data_type
+          FROM information_schema.columns c
+          JOIN information_schema.tables t USING (table_schema, table_name)
+         WHERE c.table_schema = 'harvester' AND t.table_type = 'BASE TABLE'
+        """)
+    schema: dict[str, dict[str, str]] = {}
+    for row in rows:
+        schema.setdefault(row["table_name"], {})[row["column_name"]] = row["data_type"]
+    return schema
+
+
+async def test_migrating_twice_equals_migrating_once(empty_db_url: str) -> None:
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        first = await migrate(conn)
+        after_first = await _schema(conn)
+        second = await migrate(conn)
+        after_second = await _schema(conn)
+        recorded = await conn.fetch("SELECT version, name FROM harvester.schema_migrations")
+    finally:
+        await conn.close()
+    assert [m.version for m in first] == [m.version for m in load_migrations()]
+    assert second == []
+    assert after_first == after_second
+    assert [r["version"] for r in recorded] == [m.version for m in load_migrations()]
+
+
+async def test_columns_and_types_match_the_spec(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        assert await _schema(conn) == EXPECTED_COLUMNS
+        views = await conn.fetch(
+            "SELECT table_name FROM information_schema.views WHERE table_schema = 'harvester'")
+    assert [v["table_name"] for v in views] == ["open_stuck_jobs"]
+
+
+async def test_sql_feed_makes_a_due_pending_job_and_notifies(db_url: str, pool: asyncpg.Pool
+                                                               ) -> None:
+    listener = await asyncpg.connect(db_url)
+    heard = asyncio.Queue[str]()
+    await listener.add_listener("harvester_jobs", lambda *args: heard.put_nowait(args[2]))
+    try:
+        await pool.execute(
+            "INSERT INTO harvester.jobs (job_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            uuid.UUID("6a0f0c2e-0d0c-4c4e-9a3b-0e5e1d6c7b8a"))
+        row = await pool.fetchrow(
+            "SELECT state, next_poll_at <= now() AS due, polls FROM harvester.jobs")
+        channel = await asyncio.wait_for(heard.get(), timeout=5)
+    finally:
+        await listener.close()
+    assert row is not None
+    assert dict(row) == {"state": "pending", "due": True, "polls": 0}
+    assert channel == "harvester_jobs"
+
+
+async def test_a_changed_migration_is_refused(empty_db_url: str, tmp_path: object) -> None:
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        await migrate(conn)
+        await conn.execute("UPDATE harvester.schema_migrations SET checksum = 'edited'")
+        with pytest.raises(Exception, match="was changed after it was applied"):
+            await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_migrations_wait_for_the_lock(empty_db_url: str) -> None:
+    conns = [await asyncpg.connect(empty_db_url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrate(c) for c in conns))
+    finally:
+        for c in conns:
+            await c.close()
+    applied = sorted(len(r) for r in results)
+    assert applied == [0, 0, latest_version()]
+
+
+async def test_claim_uses_the_partial_index_with_100k_rows_not_due(pool: asyncpg.Pool) -> None:
+    await pool.execute(
+        """
+        INSERT INTO harvester.jobs (job_id, next_poll_at)
+        SELECT gen_random_uuid(), now() + interval '1 day' + g * interval '1 second'
+          FROM generate_series(1, 100000) g
+        """)
+    await pool.execute(
+        """
+        INSERT INTO harvester.jobs (job_id, state, next_poll_at, landed_at)
+        SELECT gen_random_uuid(), 'landed', NULL, now() FROM generate_series(1, 20000)
+        """)
+    await pool.execute("INSERT INTO harvester.jobs (job_id) SELECT gen_random_uuid() "
+                       "FROM generate_series(1, 50)")
+    await pool.execute("ANALYZE harvester.jobs")
+    async with pool.acquire() as conn, conn.transaction():
+        plan = await conn.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + CLAIM_SQL,
+                                   64, 60.0, "explain")
+        claimed = await conn.fetchval(
+            "SELECT count(*) FROM harvester.jobs WHERE leased_by = 'explain'")
+    plan = json.loads(plan)
+    text = json.dumps(plan)
+    assert "jobs_due_idx" in text
+    assert "Seq Scan" not in text
+    assert claimed == 50
+    # The scan stops at the due rows: it never walks the 100,000 that are not due.
+    scans = _nodes(plan[0]["Plan"], "Index Scan") + _nodes(plan[0]["Plan"], "Index Only Scan")
+    due_scan = next(n for n in scans if n.get("Index Name") == "jobs_due_idx")
+    assert due_scan["Actual Rows"] <= 64
+    assert due_scan["Shared Hit Blocks"] + due_scan.get("Shared Read Blocks", 0) < 100
+
+
+def _nodes(plan: dict[str, object], kind: str) -> list[dict[str, object]]:
+    found = [plan] if plan.get("Node Type") == kind else []
+    for child in plan.get("Plans", []):  # type: ignore[attr-defined]
+        found += _nodes(child, kind)
+    return found
