@@ -1,0 +1,203 @@
+"""The ``harvester`` command line: parse, build settings once, dispatch, report.
+
+Settings are built here, at the edge, from the environment, ``.env`` and the flags,
+and passed down. Every error a user can cause is printed as one line on stderr with a
+non-zero exit status; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from harvester import __version__
+from harvester.errors import (
+    EmbeddedDatabaseError,
+    MigrationError,
+    StoreError,
+    StoreUnavailable,
+    UserError,
+)
+from harvester.logs import configure_logging
+from harvester.settings import Settings, load_settings
+
+
+def _seconds(text: str) -> float:
+    return float(text)
+
+
+def _add_database(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", dest="data_dir", metavar="PATH",
+                        help="embedded PostgreSQL location when HARVESTER_DATABASE_URL is unset "
+                             "(HARVESTER_DATA_DIR)")
+
+
+def _add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", dest="log_level",
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", dest="log_format", choices=["auto", "json", "console"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harvester",
+        description="Mirror justcrawl extraction results into PostgreSQL. Configuration comes "
+                    "from HARVESTER_* environment variables (and .env); flags override them.",
+    )
+    parser.add_argument("--version", action="version", version=f"harvester {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="the daemon: poll due jobs and mirror landed rows",
+                         description="Run the daemon. Applies pending migrations first (under an "
+                                     "advisory lock) unless --no-migrate. Stops cleanly on "
+                                     "SIGTERM/SIGINT.")
+    run.add_argument("--no-migrate", action="store_true", help="do not apply migrations")
+    run.add_argument("--api-base-url", dest="api_base_url", metavar="URL")
+    run.add_argument("--insecure", action="store_const", const=True, default=None,
+                     help="allow plain http:// to a non-loopback upstream")
+    run.add_argument("--concurrency", type=int, metavar="N")
+    run.add_argument("--max-rps", dest="max_rps", type=float, metavar="N")
+    run.add_argument("--admin-host", dest="admin_host", metavar="HOST")
+    run.add_argument("--admin-port", dest="admin_port", type=int, metavar="PORT")
+    _add_database(run)
+    _add_logging(run)
+
+    mig = sub.add_parser("migrate", help="apply the SQL migrations (idempotent)",
+                         description="Apply the migrations in sql/ in order under an advisory "
+                                     "lock; prints what it applied.")
+    _add_database(mig)
+    _add_logging(mig)
+
+    enq = sub.add_parser("enqueue", help="feed job IDs",
+                         description="Feed job IDs: as arguments, or one per line from --file or "
+                                     "stdin (blank lines and # comments skipped). All or nothing "
+                                     "unless --skip-invalid; bad lines are listed as "
+                                     "'line N: why', exit status 2.")
+    enq.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    enq.add_argument("--file", "-f", metavar="PATH", help="read IDs from PATH ('-' for stdin)")
+    enq.add_argument("--skip-invalid", action="store_true",
+                     help="enqueue the valid IDs even if some lines are bad")
+    enq.add_argument("--json", action="store_true", help="print the counts as JSON")
+    _add_database(enq)
+    _add_logging(enq)
+
+    st = sub.add_parser("status", help="queue counts, backlog, stuck, auth circuit",
+                        description="Queue counts by state, due-now count, oldest due age, open "
+                                    "stuck count, landed in the last minute/hour, auth circuit.")
+    st.add_argument("--json", action="store_true")
+    _add_database(st)
+    _add_logging(st)
+
+    stuck = sub.add_parser("stuck", help="the open stuck jobs, oldest first")
+    stuck.add_argument("--json", action="store_true")
+    _add_database(stuck)
+    _add_logging(stuck)
+
+    rq = sub.add_parser("requeue", help="put jobs back to pending, due now",
+                        description="Put jobs back to pending, due now, with their age limits "
+                                    "counted from now. Landed jobs are left alone.")
+    rq.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    rq.add_argument("--state", choices=["failed", "stuck"])
+    rq.add_argument("--json", action="store_true")
+    _add_database(rq)
+    _add_logging(rq)
+
+    sim = sub.add_parser("simulate", help="serve a simulated upstream on loopback",
+                         description="Serve a simulated justcrawl API (same paths, statuses, "
+                                     "headers and bodies) with a configurable mix of behaviours. "
+                                     "Point the daemon at it with HARVESTER_API_BASE_URL.")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8900, help="0 picks a free port")
+    sim.add_argument("--mix", default="demo",
+                     help="preset: first-poll, pending, demo, chaos (default demo)")
+    sim.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                     help="override a mix field, e.g. --set stuck=0.1 --set retry_after=2")
+    sim.add_argument("--token", default="sim-token",
+                     help="the bearer token it accepts ('' accepts any)")
+    sim.add_argument("--no-record", action="store_true",
+                     help="keep counters only, not a log of every request")
+    _add_logging(sim)
+
+    return parser
+
+
+SETTING_FLAGS = ("api_base_url", "insecure", "concurrency", "max_rps", "admin_host",
+                 "admin_port", "data_dir", "log_level", "log_format")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name, None) is not None
+    }
+    return load_settings(overrides)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from harvester import commands  # noqa: PLC0415
+
+    command: str = args.command
+    if command == "simulate":
+        from harvester.simulator import cmd_simulate  # noqa: PLC0415
+
+        settings = settings_from(args)
+        configure_logging(settings.log_level, settings.log_format, settings.secret_values())
+        return cmd_simulate(args)
+
+    settings = settings_from(args)
+    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
+    runners: dict[str, Callable[[], Any]] = {
+        "run": lambda: _run(settings, args),
+        "migrate": lambda: commands.cmd_migrate(settings, sys.stdout),
+        "enqueue": lambda: commands.cmd_enqueue(
+            settings, args.job_ids, args.file, args.skip_invalid, args.json, sys.stdout,
+            sys.stderr, commands.stdin_binary()),
+        "status": lambda: commands.cmd_status(settings, args.json, sys.stdout),
+        "stuck": lambda: commands.cmd_stuck(settings, args.json, sys.stdout),
+        "requeue": lambda: commands.cmd_requeue(settings, args.job_ids, args.state, args.json,
+                                                sys.stdout),
+    }
+    if command in runners:
+        result = asyncio.run(runners[command]())
+        return int(result)
+    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
+    return handler(settings, args)
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from harvester.daemon import run_daemon  # noqa: PLC0415
+
+    settings.require_api_token()
+    await run_daemon(settings, apply_migrations=not args.no_migrate)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as exc:
+        return _fail(str(exc), exc.exit_status)
+    except (EmbeddedDatabaseError, MigrationError) as exc:
+        return _fail(str(exc), 1)
+    except StoreUnavailable as exc:
+        return _fail(f"cannot reach the database: {exc}", 1)
+    except StoreError as exc:
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _fail(message: str, status: int) -> int:
+    sys.stderr.write(f"harvester: {message}\n")
+    sys.stderr.flush()
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

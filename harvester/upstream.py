@@ -1,0 +1,161 @@
+"""The upstream client: the justcrawl API as seen through aiohttp.
+
+One ``ClientSession`` with a connector sized to the concurrency, a total timeout per
+request, no redirects (a redirect could carry the token to another host), and a body
+limit enforced while reading: a body larger than ``MAX_BODY_BYTES`` is refused after at
+most that many bytes, never held whole. aiohttp's exceptions stop here; what comes out
+is a :class:`~harvester.policy.Response`, a :class:`~harvester.policy.TransportFailure`
+or, for batch-status, an :class:`~harvester.errors.UpstreamError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Final, Self
+from uuid import UUID
+
+import aiohttp
+
+from harvester import __version__
+from harvester.errors import UpstreamError
+from harvester.policy import Answer, Response, TransportFailure, parse_batch_status
+from harvester.settings import Settings
+
+RESULT_PATH: Final = "/api/v1/extraction/results/{job_id}"
+BATCH_STATUS_PATH: Final = "/api/v1/jobs/batch-status"
+BATCH_STATUS_LIMIT: Final = 100
+_CHUNK: Final = 64 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Upstream:
+    """A session against one API base URL. Use as an async context manager."""
+
+    def __init__(self, settings: Settings, *, limit: int | None = None) -> None:
+        self._base = settings.api_base_url
+        self._max_body = settings.max_body_bytes
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
+        self._limit = limit or settings.concurrency
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        self._headers = {
+            "Accept": "application/json",
+            "User-Agent": f"harvester/{__version__}",
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+        }
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:  # never show the headers: they hold the token
+        return f"Upstream(base={self._base!r})"
+
+    async def __aenter__(self) -> Self:
+        connector = aiohttp.TCPConnector(
+            limit=self._limit + 4,  # room for batch-status beside the polls
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            enable_cleanup_closed=True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers=self._headers,
+            raise_for_status=False,
+            auto_decompress=True,
+            trust_env=False,
+        )
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Upstream used outside its context")
+        return self._session
+
+    def result_url(self, job_id: UUID) -> str:
+        return self._base + RESULT_PATH.format(job_id=job_id)
+
+    async def fetch_result(self, job_id: UUID) -> Answer:
+        """GET one job's result. Never raises for network or HTTP trouble."""
+        try:
+            async with self.session.get(self.result_url(job_id), allow_redirects=False) as resp:
+                body = await self._read_limited(resp)
+                return Response(
+                    status=resp.status,
+                    body=body,
+                    content_type=resp.headers.get("Content-Type"),
+                    retry_after=resp.headers.get("Retry-After"),
+                )
+        except BodyTooLarge as exc:
+            return TransportFailure("too_large", str(exc))
+        except TimeoutError:
+            return TransportFailure("timeout", f"no complete answer within {self._timeout.total:g}s")
+        except aiohttp.ClientPayloadError as exc:
+            return TransportFailure("protocol", f"truncated or malformed body ({_brief(exc)})")
+        except aiohttp.ClientResponseError as exc:
+            return TransportFailure("protocol", f"malformed response ({_brief(exc)})")
+        except (aiohttp.ClientError, OSError) as exc:
+            return TransportFailure("connection", _brief(exc))
+
+    async def _read_limited(self, resp: aiohttp.ClientResponse) -> bytes:
+        declared = resp.content_length
+        if declared is not None and declared > self._max_body:
+            raise BodyTooLarge(
+                f"body of {declared} bytes exceeds HARVESTER_MAX_BODY_BYTES={self._max_body}")
+        if declared is not None:
+            return await resp.read()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > self._max_body:
+                raise BodyTooLarge(
+                    f"body exceeds HARVESTER_MAX_BODY_BYTES={self._max_body} (stopped reading)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def batch_status(self, job_ids: Sequence[UUID]) -> Mapping[UUID, str]:
+        """POST batch-status for at most 100 IDs: {job_id: upstream status}.
+
+        IDs upstream does not know are absent. Raises UpstreamError when the call fails
+        as a whole; the caller then applies the timeout rule alone.
+        """
+        if len(job_ids) > BATCH_STATUS_LIMIT:
+            raise ValueError(f"batch-status takes at most {BATCH_STATUS_LIMIT} IDs")
+        if not job_ids:
+            return {}
+        payload = json.dumps({"jobIds": [str(j) for j in job_ids]})
+        try:
+            async with self.session.post(
+                self._base + BATCH_STATUS_PATH, data=payload, allow_redirects=False,
+                headers={"Content-Type": "application/json"},
+            ) as resp:
+                body = await self._read_limited(resp)
+                if resp.status != 200:
+                    raise UpstreamError(f"batch-status answered HTTP {resp.status}")
+        except BodyTooLarge as exc:
+            raise UpstreamError(f"batch-status: {exc}") from None
+        except TimeoutError:
+            raise UpstreamError("batch-status timed out") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"batch-status failed: {_brief(exc)}") from None
+        try:
+            return parse_batch_status(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UpstreamError(f"batch-status answer not understood: {_brief(exc)}") from None
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    text = text.replace("\n", " ")
+    return f"{type(exc).__name__}: {text[:200]}"
+
