@@ -1,0 +1,198 @@
+"""The admin HTTP server inside ``harvester run``: probes, metrics, and the job API.
+
+Small on purpose: aiohttp.web, JSON errors ``{"error": "..."}``, a body limit, bearer
+auth compared in constant time. Write endpoints exist only when ``HARVESTER_ADMIN_TOKEN``
+is set. It holds no logic the engine needs: it reads the store and the engine's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Final
+from uuid import UUID
+
+from aiohttp import web
+
+from harvester.errors import StoreError
+from harvester.feed import InvalidJobId, parse_job_id, shorten_for_display
+from harvester.logs import get_logger
+from harvester.metrics import CONTENT_TYPE, Metrics
+from harvester.settings import Settings
+from harvester.store import Store
+
+log = get_logger("harvester.admin")
+
+BODY_LIMIT: Final = 1024 * 1024
+MAX_IDS_PER_REQUEST: Final = 10_000
+SHOWN_ERRORS: Final = 20
+READY_CACHE: Final = 2.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=_default))
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def error(status: int, message: str, **extra: Any) -> web.Response:
+    return json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error, including aiohttp's own (404, 405, 413), as a JSON body."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {404: "not found", 405: "method not allowed",
+                   413: f"request body larger than {BODY_LIMIT} bytes"}.get(exc.status, exc.reason)
+        return error(exc.status, message)
+
+
+class Admin:
+    """Routes and their dependencies."""
+
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics,
+                 checks: Callable[[], Awaitable[dict[str, bool]]]) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.checks = checks
+        token = settings.admin_token
+        self._token = token.get_secret_value().encode() if token is not None else None
+        self._ready_cache: tuple[float, dict[str, bool]] | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Admin(host={self.settings.admin_host!r}, port={self.port})"
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=BODY_LIMIT, middlewares=[json_errors])
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_post("/v1/jobs", self.post_jobs)
+        app.router.add_get("/v1/jobs/{job_id}", self.get_job)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.admin_host, self.settings.admin_port,
+                           shutdown_timeout=2.0)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.admin_port
+        log.info("admin.listening", host=self.settings.admin_host, port=self.port,
+                 write_endpoints="enabled" if self._token else "disabled (no HARVESTER_ADMIN_TOKEN)")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ------------------------------------------------------------ probes
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Answering at all proves the event loop is alive."""
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        if self._ready_cache is None or now - self._ready_cache[0] > READY_CACHE:
+            self._ready_cache = (now, await self.checks())
+        checks = self._ready_cache[1]
+        ready = all(checks.values())
+        return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        if self.metrics.queue is not None:
+            try:
+                await asyncio.wait_for(self.metrics.queue.refresh(), timeout=3.0)
+            except (StoreError, TimeoutError) as exc:
+                log.debug("metrics.queue_gauges_stale", error=str(exc))
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    # ------------------------------------------------------------ jobs
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self._token is None:
+            return False
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(presented.strip().encode(), self._token)
+
+    async def post_jobs(self, request: web.Request) -> web.Response:
+        if self._token is None:
+            return error(403, "write endpoints are disabled: set HARVESTER_ADMIN_TOKEN")
+        if not self._authorized(request):
+            return error(401, "missing or wrong bearer token")
+        raw = await request.read()
+        try:
+            document = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return error(400, 'body must be JSON: {"jobIds": ["<uuid>", ...]}')
+        if not isinstance(document, dict) or not isinstance(document.get("jobIds"), list):
+            return error(400, 'body must be a JSON object with a "jobIds" array')
+        items: list[Any] = document["jobIds"]
+        if len(items) > MAX_IDS_PER_REQUEST:
+            return error(400, f"at most {MAX_IDS_PER_REQUEST} job IDs per request "
+                              f"(got {len(items)}); split the batch")
+        valid: list[UUID] = []
+        invalid: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            if not isinstance(item, str):
+                invalid.append({"index": index, "value": shorten_for_display(json.dumps(item)),
+                                "reason": f"not a string ({type(item).__name__})"})
+                continue
+            try:
+                valid.append(parse_job_id(item))
+            except InvalidJobId as exc:
+                invalid.append({"index": index, "value": shorten_for_display(item),
+                                "reason": str(exc)})
+        if invalid:
+            return error(400, f"{len(invalid)} invalid job ID(s); nothing was enqueued",
+                         invalid=invalid[:SHOWN_ERRORS], invalid_count=len(invalid))
+        unique = list(dict.fromkeys(valid))
+        try:
+            new = await self.store.enqueue(unique)
+        except StoreError as exc:
+            log.warning("admin.enqueue_failed", error=str(exc))
+            return error(503, "database unavailable; nothing was enqueued, try again")
+        log.info("admin.enqueued", new=new, known=len(unique) - new, received=len(items))
+        return json_response({"new": new, "known": len(unique) - new,
+                              "duplicates_in_request": len(valid) - len(unique)})
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        if self._token is not None and not self._authorized(request):
+            return error(401, "missing or wrong bearer token")
+        try:
+            job_id = parse_job_id(request.match_info["job_id"])
+        except InvalidJobId as exc:
+            return error(400, f"job ID {exc}")
+        try:
+            found = await self.store.job(job_id)
+        except StoreError:
+            return error(503, "database unavailable")
+        if found is None:
+            return error(404, "unknown job")
+        return json_response(found)

@@ -1,0 +1,603 @@
+"""The simulated upstream: the justcrawl API's paths, statuses, headers and bodies.
+
+Each job's fate is drawn deterministically from its ID and a seed according to a
+:class:`Mix` (how many 202s before landing, the Retry-After style, shares of stuck,
+404, 403, malformed, slow and faulting jobs), or scripted step by step through the
+control API. Windows of 401 (a revoked token), 429 (rate limit) and outage can be opened
+while it runs. It records what it served and checks the client's manners as it goes:
+polls earlier than the Retry-After it gave, two requests in flight for one job at once.
+The tests, the demo and the benchmark use it; so can anyone trying the daemon without
+a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import hashlib
+import json
+import math
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from uuid import UUID
+
+from aiohttp import web
+
+RESULTS_PREFIX: Final = "/api/v1/extraction/results/"
+BATCH_STATUS: Final = "/api/v1/jobs/batch-status"
+ORG_ID: Final = UUID("0b9d3a52-7c2e-4d1f-9a57-3c1f0e6b8a21")
+ROW_NAMESPACE: Final = UUID("6f1c2b7e-3d44-4a9b-8e0f-2a7c9b1d5e63")
+DOMAINS: Final = ("shop.example.com", "news.example.org", "jobs.example.net",
+                  "travel.example.io", "docs.example.dev")
+EARLY_TOLERANCE: Final = 0.005
+SIM_TOKEN: Final = "sim-token"  # noqa: S105 - the simulator's own fake token, not a secret
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Shares of behaviours; each job draws one fate. Shares that do not add up to 1
+    leave the remainder to plain jobs (``pending`` 202s, then the row)."""
+
+    pending_min: int = 0
+    pending_max: int = 0
+    retry_after: float = 1.0
+    retry_after_style: str = "header"  # header | date | body | none | mixed
+    stuck: float = 0.0                # 500 forever
+    stuck_then_land: float = 0.0      # 500 × stuck_streak, then the row
+    stuck_streak: int = 4
+    not_found_failed: float = 0.0     # 404; batch-status says failed
+    not_found_running: float = 0.0    # 404 × not_found_polls while running, then the row
+    not_found_polls: int = 1
+    not_found_unknown: float = 0.0    # 404; absent from batch-status
+    forbidden: float = 0.0            # 403 with missing permissions
+    gone: float = 0.0                 # 410 (another 4xx)
+    malformed: float = 0.0            # a bad 200 (html, bad JSON, wrong job, bad field), then the row
+    fault: float = 0.0                # 502/503/504 or a reset, then the row
+    fault_polls: int = 2
+    slow: float = 0.0                 # answers after slow_seconds, then the row
+    slow_seconds: float = 3.0
+    truncated: float = 0.0            # a body cut short, then the row
+    huge: float = 0.0                 # a 50 MB body, then the row
+    huge_bytes: int = 50 * 1024 * 1024
+    latency: float = 0.0              # added to every answer
+    seed: int = 1
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> Mix:
+        presets: dict[str, dict[str, Any]] = {
+            "first-poll": {},
+            "pending": {"pending_min": 0, "pending_max": 5, "retry_after": 1.0},
+            "demo": {"pending_min": 1, "pending_max": 3, "retry_after": 1.0,
+                     "retry_after_style": "mixed", "stuck": 0.03, "stuck_then_land": 0.01,
+                     "not_found_failed": 0.02, "not_found_running": 0.03,
+                     "not_found_unknown": 0.0, "forbidden": 0.005, "malformed": 0.01,
+                     "fault": 0.02, "latency": 0.005},
+            "chaos": {"pending_min": 0, "pending_max": 2, "retry_after": 1.0,
+                      "retry_after_style": "mixed", "stuck": 0.03, "stuck_then_land": 0.02,
+                      "not_found_failed": 0.02, "not_found_running": 0.02,
+                      "forbidden": 0.01, "gone": 0.01, "malformed": 0.06, "fault": 0.12,
+                      "slow": 0.02, "truncated": 0.03, "huge": 0.005, "latency": 0.002},
+        }
+        if name not in presets:
+            raise ValueError(f"unknown mix {name!r}; choose from {', '.join(presets)}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown mix field(s): {', '.join(sorted(unknown))}")
+        return cls(**{**presets[name], **overrides})
+
+
+# ---------------------------------------------------------------- rows
+
+
+def result_row(job_id: UUID, seed: int = 1) -> dict[str, Any]:
+    """The row the simulator serves for ``job_id`` (deterministic; tests compare to it)."""
+    h = hashlib.blake2b(job_id.bytes + seed.to_bytes(8, "big"), digest_size=16).digest()
+    n = int.from_bytes(h, "big")
+    created = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n % 10_000_000)
+    quality = [(n >> shift) % 1000 / 1000 for shift in (0, 10, 20)]
+    return {
+        "id": str(uuid.uuid5(ROW_NAMESPACE, str(job_id))),
+        "orgId": str(ORG_ID),
+        "jobId": str(job_id),
+        "domain": DOMAINS[n % len(DOMAINS)],
+        "schemaId": None if n % 7 == 0 else f"schema-{n % 13}",
+        "dataType": ("product", "article", "listing")[n % 3],
+        "normalized": {
+            "title": f"Item {n % 100_000}",
+            "price": {"amount": (n % 100_000) / 100, "currency": "EUR"},
+            "tags": ["sim", f"t{n % 5}"],
+            "inStock": bool(n & 1),
+        },
+        "rawBlobKey": None if n % 5 == 0 else f"raw/{job_id}.html.gz",
+        "qualityCompleteness": quality[0],
+        "qualityValidation": quality[1],
+        "qualityComposite": round((quality[0] + quality[1]) / 2, 6),
+        "latencyMs": None if n % 11 == 0 else int(n % 20_000),
+        "deliveredAt": None if n % 3 == 0 else (created + timedelta(seconds=n % 600)).isoformat(),
+        "createdAt": created.isoformat(),
+        "simulatorExtra": {"seed": seed, "note": "unknown fields are kept in payload"},
+    }
+
+
+# ---------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One answer. ``kind`` is an HTTP status as text, or ``slow``/``reset``/``truncated``/
+    ``huge``/``html``/``badjson``/``mismatch``/``badfield``/``textplain``."""
+
+    kind: str
+    retry_after: float | None = None
+    style: str = "header"
+
+    @classmethod
+    def parse(cls, text: str) -> Step:
+        """``202``, ``202:3``, ``202:3:date``, ``429:2``, ``slow:4``, ``500``, ``200``…"""
+        parts = text.strip().split(":")
+        kind = parts[0]
+        ra = float(parts[1]) if len(parts) > 1 and parts[1] else None
+        style = parts[2] if len(parts) > 2 else "header"
+        return cls(kind, ra, style)
+
+
+@dataclass(slots=True)
+class Plan:
+    steps: list[Step]
+    batch_status: str | None = "completed"
+    """What batch-status says while the job answers 404 (None: absent)."""
+    fate: str = "plain"
+
+
+def _draw(job_id: UUID, seed: int, salt: int) -> float:
+    digest = hashlib.blake2b(job_id.bytes + seed.to_bytes(8, "big") + salt.to_bytes(2, "big"),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def plan_for(job_id: UUID, mix: Mix) -> Plan:
+    """The deterministic fate of one job under ``mix``."""
+    pick = _draw(job_id, mix.seed, 0)
+    span = max(0, mix.pending_max - mix.pending_min)
+    pending = mix.pending_min + int(_draw(job_id, mix.seed, 1) * (span + 1))
+    styles = ("header", "date", "body", "none")
+    style = (styles[int(_draw(job_id, mix.seed, 2) * 4)] if mix.retry_after_style == "mixed"
+             else mix.retry_after_style)
+    waits = [Step("202", mix.retry_after, style) for _ in range(pending)]
+    row = Step("200")
+    variant = int(_draw(job_id, mix.seed, 3) * 1000)
+
+    shares = [
+        ("stuck", mix.stuck), ("stuck_then_land", mix.stuck_then_land),
+        ("not_found_failed", mix.not_found_failed), ("not_found_running", mix.not_found_running),
+        ("not_found_unknown", mix.not_found_unknown), ("forbidden", mix.forbidden),
+        ("gone", mix.gone), ("malformed", mix.malformed), ("fault", mix.fault),
+        ("slow", mix.slow), ("truncated", mix.truncated), ("huge", mix.huge),
+    ]
+    fate = "plain"
+    edge = 0.0
+    for name, share in shares:
+        edge += share
+        if pick < edge:
+            fate = name
+            break
+
+    if fate == "stuck":
+        return Plan([*waits, Step("500")], fate=fate)
+    if fate == "stuck_then_land":
+        return Plan([*waits, *[Step("500")] * mix.stuck_streak, row], fate=fate)
+    if fate == "not_found_failed":
+        return Plan([Step("404")], batch_status="failed", fate=fate)
+    if fate == "not_found_running":
+        return Plan([*[Step("404")] * mix.not_found_polls, *waits, row],
+                    batch_status="running", fate=fate)
+    if fate == "not_found_unknown":
+        return Plan([Step("404")], batch_status=None, fate=fate)
+    if fate == "forbidden":
+        return Plan([Step("403")], fate=fate)
+    if fate == "gone":
+        return Plan([Step("410")], fate=fate)
+    if fate == "malformed":
+        bad = ("html", "badjson", "mismatch", "badfield", "textplain")[variant % 5]
+        return Plan([*waits, Step(bad), row], fate=f"malformed:{bad}")
+    if fate == "fault":
+        kind = ("502", "503", "504", "reset")[variant % 4]
+        return Plan([*[Step(kind)] * mix.fault_polls, *waits, row], fate=f"fault:{kind}")
+    if fate == "slow":
+        return Plan([Step("slow", mix.slow_seconds), *waits, row], fate=fate)
+    if fate == "truncated":
+        return Plan([*waits, Step("truncated"), row], fate=fate)
+    if fate == "huge":
+        return Plan([*waits, Step("huge"), row], fate=fate)
+    return Plan([*waits, row], fate=fate)
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass(slots=True)
+class JobRecord:
+    polls: int = 0
+    in_flight: int = 0
+    not_before: float = 0.0
+    served_rows: int = 0
+    last_status: int | None = None
+
+
+@dataclass
+class Served:
+    """One request as served (kept only when recording)."""
+
+    job_id: str
+    started: float
+    finished: float
+    status: int
+    kind: str
+    retry_after: float | None
+    authorized: bool
+
+
+@dataclass
+class SimulatorState:
+    mix: Mix
+    token: str | None
+    record: bool = True
+    jobs: dict[UUID, JobRecord] = field(default_factory=dict)
+    scripts: dict[UUID, Plan] = field(default_factory=dict)
+    log: list[Served] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    requests: int = 0
+    batch_requests: int = 0
+    overlaps: int = 0
+    early_polls: int = 0
+    early_examples: list[dict[str, Any]] = field(default_factory=list)
+    unauthorized_until: float = 0.0
+    rate_limited_until: float = 0.0
+    rate_limit_retry_after: float = 1.0
+    outage_until: float = 0.0
+    outage_status: int = 502
+    started_at: float = field(default_factory=time.monotonic)
+
+    def plan(self, job_id: UUID) -> Plan:
+        scripted = self.scripts.get(job_id)
+        return scripted if scripted is not None else plan_for(job_id, self.mix)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "batch_requests": self.batch_requests,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "jobs_seen": len(self.jobs),
+            "rows_served": sum(r.served_rows for r in self.jobs.values()),
+            "overlaps": self.overlaps,
+            "early_polls": self.early_polls,
+            "early_examples": self.early_examples[:10],
+            "uptime": time.monotonic() - self.started_at,
+        }
+
+
+# ---------------------------------------------------------------- the app
+
+
+def _json(data: Any, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=json.dumps(data), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def _retry_after_header(seconds: float, style: str) -> dict[str, str]:
+    if style == "header":
+        return {"Retry-After": str(max(0, math.ceil(seconds)))}
+    if style == "date":
+        when = datetime.now(UTC) + timedelta(seconds=math.ceil(seconds) + 1)
+        return {"Retry-After": email.utils.format_datetime(when, usegmt=True)}
+    return {}
+
+
+def _announced_wait(seconds: float, style: str, default: float = 5.0) -> float:
+    """The wait a polite client must observe after this answer."""
+    if style == "header":
+        return float(max(0, math.ceil(seconds)))
+    if style == "date":
+        return float(math.ceil(seconds))  # the date is ceil+1 s away, rounded down to a second
+    if style == "body":
+        return seconds
+    return default
+
+
+class Simulator:
+    """The aiohttp application and its state."""
+
+    def __init__(self, mix: Mix, token: str | None = SIM_TOKEN, record: bool = True,
+                 default_retry_after: float = 5.0) -> None:
+        self.state = SimulatorState(mix=mix, token=token, record=record)
+        self.default_retry_after = default_retry_after
+        self._auth_header = f"Bearer {token}" if token else None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_get(RESULTS_PREFIX + "{job_id}", self.result)
+        app.router.add_post(BATCH_STATUS, self.batch_status)
+        app.router.add_get("/_sim/stats", self.stats)
+        app.router.add_get("/_sim/log", self.served_log)
+        app.router.add_post("/_sim/script", self.script)
+        app.router.add_post("/_sim/control", self.control)
+        app.router.add_get("/", self.dashboard)
+        return app
+
+    # ------------------------------------------------------------ control
+
+    def set_token(self, token: str | None) -> None:
+        self.state.token = token
+        self._auth_header = f"Bearer {token}" if token else None
+
+    def apply_control(self, document: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if "token" in document:
+            self.set_token(document["token"])
+        if "unauthorized_for" in document:
+            self.state.unauthorized_until = now + float(document["unauthorized_for"])
+        if "rate_limit_for" in document:
+            self.state.rate_limited_until = now + float(document["rate_limit_for"])
+            self.state.rate_limit_retry_after = float(document.get("retry_after", 1.0))
+        if "outage_for" in document:
+            self.state.outage_until = now + float(document["outage_for"])
+            self.state.outage_status = int(document.get("status", 502))
+        if "record" in document:
+            self.state.record = bool(document["record"])
+
+    def apply_script(self, document: dict[str, Any]) -> None:
+        statuses = document.get("batch_status", {})
+        for raw_id, steps in document.get("jobs", {}).items():
+            job_id = UUID(raw_id)
+            self.state.scripts[job_id] = Plan(
+                [Step.parse(s) for s in steps],
+                batch_status=statuses.get(raw_id, "completed"), fate="scripted")
+
+    async def control(self, request: web.Request) -> web.Response:
+        self.apply_control(await request.json())
+        return _json({"ok": True}, 200)
+
+    async def script(self, request: web.Request) -> web.Response:
+        self.apply_script(await request.json())
+        return _json({"ok": True}, 200)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return _json(self.state.stats(), 200)
+
+    async def served_log(self, request: web.Request) -> web.Response:
+        return _json([asdict(s) for s in self.state.log], 200)
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        # The old dashboard host answers unknown paths with its web page: so do we.
+        return web.Response(text="<!doctype html><html><body>justcrawl dashboard</body></html>",
+                            content_type="text/html")
+
+    # ------------------------------------------------------------ API
+
+    def _authorized(self, request: web.Request) -> bool:
+        if time.monotonic() < self.state.unauthorized_until:
+            return False
+        return self._auth_header is None or request.headers.get("Authorization") == self._auth_header
+
+    async def result(self, request: web.Request) -> web.StreamResponse:
+        state = self.state
+        started = time.monotonic()
+        state.requests += 1
+        try:
+            job_id = UUID(request.match_info["job_id"])
+        except ValueError:
+            state.statuses[400] += 1
+            return _json({"error": "invalid job id"}, 400)
+        record = state.jobs.get(job_id)
+        if record is None:
+            record = state.jobs[job_id] = JobRecord()
+        if record.in_flight:
+            state.overlaps += 1
+        if started + EARLY_TOLERANCE < record.not_before:
+            state.early_polls += 1
+            if len(state.early_examples) < 50:
+                state.early_examples.append({"job_id": str(job_id),
+                                             "early_by": round(record.not_before - started, 3)})
+        record.in_flight += 1
+        status, kind, announced = 0, "", None
+        try:
+            if state.mix.latency:
+                await asyncio.sleep(state.mix.latency)
+            response, kind, announced = await self._answer(request, job_id, record)
+            status = response.status
+            return response
+        finally:
+            record.in_flight -= 1
+            finished = time.monotonic()
+            if announced is not None:
+                record.not_before = finished + announced
+            record.last_status = status or None
+            state.statuses[status] += 1
+            if state.record:
+                state.log.append(Served(str(job_id), started, finished, status, kind, announced,
+                                        status != 401))
+
+    async def _answer(self, request: web.Request, job_id: UUID, record: JobRecord
+                      ) -> tuple[web.StreamResponse, str, float | None]:
+        state = self.state
+        now = time.monotonic()
+        if not self._authorized(request):
+            return _json({"error": "invalid or missing API token"}, 401), "401", None
+        if now < state.rate_limited_until:
+            wait = state.rate_limit_retry_after
+            return (_json({"error": "rate limited"}, 429,
+                          {"Retry-After": str(math.ceil(wait))}), "429", float(math.ceil(wait)))
+        if now < state.outage_until:
+            return _json({"error": "upstream outage"}, state.outage_status), "outage", None
+
+        plan = state.plan(job_id)
+        step = plan.steps[min(record.polls, len(plan.steps) - 1)]
+        record.polls += 1
+        kind = step.kind
+
+        if kind == "200":
+            record.served_rows += 1
+            return _json(result_row(job_id, state.mix.seed), 200), kind, None
+        if kind == "202":
+            seconds = step.retry_after if step.retry_after is not None else state.mix.retry_after
+            body: dict[str, Any] = {"indexingPending": True, "status": "extraction_done",
+                                    "message": "result is being indexed"}
+            if step.style in ("header", "date", "body"):
+                body["retryAfterSeconds"] = seconds
+            headers = _retry_after_header(seconds, step.style)
+            return (_json(body, 202, headers), kind,
+                    _announced_wait(seconds, step.style, self.default_retry_after))
+        if kind in ("429", "503") and step.retry_after is not None:
+            wait = float(math.ceil(step.retry_after))
+            return (_json({"error": "slow down"}, int(kind), {"Retry-After": str(int(wait))}),
+                    kind, wait)
+        if kind == "401":
+            return _json({"error": "invalid token"}, 401), kind, None
+        if kind == "403":
+            return _json({"error": "insufficient permissions", "missing": ["jobs:read"]}, 403), kind, None
+        if kind == "404":
+            return _json({"error": "job not found"}, 404), kind, None
+        if kind == "500":
+            return _json({"error": "job is completed but no extraction_results row landed"}, 500), kind, None
+        if kind == "slow":
+            await asyncio.sleep(step.retry_after or 3.0)
+            return _json(result_row(job_id, state.mix.seed), 200), kind, None
+        if kind == "html":
+            return web.Response(text="<!doctype html><html><body>dashboard</body></html>",
+                                content_type="text/html"), kind, None
+        if kind == "textplain":
+            return web.Response(text="ok", content_type="text/plain"), kind, None
+        if kind == "badjson":
+            return web.Response(text='{"id": "oops", ', content_type="application/json"), kind, None
+        if kind == "mismatch":
+            return _json(result_row(uuid.uuid4(), state.mix.seed), 200), kind, None
+        if kind == "badfield":
+            row = result_row(job_id, state.mix.seed)
+            row["createdAt"] = 12345
+            row["qualityComposite"] = "high"
+            return _json(row, 200), kind, None
+        if kind == "truncated":
+            resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
+                                                           "Content-Length": "4096"})
+            await resp.prepare(request)
+            await resp.write(b'{"id": "' + b"x" * 100)
+            if request.transport is not None:
+                request.transport.close()
+            return resp, kind, None
+        if kind == "reset":
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=599), kind, None
+        if kind == "huge":
+            resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            chunk = b" " * 65536
+            sent = 0
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                while sent < state.mix.huge_bytes:
+                    await resp.write(chunk)
+                    sent += len(chunk)
+                await resp.write_eof()
+            return resp, kind, None
+        if kind.isdigit():
+            return _json({"error": f"simulated {kind}"}, int(kind)), kind, None
+        return _json({"error": f"unknown simulated step {kind}"}, 500), kind, None
+
+    async def batch_status(self, request: web.Request) -> web.Response:
+        state = self.state
+        state.batch_requests += 1
+        if not self._authorized(request):
+            return _json({"error": "invalid or missing API token"}, 401)
+        try:
+            document = await request.json()
+            ids = [UUID(i) for i in document["jobIds"]]
+        except (ValueError, KeyError, TypeError):
+            return _json({"error": "body must be {\"jobIds\": [uuid, ...]}"}, 400)
+        if len(ids) > 100:
+            return _json({"error": "at most 100 jobIds"}, 400)
+        answer = []
+        for job_id in ids:
+            plan = state.plan(job_id)
+            record = state.jobs.get(job_id)
+            polls = record.polls if record else 0
+            status = plan.batch_status
+            if status is None:
+                continue
+            if plan.fate == "not_found_running" and polls >= sum(
+                    1 for s in plan.steps if s.kind == "404"):
+                status = "extraction_done"
+            answer.append({"id": str(job_id), "status": status, "currentNodeId": "extract",
+                           "updatedAt": datetime.now(UTC).isoformat()})
+        return _json(answer, 200)
+
+
+async def serve(simulator: Simulator, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start the simulator; returns the runner and the bound port."""
+    runner = web.AppRunner(simulator.app(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return runner, bound
+
+
+# ---------------------------------------------------------------- the command
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs typed after the Mix field they name."""
+    types = {f.name: f.type for f in fields(Mix)}
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in types:
+            raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(types)}")
+        kind = str(types[name])
+        try:
+            overrides[name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
+        except ValueError:
+            raise ValueError(f"--set {pair!r}: {name} takes a {kind}") from None
+    return overrides
+
+
+def cmd_simulate(args: Any) -> int:
+    from harvester.errors import UserError  # noqa: PLC0415
+
+    try:
+        mix = Mix.preset(args.mix, **parse_overrides(args.set))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    simulator = Simulator(mix, token=args.token or None, record=not args.no_record)
+
+    async def main() -> None:
+        runner, port = await serve(simulator, args.host, args.port)
+        print(f"HARVESTER_API_BASE_URL=http://{args.host}:{port}", flush=True)
+        if args.token:
+            print(f"HARVESTER_API_TOKEN={args.token}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal  # noqa: PLC0415
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    return 0
