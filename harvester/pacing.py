@@ -134,7 +134,8 @@ class Gate:
         return wait
 
     def pause(self, seconds: float) -> bool:
-        """Pause all dispatch; True when this starts (or extends) a pause."""
+        """Pause all dispatch; True only when this starts a pause: extending one already
+        running is the same event, and the engine logs each pause once."""
         until = self._clock() + seconds
         if until > self.paused_until:
             started = self.paused_until <= self._clock()

@@ -192,28 +192,33 @@ def doubling(attempt: int, *, base: float, cap: float) -> float:
     return min(cap, base * float(2**exponent))
 
 
-_DELTA_SECONDS = re.compile(r"\d{1,32}(?:\.\d{1,9})?")
+_DELTA_SECONDS = re.compile(r"(\d+)(?:\.(\d*))?", re.ASCII)
 _HUGE = 1e12
+_HUGE_DIGITS = 12
+"""Whole seconds with more significant digits than this are at least ``_HUGE``."""
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds to wait according to a Retry-After header value, or None if unusable.
 
-    delta-seconds (``5``; a decimal such as ``1.5`` is tolerated), or an HTTP-date
-    (a past date means "now"). Negative numbers, garbage and absurdly long values are
-    unusable; a huge delay is returned as a huge number for the caller to clamp.
+    delta-seconds (``5``; a decimal such as ``1.5`` or ``5.`` is tolerated), or an
+    HTTP-date (a past date means "now"). Negative numbers and garbage are unusable.
+    A delta with more digits than any sane delay is still a request to wait, so it is
+    returned as a huge number for the caller to clamp: were it "unusable", the caller
+    would fall back to a default and poll earlier than upstream asked.
     """
     if value is None:
         return None
     text = value.strip()
+    delta = _DELTA_SECONDS.fullmatch(text)
+    if delta is not None:
+        whole, fraction = delta.group(1).lstrip("0") or "0", delta.group(2) or ""
+        if len(whole) > _HUGE_DIGITS:
+            return _HUGE
+        # Only the leading digits matter; float() never sees an absurdly long string.
+        return min(float(f"{whole}.{fraction[:9] or 0}"), _HUGE)
     if not text or len(text) > 64:
         return None
-    if text.isascii() and text[0].isdigit():
-        if _DELTA_SECONDS.fullmatch(text):
-            seconds = float(text)
-            return seconds if seconds < _HUGE else _HUGE
-        if text.replace(".", "").isdigit():
-            return _HUGE  # digits beyond any sane delay
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -275,9 +280,12 @@ def body_text(body: bytes, limit: int = STUCK_BODY_LIMIT) -> str:
 
 
 def _json(response: Response) -> Any:
+    """The body as JSON, or None. Deeply nested garbage (``[[[[…``) makes the json
+    module raise RecursionError rather than ValueError; it must not escape and kill
+    the worker that called :func:`decide`."""
     try:
         return json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -487,7 +495,11 @@ def parse_batch_status(body: bytes) -> Mapping[UUID, str]:
     """The batch-status answer as {job_id: status}; raises ValueError on garbage."""
     from harvester.model import BatchStatusEntry  # noqa: PLC0415
 
-    document = json.loads(body)
+    try:
+        document = json.loads(body)
+    except RecursionError:
+        # Deeply nested garbage: the caller handles ValueError, not this.
+        raise ValueError("batch-status answer is nested too deeply") from None
     if not isinstance(document, list):
         raise ValueError("batch-status answer is not a JSON array")
     statuses: dict[UUID, str] = {}

@@ -1,0 +1,618 @@
+"""The pure core: every row of SPEC section 4 from one table, the numbers with hypothesis.
+
+``now`` and the random source are fixed, so each decision is exact; the delay of a row
+is checked at both ends of the random range (0 and just below 1) as a window whose ends
+must be reached exactly: never earlier than asked, at most the jitter later.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harvester.policy import (
+    FAULT_BACKOFF_CAP,
+    IN_PROGRESS,
+    NEARLY_READY,
+    NOT_FOUND_BACKOFF_CAP,
+    CheckUpstream,
+    Decision,
+    Fail,
+    Hold,
+    Job,
+    Land,
+    PolicyConfig,
+    Response,
+    Retry,
+    Stuck,
+    TransportFailure,
+    backoff,
+    decide,
+    decide_not_found,
+    fault_delay,
+    not_found_delay,
+    parse_batch_status,
+    parse_retry_after,
+    upstream_delay,
+)
+from harvester.simulator import result_row
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+JOB_ID = UUID("5d2b8c1e-4f7a-4c3b-9e21-7a6f0d3c8b45")
+OTHER_ID = UUID("9a1e3f6c-2b7d-4e8a-8c05-1d4f7b2e6a90")
+CONFIG = PolicyConfig()
+RAND_MAX = 1.0 - 2.0**-53
+"""The largest value ``random.random`` can return."""
+DECISION_TYPES = (Land, Retry, Stuck, Fail, Hold, CheckUpstream)
+
+# ---------------------------------------------------------------- building answers
+
+
+def job(state: str = "pending", *, attempt: int = 3, streak: int = 0,
+        age: timedelta = timedelta(hours=1)) -> Job:
+    return Job(job_id=JOB_ID, state=state, age_origin=NOW - age, polls=attempt + streak,
+               attempt=attempt, consecutive_500s=streak)
+
+
+def answer(status: int, document: Any = None, *, retry_after: str | None = None,
+           content_type: str | None = "application/json") -> Response:
+    body = b"" if document is None else json.dumps(document).encode()
+    return Response(status=status, body=body, content_type=content_type, retry_after=retry_after)
+
+
+def row(job_id: UUID = JOB_ID, **changes: Any) -> dict[str, Any]:
+    document = result_row(job_id)
+    for key, value in changes.items():
+        if value is _DROP:
+            del document[key]
+        else:
+            document[key] = value
+    return document
+
+
+_DROP = object()
+VALID_ROW = json.dumps(row())
+INDEXING = {"indexingPending": True, "status": "extraction_done", "message": "indexing"}
+
+
+def http_date(seconds_from_now: float) -> str:
+    return email.utils.format_datetime(NOW + timedelta(seconds=seconds_from_now), usegmt=True)
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a row must produce. ``delay`` is the window [at rand 0, at rand just below 1];
+    ``says`` are pieces the human error text must contain (case-insensitive)."""
+
+    kind: type[Any]
+    fields: Mapping[str, object] = field(default_factory=dict)
+    delay: tuple[float, float] | None = None
+    says: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NotFound:
+    """For a 404: what batch-status said (``asked`` False: batch-status failed)."""
+
+    upstream_status: str | None
+    asked: bool = True
+
+
+def fault(lo: float = 1.0, hi: float = 8.0, *, status: int | None, state: str = "pending",
+          attempt: int = 4, streak: int = 0, says: tuple[str, ...] = ()) -> Expect:
+    """A fault: backoff from attempt 3 by default (1 s, up to 2**3 s), job kept as it was."""
+    return Expect(Retry, {"status": status, "state": state, "attempt": attempt,
+                          "consecutive_500s": streak, "fault": True}, (lo, hi), says)
+
+
+def invalid_200(*says: str, state: str = "pending", lo: float = 1.0, hi: float = 8.0,
+                streak: int = 0) -> Expect:
+    """A 200 that is no result: stays due as it was, backoff, not an upstream fault."""
+    return Expect(Retry, {"status": 200, "state": state, "attempt": 4, "consecutive_500s": streak,
+                          "fault": False}, (lo, hi), says)
+
+
+def waiting_202(lo: float, hi: float) -> Expect:
+    return Expect(Retry, {"status": 202, "state": "pending", "attempt": 0, "consecutive_500s": 0,
+                          "error": None, "fault": False}, (lo, hi))
+
+
+def not_found_retry(lo: float, hi: float, upstream: str | None, *says: str, attempt: int = 4) -> Expect:
+    return Expect(Retry, {"status": 404, "state": "pending", "attempt": attempt, "consecutive_500s": 0,
+                          "upstream_status": upstream, "fault": False}, (lo, hi), says)
+
+
+def failed(reason: str, status: int | None, *says: str, **fields: object) -> Expect:
+    return Expect(Fail, {"reason": reason, "status": status, **fields}, None, says)
+
+
+def hold(lo: float, hi: float, status: int, *says: str) -> Expect:
+    """429/503 with Retry-After: no attempt charged, all dispatch paused for the delay."""
+    return Expect(Hold, {"status": status, "auth_failed": False}, (lo, hi), says)
+
+
+OLD = timedelta(days=8)  # beyond MAX_AGE (7 days)
+DAY = timedelta(hours=24)
+
+P = pytest.param
+TABLE = [
+    # ------------------------------------------------------------ 200
+    P(answer(200, row()), job(), None,
+      Expect(Land, {"status": 200, "payload": VALID_ROW}), id="200-valid-row-lands"),
+    P(answer(200, row(), content_type="application/json; charset=utf-8"), job("stuck", streak=5),
+      None, Expect(Land, {"status": 200, "payload": VALID_ROW}), id="200-valid-row-lands-a-stuck-job"),
+    P(answer(200, row()), job(age=OLD), None, Expect(Land, {"status": 200}),
+      id="200-valid-row-lands-even-past-max-age"),
+    P(Response(200, b'{"id": "oops", ', "application/json"), job(), None,
+      invalid_200("not a valid result", "json"), id="200-not-json"),
+    P(Response(200, b"\xff\xfe{}", "application/json"), job(), None,
+      invalid_200("not utf-8"), id="200-not-utf8"),
+    P(Response(200, b"<!doctype html><html><body>dashboard</body></html>", "text/html"), job(), None,
+      invalid_200("html", "HARVESTER_API_BASE_URL"), id="200-text-html-dashboard"),
+    P(Response(200, b"<!DOCTYPE html><html></html>", "application/json"), job(), None,
+      invalid_200("html"), id="200-html-page-labelled-json"),
+    P(Response(200, b"ok", "text/plain"), job(), None,
+      invalid_200("text/plain", "not json"), id="200-text-plain"),
+    P(Response(200, VALID_ROW.encode(), None), job(), None,
+      invalid_200("content-type none", "not json"), id="200-no-content-type"),
+    P(answer(200, row(createdAt=12345, qualityComposite="high")), job(), None,
+      invalid_200("not a valid result", "qualityComposite", "+1 more"), id="200-wrong-types"),
+    P(answer(200, row(qualityValidation=True)), job(), None,
+      invalid_200("not a valid result", "qualityValidation"), id="200-bool-for-float"),
+    P(answer(200, row(domain=_DROP)), job(), None,
+      invalid_200("not a valid result", "domain", "required"), id="200-missing-field"),
+    P(answer(200, [row()]), job(), None,
+      invalid_200("not a valid result"), id="200-array-not-object"),
+    P(answer(200, row(OTHER_ID)), job(), None,
+      invalid_200(f"for job {OTHER_ID}", f"not {JOB_ID}"), id="200-jobid-mismatch"),
+    P(answer(200, row(OTHER_ID)), job("stuck", streak=4), None,
+      invalid_200("for job", state="stuck", lo=900.0, hi=900.0, streak=4),
+      id="200-jobid-mismatch-keeps-a-stuck-job-stuck"),
+    # ------------------------------------------------------------ 202
+    P(answer(202, {**INDEXING, "retryAfterSeconds": 3}, retry_after="7"), job(), None,
+      waiting_202(7.0, 7.7), id="202-retry-after-delta-wins-over-body"),
+    P(answer(202, INDEXING, retry_after=http_date(42)), job(), None,
+      waiting_202(42.0, 46.2), id="202-retry-after-http-date"),
+    P(answer(202, {**INDEXING, "retryAfterSeconds": 12}), job(), None,
+      waiting_202(12.0, 13.2), id="202-body-retry-after-seconds"),
+    P(answer(202, {**INDEXING, "retryAfterSeconds": 12}, retry_after="soon"), job(), None,
+      waiting_202(12.0, 13.2), id="202-garbage-header-falls-back-to-body"),
+    P(answer(202, INDEXING), job(), None, waiting_202(5.0, 5.5), id="202-no-delay-named-default"),
+    P(answer(202, None), job(), None, waiting_202(5.0, 5.5), id="202-empty-body-default"),
+    P(answer(202, INDEXING, retry_after="1.5"), job(), None,
+      waiting_202(1.5, 1.65), id="202-decimal-retry-after"),
+    P(answer(202, INDEXING, retry_after="0"), job(), None,
+      waiting_202(1.0, 1.1), id="202-zero-clamped-to-min-poll-interval"),
+    P(answer(202, INDEXING, retry_after=http_date(-3600)), job(), None,
+      waiting_202(1.0, 1.1), id="202-past-date-clamped-to-min-poll-interval"),
+    P(answer(202, INDEXING, retry_after="86400"), job(), None,
+      waiting_202(3600.0, 3960.0), id="202-day-clamped-to-max-poll-interval"),
+    P(answer(202, INDEXING, retry_after="9" * 10_000), job(), None,
+      waiting_202(3600.0, 3960.0), id="202-10000-digits-waits-the-longest-not-the-default"),
+    P(answer(202, INDEXING, retry_after="7"), job("stuck", streak=4), None,
+      waiting_202(7.0, 7.7), id="202-for-a-stuck-job-is-pending-again"),
+    # ------------------------------------------------------------ 401, 403
+    P(answer(401, {"error": "invalid token"}), job(), None,
+      Expect(Hold, {"status": 401, "auth_failed": True, "pause_for": None}, (0.0, 0.0),
+             ("invalid token",)), id="401-hold-auth-failed"),
+    P(answer(401, None), job(age=OLD), None,
+      Expect(Hold, {"status": 401, "auth_failed": True}, (0.0, 0.0), ("token",)),
+      id="401-is-about-the-token-even-for-an-old-job"),
+    P(answer(403, {"error": "insufficient permissions", "missing": ["jobs:read", "results:read"]}),
+      job(), None, failed("forbidden", 403, "insufficient permissions", "jobs:read", "results:read"),
+      id="403-fail-forbidden-with-missing"),
+    P(answer(403, None), job(), None, failed("forbidden", 403, "forbidden"), id="403-no-body"),
+    # ------------------------------------------------------------ 404 → batch-status
+    P(answer(404), job(), NotFound("failed"),
+      failed("upstream_failed", 404, "failed", upstream_status="failed"), id="404-upstream-failed"),
+    *[P(answer(404), job(), NotFound(status), not_found_retry(40.0, 44.0, status, status),
+        id=f"404-upstream-{status}") for status in sorted(IN_PROGRESS)],
+    P(answer(404), job(attempt=9), NotFound("running"), not_found_retry(300.0, 330.0, "running", attempt=10),
+      id="404-in-progress-doubling-capped-at-5-min"),
+    *[P(answer(404), job(), NotFound(status), not_found_retry(1.0, 1.0, status, status),
+        id=f"404-upstream-{status}-repoll-in-1s") for status in sorted(NEARLY_READY)],
+    P(answer(404), job(age=DAY - timedelta(seconds=1)), NotFound(None),
+      not_found_retry(40.0, 44.0, None, "unknown upstream"), id="404-absent-before-timeout"),
+    P(answer(404), job(age=DAY), NotFound(None),
+      failed("not_found", 404, "absent from batch-status", "HARVESTER_NOT_FOUND_TIMEOUT"),
+      id="404-absent-after-timeout"),
+    P(answer(404), job(), NotFound(None, asked=False),
+      not_found_retry(40.0, 44.0, None, "batch-status unavailable"),
+      id="404-batch-status-unavailable-before-timeout"),
+    P(answer(404), job(age=DAY * 2), NotFound(None, asked=False),
+      failed("not_found", 404, "batch-status unavailable"),
+      id="404-batch-status-unavailable-after-timeout"),
+    P(answer(404), job(age=OLD), NotFound("running"), failed("expired", 404, "MAX_AGE"),
+      id="404-in-progress-past-max-age-expires"),
+    # ------------------------------------------------------------ 500
+    P(answer(500, {"error": "no row landed"}), job(), None,
+      Expect(Retry, {"status": 500, "state": "pending", "attempt": 4, "consecutive_500s": 1,
+                     "fault": False}, (1.0, 8.0), ("no row landed", "1 of 3")),
+      id="500-first"),
+    P(answer(500, {"error": "no row landed"}), job(streak=1), None,
+      Expect(Retry, {"status": 500, "state": "pending", "consecutive_500s": 2}, (1.0, 8.0),
+             ("2 of 3",)), id="500-second"),
+    P(answer(500, {"error": "no row landed"}), job(streak=2), None,
+      Expect(Stuck, {"status": 500, "consecutive_500s": 3, "attempt": 4, "newly": True},
+             (900.0, 900.0), ("no row landed",)), id="500-at-stuck-after-newly-stuck"),
+    P(answer(500, {"error": "no row landed"}), job("stuck", streak=7), None,
+      Expect(Stuck, {"status": 500, "consecutive_500s": 8, "newly": False}, (900.0, 900.0)),
+      id="500-while-stuck-recheck"),
+    P(answer(500, {"error": "no row landed"}), job(streak=2, age=OLD), None,
+      failed("expired", 500, "stuck"), id="500-stuck-past-max-age-expires"),
+    # ------------------------------------------------------------ 429, 503
+    P(answer(429, {"error": "slow down"}, retry_after="30"), job(), None,
+      hold(30.0, 33.0, 429, "slow down"), id="429-retry-after-pauses"),
+    P(answer(503, None, retry_after="30"), job(), None,
+      hold(30.0, 33.0, 503), id="503-retry-after-pauses"),
+    P(answer(503, None, retry_after=http_date(120)), job(), None,
+      hold(120.0, 132.0, 503), id="503-retry-after-http-date-pauses"),
+    P(answer(429, None, retry_after="30"), job(age=OLD), None,
+      hold(30.0, 33.0, 429), id="429-charges-nothing-so-never-expires"),
+    P(answer(429, None), job(), None, hold(5.0, 5.5, 429), id="429-without-retry-after-default"),
+    # ------------------------------------------------------------ faults
+    P(answer(503, None), job(), None, fault(status=503, says=("503",)), id="503-no-retry-after"),
+    P(answer(503, None, retry_after="soon"), job(), None, fault(status=503),
+      id="503-garbage-retry-after"),
+    *[P(answer(status, {"error": "boom"}), job(), None, fault(status=status, says=(str(status),)),
+        id=f"{status}-fault") for status in (502, 504, 501, 507, 599)],
+    P(answer(502, None), job(streak=2), None, fault(status=502, streak=2),
+      id="502-keeps-the-500-streak"),
+    P(answer(502, None), job("stuck", streak=4), None,
+      fault(900.0, 900.0, status=502, state="stuck", streak=4), id="502-keeps-a-stuck-job-stuck"),
+    P(answer(502, None), job(attempt=0), None, fault(1.0, 1.0, status=502, attempt=1),
+      id="fault-first-attempt-1s"),
+    P(answer(502, None), job(attempt=10_000), None, fault(1.0, 300.0, status=502, attempt=10_001),
+      id="fault-attempt-10000-capped-at-5-min"),
+    *[P(TransportFailure(kind, "it broke"), job(), None, fault(status=None, says=(kind, "it broke")),
+        id=f"transport-{kind}") for kind in ("timeout", "connection", "too_large", "protocol")],
+    *[P(answer(status, None), job(), None, fault(status=status, says=("unexpected",)),
+        id=f"{status}-unexpected-fault") for status in (100, 201, 204, 301, 304)],
+    P(answer(502, None), job(age=OLD), None, failed("expired", 502, "days"),
+      id="fault-past-max-age-expires"),
+    P(TransportFailure("timeout", "read"), job(age=OLD), None, failed("expired", None, "timeout"),
+      id="transport-past-max-age-expires"),
+    # ------------------------------------------------------------ other 4xx
+    *[P(answer(status, {"error": "nope"}), job(), None, failed(f"http_{status}", status, "nope"),
+        id=f"{status}-fail") for status in (400, 405, 410, 422)],
+    P(answer(410, None), job(), None, failed("http_410", 410, "no body"), id="410-no-body"),
+    # ------------------------------------------------------------ MAX_AGE
+    P(answer(202, INDEXING, retry_after="5"), job(age=OLD), None,
+      failed("expired", 202, "8.0 days", "HARVESTER_MAX_AGE"), id="202-past-max-age-expires"),
+    P(answer(200, row(OTHER_ID)), job(age=OLD), None, failed("expired", 200, "for job"),
+      id="bad-200-past-max-age-expires"),
+]
+
+
+def _text(decision: Decision) -> str:
+    if isinstance(decision, Stuck):
+        return decision.body
+    if isinstance(decision, (Retry, Fail, Hold)):
+        return decision.error or ""
+    return ""
+
+
+def _run(case_answer: Response | TransportFailure, case_job: Job, not_found: NotFound | None,
+         rand: float) -> Decision:
+    decision = decide(case_answer, case_job, CONFIG, NOW, lambda: rand)
+    if not_found is None:
+        return decision
+    assert decision == CheckUpstream(status=404)
+    return decide_not_found(case_job, not_found.upstream_status, not_found.asked, CONFIG, NOW,
+                            lambda: rand)
+
+
+@pytest.mark.parametrize(("case_answer", "case_job", "not_found", "expect"), TABLE)
+def test_each_upstream_answer(case_answer: Response | TransportFailure, case_job: Job,
+                              not_found: NotFound | None, expect: Expect) -> None:
+    """SPEC section 4, row by row, at both ends of the random range."""
+    for rand in (0.0, 0.5, RAND_MAX):
+        decision = _run(case_answer, case_job, not_found, rand)
+        assert type(decision) is expect.kind, decision
+        for name, value in expect.fields.items():
+            assert getattr(decision, name) == value, (name, decision)
+        text = _text(decision)
+        for piece in expect.says:
+            assert piece.lower() in text.lower(), (piece, text)
+        assert "\n" not in text
+        if isinstance(decision, Hold) and not decision.auth_failed:
+            assert decision.pause_for == decision.delay  # all dispatch waits as long
+        if expect.delay is None:
+            assert not hasattr(decision, "delay")
+            continue
+        assert isinstance(decision, (Retry, Stuck, Hold))
+        low, high = expect.delay
+        assert low <= decision.delay  # never earlier, not even by rounding
+        assert decision.delay <= high or decision.delay == pytest.approx(high, rel=1e-12)
+        if rand == 0.0:
+            assert decision.delay == pytest.approx(low, rel=1e-12)
+        if rand == RAND_MAX:
+            assert decision.delay == pytest.approx(high, rel=1e-9)
+
+
+def test_landed_result_is_the_body() -> None:
+    document = row()
+    decision = decide(answer(200, document), job(), CONFIG, NOW, lambda: 0.5)
+    assert isinstance(decision, Land)
+    assert decision.result.job_id == JOB_ID
+    assert decision.result.domain == document["domain"]
+    assert json.loads(decision.payload) == document  # unknown fields included
+
+
+def test_404_asks_upstream_even_past_every_limit() -> None:
+    """A 404 alone is never final: the batch-status answer decides."""
+    assert decide(answer(404), job(age=timedelta(days=400)), CONFIG, NOW, lambda: 0.5) == CheckUpstream()
+
+
+def test_unknown_upstream_status_is_treated_as_in_progress() -> None:
+    decision = decide_not_found(job(), "paused_by_operator", True, CONFIG, NOW, lambda: 0.0)
+    assert isinstance(decision, Retry)
+    assert decision.delay == 40.0
+    assert decision.upstream_status == "paused_by_operator"
+
+
+def test_stuck_after_is_read_from_the_config() -> None:
+    config = PolicyConfig(stuck_after=1, stuck_recheck=60.0)
+    decision = decide(answer(500, None), job(), config, NOW, lambda: 0.5)
+    assert decision == Stuck(delay=60.0, status=500, body="", consecutive_500s=1, attempt=4, newly=True)
+
+
+def test_deeply_nested_json_body_does_not_escape_as_recursion_error() -> None:
+    """json.loads raises RecursionError (not ValueError) for ``[[[[…``; decide must not."""
+    body = b"[" * 100_000
+    for status in (200, 202, 401, 403, 410, 429, 500, 502):
+        decision = decide(Response(status, body, "application/json"), job(), CONFIG, NOW, lambda: 0.5)
+        assert isinstance(decision, DECISION_TYPES)
+    with pytest.raises(ValueError, match="nested"):
+        parse_batch_status(body)
+
+
+# ---------------------------------------------------------------- Retry-After
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        pytest.param(None, None, id="absent"),
+        pytest.param("", None, id="empty"),
+        pytest.param("   \t ", None, id="whitespace"),
+        pytest.param("-5", None, id="negative"),
+        pytest.param("+5", None, id="signed"),
+        pytest.param("soon", None, id="garbage"),
+        pytest.param("1e3", None, id="exponent"),
+        pytest.param("inf", None, id="inf"),
+        pytest.param("nan", None, id="nan"),
+        pytest.param("1.2.3", None, id="two-dots"),
+        pytest.param("\u0663", None, id="arabic-indic-digit"),
+        pytest.param("0", 0.0, id="zero"),
+        pytest.param("5", 5.0, id="delta"),
+        pytest.param(" 7 ", 7.0, id="delta-padded"),
+        pytest.param("1.5", 1.5, id="decimal"),
+        pytest.param("5.", 5.0, id="trailing-dot"),
+        pytest.param("0" * 9_999 + "7", 7.0, id="10000-chars-of-leading-zeros"),
+        pytest.param("Wed, 21 Oct 2015 07:28:00 GMT", 0.0, id="past-http-date"),
+        pytest.param(http_date(90), 90.0, id="http-date"),
+        pytest.param("Sun, 01 Mar 2026 12:01:30 -0000", 90.0, id="http-date-minus-zero"),
+    ],
+)
+def test_retry_after_edges(header: str | None, expected: float | None) -> None:
+    assert parse_retry_after(header, NOW) == expected
+
+
+def test_retry_after_far_future_is_huge_but_finite() -> None:
+    seconds = parse_retry_after("Fri, 01 Jan 2100 00:00:00 GMT", NOW)
+    assert seconds is not None
+    assert seconds == (datetime(2100, 1, 1, tzinfo=UTC) - NOW).total_seconds()
+    assert math.isfinite(seconds)
+    seconds = parse_retry_after("9" * 10_000, NOW)
+    assert seconds is not None
+    assert math.isfinite(seconds)
+    assert seconds >= 10**11
+    assert parse_retry_after("0.0000000001", NOW) == pytest.approx(0.0, abs=1e-9)
+
+
+NUMBERISH = st.from_regex(r"\A[ +\-]?[0-9]{0,40}(\.[0-9]{0,12})?[0-9.eE]{0,3}\s?\Z")
+HTTP_DATES = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                          timezones=st.just(UTC)).map(lambda d: email.utils.format_datetime(d, usegmt=True))
+ANY_NOW = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1),
+                       timezones=st.just(UTC))
+
+
+@given(st.one_of(st.text(), NUMBERISH, HTTP_DATES, st.text(alphabet="0123456789.", max_size=200)),
+       ANY_NOW)
+def test_parse_retry_after_never_raises(header: str, now: datetime) -> None:
+    seconds = parse_retry_after(header, now)
+    assert seconds is None or (math.isfinite(seconds) and seconds >= 0)
+
+
+@given(st.integers(min_value=0, max_value=10**40))
+def test_parse_retry_after_keeps_whole_seconds(n: int) -> None:
+    seconds = parse_retry_after(str(n), NOW)
+    assert seconds == min(float(n), 1e12)
+
+
+@st.composite
+def policy_configs(draw: st.DrawFn) -> PolicyConfig:
+    low = draw(st.floats(min_value=0.0, max_value=1000.0))
+    high = draw(st.floats(min_value=max(low, 0.1), max_value=7 * 86400.0))
+    default = draw(st.floats(min_value=0.0, max_value=86400.0))
+    return PolicyConfig(default_retry_after=default, min_poll_interval=low, max_poll_interval=high)
+
+
+@st.composite
+def asked_delays(draw: st.DrawFn) -> tuple[str | None, Any, float | None]:
+    """(header, body, what upstream asked for or None when neither names a usable delay)."""
+    header_kind = draw(st.sampled_from(["none", "delta", "decimal", "date", "garbage"]))
+    header: str | None = None
+    asked: float | None = None
+    if header_kind == "delta":
+        n = draw(st.integers(min_value=0, max_value=10**20))
+        header, asked = str(n), min(float(n), 1e12)
+    elif header_kind == "decimal":
+        decimal = draw(st.decimals(min_value=0, max_value=10**6, places=3, allow_nan=False))
+        header, asked = format(abs(decimal), "f"), float(decimal)
+    elif header_kind == "date":
+        s = draw(st.integers(min_value=-10**9, max_value=10**9))
+        header, asked = http_date(s), float(max(0, s))
+    elif header_kind == "garbage":
+        header = draw(st.sampled_from(["soon", "-5", "", "later please", "1e9", "NaN"]))
+    body_kind = draw(st.sampled_from(["none", "seconds", "bad", "not-a-dict"]))
+    body: Any = None
+    if body_kind == "seconds":
+        seconds = draw(st.floats(min_value=0.0, max_value=1e15))
+        body = {"retryAfterSeconds": seconds}
+        asked = seconds if asked is None else asked
+    elif body_kind == "bad":
+        body = {"retryAfterSeconds": draw(st.sampled_from([-1, True, "5", None, math.nan, math.inf]))}
+    elif body_kind == "not-a-dict":
+        body = draw(st.sampled_from([[5], "5", 5]))
+    return header, body, asked
+
+
+@given(asked_delays(), policy_configs(), st.floats(min_value=0.0, max_value=1.0, exclude_max=True))
+def test_upstream_delay_is_never_earlier_and_at_most_10_percent_later(
+        asked: tuple[str | None, Any, float | None], config: PolicyConfig, rand: float) -> None:
+    header, body, seconds = asked
+    wanted = config.default_retry_after if seconds is None else min(seconds, 1e12)
+    low = min(max(wanted, config.min_poll_interval), config.max_poll_interval)
+    delay = upstream_delay(header, body, config, NOW, rand)
+    assert low <= delay <= low * 1.1
+
+
+@given(st.one_of(st.none(), st.text()), st.one_of(st.none(), st.dictionaries(st.text(), st.floats())),
+       policy_configs(), st.floats(allow_nan=True))
+def test_upstream_delay_is_within_the_clamp_for_any_input(
+        header: str | None, body: Any, config: PolicyConfig, rand: float) -> None:
+    delay = upstream_delay(header, body, config, NOW, rand)
+    assert config.min_poll_interval <= delay <= config.max_poll_interval * 1.1
+
+
+# ---------------------------------------------------------------- backoff
+
+ATTEMPTS = st.one_of(st.integers(min_value=-10, max_value=10**6), st.sampled_from([10_000, 10**6]))
+UNIT = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
+
+
+@given(ATTEMPTS, st.floats(min_value=0.001, max_value=100.0), st.floats(min_value=0.0, max_value=1e6),
+       UNIT)
+def test_backoff_stays_within_base_and_cap(attempt: int, base: float, extra: float, rand: float) -> None:
+    cap = base + extra
+    delay = backoff(attempt, base=base, cap=cap, rand=rand)
+    assert math.isfinite(delay)
+    assert base <= delay <= cap
+
+
+@given(ATTEMPTS, st.floats(min_value=0.001, max_value=100.0), st.floats(min_value=0.0, max_value=1e6),
+       UNIT)
+def test_backoff_grows_with_the_attempt(attempt: int, base: float, extra: float, rand: float) -> None:
+    cap = base + extra
+    upper = backoff(attempt, base=base, cap=cap, rand=1.0)
+    assert upper <= backoff(attempt + 1, base=base, cap=cap, rand=1.0)
+    assert backoff(attempt, base=base, cap=cap, rand=rand) <= backoff(attempt + 1, base=base, cap=cap,
+                                                                      rand=rand)
+    assert backoff(attempt, base=base, cap=cap, rand=rand) <= upper
+
+
+def test_backoff_upper_bound_doubles_to_the_cap() -> None:
+    uppers = [backoff(a, base=1.0, cap=300.0, rand=1.0) for a in (-10, 0, 1, 2, 8, 9, 10_000, 10**6)]
+    assert uppers == [1.0, 1.0, 2.0, 4.0, 256.0, 300.0, 300.0, 300.0]
+    assert backoff(10_000, base=1.0, cap=300.0, rand=0.0) == 1.0
+
+
+@given(ATTEMPTS, st.floats(min_value=0.0, max_value=1000.0), st.floats(allow_nan=True))
+def test_fault_delay_bounds(attempt: int, min_poll: float, rand: float) -> None:
+    config = PolicyConfig(min_poll_interval=min_poll, max_poll_interval=max(min_poll, 3600.0))
+    base = max(1.0, min_poll)
+    delay = fault_delay(attempt, config, rand)
+    assert base <= delay <= max(base, FAULT_BACKOFF_CAP)
+    assert 1.0 <= fault_delay(attempt, CONFIG, rand) <= 300.0
+
+
+@given(ATTEMPTS, UNIT)
+def test_not_found_delay_bounds(attempt: int, rand: float) -> None:
+    ceiling = min(NOT_FOUND_BACKOFF_CAP, 5.0 * 2.0 ** min(max(attempt, 0), 10))
+    delay = not_found_delay(attempt, CONFIG, rand)
+    assert ceiling <= delay <= ceiling * 1.1
+    assert 5.0 <= delay <= 330.0
+
+
+def test_not_found_delay_doubles_from_5s_to_5min() -> None:
+    assert [not_found_delay(a, CONFIG, 0.0) for a in range(8)] == [5, 10, 20, 40, 80, 160, 300, 300]
+
+
+# ---------------------------------------------------------------- decide on anything
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@st.composite
+def mutated_rows(draw: st.DrawFn) -> bytes:
+    """A result row with some fields replaced by anything JSON, dropped, or added."""
+    document: dict[str, Any] = row(draw(st.sampled_from([JOB_ID, OTHER_ID])))
+    for key in draw(st.lists(st.sampled_from(sorted(document)), max_size=4, unique=True)):
+        if draw(st.booleans()):
+            del document[key]
+        else:
+            document[key] = draw(JSON_VALUES)
+    document.update(draw(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=2)))
+    return json.dumps(document).encode()
+
+
+BODIES = st.one_of(st.binary(max_size=200), JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+                   mutated_rows())
+CONTENT_TYPES = st.one_of(st.none(), st.text(max_size=30), st.sampled_from(
+    ["application/json", "application/json; charset=utf-8", "text/html", "text/plain",
+     "application/problem+json"]))
+JOBS = st.builds(
+    Job,
+    job_id=st.just(JOB_ID),
+    state=st.sampled_from(["pending", "stuck"]),
+    age_origin=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=30)).map(lambda d: NOW - d),
+    polls=st.integers(min_value=0, max_value=10**6),
+    attempt=st.integers(min_value=0, max_value=10**6),
+    consecutive_500s=st.integers(min_value=0, max_value=10**6),
+)
+ANSWERS = st.one_of(
+    st.builds(Response, status=st.integers(min_value=100, max_value=599), body=BODIES,
+              content_type=CONTENT_TYPES, retry_after=st.one_of(st.none(), st.text(max_size=40))),
+    st.builds(TransportFailure, kind=st.sampled_from(["timeout", "connection", "too_large", "protocol"]),
+              detail=st.text(max_size=50)),
+)
+
+
+def _check(decision: Decision) -> None:
+    assert isinstance(decision, DECISION_TYPES)
+    if isinstance(decision, (Retry, Stuck, Hold)):
+        assert math.isfinite(decision.delay)
+        assert decision.delay >= 0
+    text = _text(decision)
+    assert "\x00" not in text
+    assert "\n" not in text
+
+
+@settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(ANSWERS, JOBS, UNIT, st.one_of(st.none(), st.sampled_from(sorted(IN_PROGRESS | NEARLY_READY)),
+                                      st.just("failed"), st.text(max_size=30)), st.booleans())
+def test_decide_never_raises(answer: Response | TransportFailure, claimed: Job, rand: float,
+                             upstream: str | None, asked: bool) -> None:
+    decision = decide(answer, claimed, CONFIG, NOW, lambda: rand)
+    _check(decision)
+    if isinstance(decision, CheckUpstream):
+        _check(decide_not_found(claimed, upstream, asked, CONFIG, NOW, lambda: rand))
