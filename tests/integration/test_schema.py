@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
 
 from harvester.migrations import latest_version, load_migrations, migrate
-from harvester.store import CLAIM_SQL
+from harvester.store import CLAIM_SQL, Connection
 
 EXPECTED_COLUMNS = {
     "jobs": {
@@ -46,7 +47,7 @@ EXPECTED_COLUMNS = {
 }
 
 
-async def _schema(conn: asyncpg.Connection) -> dict[str, dict[str, str]]:
+async def _schema(conn: Connection) -> dict[str, dict[str, str]]:
     rows = await conn.fetch(
         """
         SELECT c.table_name, c.column_name, c.data_type
@@ -157,8 +158,8 @@ async def test_claim_uses_the_partial_index_with_100k_rows_not_due(pool: asyncpg
     assert due_scan["Shared Hit Blocks"] + due_scan.get("Shared Read Blocks", 0) < 100
 
 
-def _nodes(plan: dict[str, object], kind: str) -> list[dict[str, object]]:
+def _nodes(plan: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     found = [plan] if plan.get("Node Type") == kind else []
-    for child in plan.get("Plans", []):  # type: ignore[attr-defined]
+    for child in plan.get("Plans", []):
         found += _nodes(child, kind)
     return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -18,7 +19,7 @@ PASSWORD = "pg-pass-55aa55aa"
 
 
 @pytest.fixture
-def captured() -> io.StringIO:
+def captured() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     configure_logging("debug", "json", [TOKEN, ADMIN, PASSWORD], stream=stream)
     yield stream

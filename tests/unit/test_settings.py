@@ -131,7 +131,7 @@ def test_loopback_http_is_allowed_and_insecure_opens_the_rest(monkeypatch: pytes
 
 
 def test_token_is_required_only_for_a_real_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match="^HARVESTER_API_TOKEN: required"):
+    with pytest.raises(ConfigError, match=r"^HARVESTER_API_TOKEN: required"):
         load_settings(env_file=None).require_api_token()
     monkeypatch.setenv("HARVESTER_API_BASE_URL", "http://127.0.0.1:8900")
     load_settings(env_file=None).require_api_token()
