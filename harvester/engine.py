@@ -351,7 +351,9 @@ class Engine:
     # ------------------------------------------------------------------ workers
 
     async def _worker(self) -> None:
-        lease_margin = self.settings.lease_seconds - self.settings.request_timeout - 1.0
+        # A job must start while its lease still covers a whole request; later, another
+        # worker may already have claimed it, so it is handed back unpolled.
+        lease_margin = self.settings.lease_seconds - self.settings.request_timeout
         while True:
             item = await self.local.get()
             if item is None:

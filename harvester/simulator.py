@@ -226,6 +226,8 @@ class JobRecord:
     polls: int = 0
     in_flight: int = 0
     not_before: float = 0.0
+    ready_wall: float | None = None
+    """Wall-clock time from which the last 202 allowed the next poll (landing-lag origin)."""
     served_rows: int = 0
     last_status: int | None = None
 
@@ -325,6 +327,7 @@ class Simulator:
         app.router.add_post(BATCH_STATUS, self.batch_status)
         app.router.add_get("/_sim/stats", self.stats)
         app.router.add_get("/_sim/log", self.served_log)
+        app.router.add_get("/_sim/ready", self.ready_times)
         app.router.add_post("/_sim/script", self.script)
         app.router.add_post("/_sim/control", self.control)
         app.router.add_get("/", self.dashboard)
@@ -369,6 +372,12 @@ class Simulator:
 
     async def stats(self, request: web.Request) -> web.Response:
         return _json(self.state.stats(), 200)
+
+    async def ready_times(self, request: web.Request) -> web.Response:
+        """{job_id: wall-clock time its row could first be polled} for jobs that got 202s."""
+        ready = {str(k): r.ready_wall for k, r in self.state.jobs.items()
+                 if r.ready_wall is not None and r.served_rows}
+        return _json(ready, 200)
 
     async def served_log(self, request: web.Request) -> web.Response:
         return _json([asdict(s) for s in self.state.log], 200)
@@ -417,6 +426,8 @@ class Simulator:
             finished = time.monotonic()
             if announced is not None:
                 record.not_before = finished + announced
+                if kind == "202":
+                    record.ready_wall = time.time() + announced
             record.last_status = status or None
             state.statuses[status] += 1
             if state.record:
