@@ -3,11 +3,17 @@
 Counters and histograms are this process's view (requests it made, jobs it landed,
 how long its claims and writes took). Queue gauges are the database's view, read
 through the partial index of open jobs at most every few seconds when scraped, so every
-replica reports the same truth without each scrape costing a table scan.
+replica reports the same truth without each scrape costing a table scan; alert on
+``max()`` of them across replicas, never ``sum()``. When the database is away the queue
+gauges keep their last values, and ``harvester_queue_gauges_read_timestamp_seconds``
+says how old they are, so a frozen backlog figure is never mistaken for a healthy one.
+The process collectors (RSS, CPU, open fds) are registered here too because this
+registry is not prometheus-client's global one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -15,8 +21,11 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -40,14 +49,27 @@ class QueueGauges(Collector):
         self._read = read
         self._max_age = max_age
         self._values: dict[str, float] = {}
-        self._read_at = 0.0
+        # None until the first read: monotonic time may be small right after boot, so
+        # "0.0" would make the first scrapes of a fresh machine skip the database.
+        self._read_at: float | None = None
+        self._read_wall = 0.0
+        self._lock = asyncio.Lock()
+
+    def _fresh(self) -> bool:
+        return self._read_at is not None and time.monotonic() - self._read_at < self._max_age
 
     async def refresh(self) -> None:
-        """Called by the /metrics handler before rendering; cheap when fresh."""
-        if time.monotonic() - self._read_at < self._max_age:
+        """Called by the /metrics handler before rendering; cheap when fresh.
+
+        Concurrent scrapes (two Prometheus servers, a curl) share one database read."""
+        if self._fresh():
             return
-        self._values = await self._read()
-        self._read_at = time.monotonic()
+        async with self._lock:
+            if self._fresh():
+                return
+            self._values = await self._read()
+            self._read_at = time.monotonic()
+            self._read_wall = time.time()
 
     def collect(self) -> Iterable[Metric]:
         queue = GaugeMetricFamily("harvester_queue_jobs",
@@ -65,6 +87,10 @@ class QueueGauges(Collector):
         yield GaugeMetricFamily("harvester_stuck_open",
                                 "Open stuck records (jobs completed upstream without a row).",
                                 value=self._values.get("stuck_open", 0.0))
+        yield GaugeMetricFamily("harvester_queue_gauges_read_timestamp_seconds",
+                                "Unix time the queue gauges above were last read from the "
+                                "database (0: never); they keep old values while it is away.",
+                                value=self._read_wall)
 
 
 class Metrics:
@@ -112,6 +138,13 @@ class Metrics:
                                     registry=r)
         self.info = Info("harvester_build", "Version of the running daemon.", registry=r)
         self.info.info({"version": __version__})
+        # Known label values exist from the start, so rate() sees the first increment.
+        for result in ("ok", "error"):
+            self.batch_status.labels(result)
+        # RSS, CPU, fds, GC: what sizing a memory limit or spotting a leak needs.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.queue: QueueGauges | None = None
 
     def attach_queue_gauges(self, read: Callable[[], Awaitable[dict[str, float]]]) -> QueueGauges:
