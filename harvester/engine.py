@@ -47,6 +47,7 @@ from harvester.policy import (
     decide,
     decide_not_found,
     looks_like_html,
+    store_refused,
 )
 from harvester.settings import Settings
 from harvester.store import CHANNEL_JOBS, Outcome, ReleaseRow, WriteReport, listen
@@ -528,11 +529,27 @@ class Engine:
                 break
         self._after_write(batch, report)
         if report.rejected:
-            rows = [ReleaseRow(o.job, 60.0, polled=True, status=o.decision.status,
-                               error="the database refused this result: "
-                                     + report.rejected[o.job.job_id][:300])
-                    for o in batch if o.job.job_id in report.rejected]
-            await self._release_quietly(rows)
+            await self._write_refusals(batch, report)
+
+    async def _write_refusals(self, batch: list[Outcome], report: WriteReport) -> None:
+        """Outcomes the database refused become retries with backoff (bounded by
+        MAX_AGE), written without the offending value; if even that fails, the lease
+        brings the job back."""
+        now = datetime.now(UTC)
+        retries: list[Outcome] = []
+        for outcome in batch:
+            error = report.rejected.get(outcome.job.job_id)
+            if error is None:
+                continue
+            decision = store_refused(outcome.job, error[:300], self.config, now, self.rand)
+            if isinstance(decision, (Retry, Fail)):
+                retries.append(Outcome(outcome.job, decision))
+        try:
+            again = await self.store.write(retries)
+        except StoreError as exc:
+            log.error("store.refusal_not_recorded", jobs=len(retries), error=str(exc))
+            return
+        self._after_write(retries, again)
 
     def _after_write(self, batch: list[Outcome], report: WriteReport) -> None:
         soonest: float | None = None

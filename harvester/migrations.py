@@ -87,8 +87,21 @@ async def pending_migrations(conn: Connection) -> list[Migration]:
     return [m for m in load_migrations() if m.version not in applied]
 
 
+async def newer_versions(conn: Connection) -> list[int]:
+    """Migrations the database has that this harvester does not know.
+
+    Migrations are additive (columns and tables are added, never dropped or renamed),
+    so an older daemon keeps working on a newer schema: during a rolling upgrade the
+    old replicas that restart must not crash-loop. This is reported, not refused."""
+    applied = await applied_versions(conn)
+    return sorted(set(applied) - {m.version for m in load_migrations()})
+
+
 async def migrate(conn: Connection) -> list[Migration]:
-    """Apply what is missing; return what was applied (empty when current)."""
+    """Apply what is missing; return what was applied (empty when current).
+
+    Versions the database has beyond what this code knows are left alone (see
+    :func:`newer_versions`); a known migration whose file changed is refused."""
     available = load_migrations()
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
@@ -101,12 +114,6 @@ async def migrate(conn: Connection) -> list[Migration]:
                     f"migration {migration.version:03d}_{migration.name} was changed after it "
                     "was applied; write a new migration instead"
                 )
-        unknown = sorted(set(applied) - {m.version for m in available})
-        if unknown:
-            raise MigrationError(
-                f"the database has migration {unknown[-1]} which this harvester does not know; "
-                "it was migrated by a newer version"
-            )
         done: list[Migration] = []
         for migration in available:
             if migration.version in applied:

@@ -26,8 +26,12 @@ from harvester.model import ExtractionResult
 Random = Callable[[], float]
 """A source of uniform floats in [0, 1): ``random.random`` in production."""
 
-JITTER: Final = 0.10
-"""Positive jitter on upstream-given delays: never earlier than asked, at most 10 % later."""
+JITTER: Final = 0.05
+"""Positive jitter on upstream-given delays: never earlier than asked, at most 5 % later.
+
+SPEC allows up to 10 %; 5 % already spreads a herd of jobs that got the same 202 at the
+same second (0.25 s over a 5 s Retry-After) while keeping the landing lag after a
+Retry-After well inside half a second."""
 FAULT_BACKOFF_BASE: Final = 1.0
 FAULT_BACKOFF_CAP: Final = 300.0
 NOT_FOUND_BACKOFF_BASE: Final = 5.0
@@ -436,7 +440,60 @@ def _decide_200(answer: Response, job: Job, config: PolicyConfig, rand: Random) 
         return invalid(f"200 body is not a valid result: {_validation_summary(exc)}")
     if result.job_id != job.job_id:
         return invalid(f"200 body is for job {result.job_id}, not {job.job_id}")
+    unstorable = jsonb_obstacle(answer.body)
+    if unstorable:
+        return invalid(f"200 body cannot be stored as PostgreSQL jsonb: {unstorable}")
     return Land(result=result, payload=payload)
+
+
+def jsonb_obstacle(body: bytes) -> str | None:
+    """Why PostgreSQL's jsonb would refuse this (valid) JSON, or None.
+
+    Python's json and pydantic accept NaN and Infinity, and ``\\u0000`` in strings;
+    jsonb accepts neither. Caught here, the job keeps polling with a clear last_error
+    and is bounded by MAX_AGE, rather than failing inside the batch write. The cheap
+    byte scan keeps the common body free of a second parse.
+    """
+    if b"NaN" not in body and b"Infinity" not in body and b"\\u0000" not in body:
+        return None
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(constant)
+
+    try:
+        document = json.loads(body, parse_constant=refuse)
+    except ValueError as exc:
+        return f"it holds {exc.args[0] if exc.args else 'a non-finite number'}"
+    except RecursionError:
+        return "it is nested too deeply"
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "a string holds \\u0000"
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if "\x00" in key:
+                    return "a key holds \\u0000"
+                stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def store_refused(job: Job, error: str, config: PolicyConfig, now: datetime, rand: Random
+                  ) -> Decision:
+    """The database refused to write this job's outcome (rare: a value it cannot hold).
+
+    Treated like a bad answer: poll again with backoff, bounded by MAX_AGE."""
+    retry = _fault(job, config, rand, None, f"the database refused the result: {error}")
+    decision = Retry(delay=retry.delay, status=None, error=retry.error, attempt=retry.attempt,
+                     consecutive_500s=retry.consecutive_500s, state=retry.state, fault=False)
+    if age_seconds(job, now) >= config.max_age:
+        return Fail(reason="expired", status=None,
+                    error=f"unresolved after HARVESTER_MAX_AGE; last: {decision.error}")
+    return decision
 
 
 def _validation_summary(exc: ValidationError) -> str:

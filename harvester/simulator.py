@@ -264,6 +264,8 @@ class SimulatorState:
     rate_limit_retry_after: float = 1.0
     outage_until: float = 0.0
     outage_status: int = 502
+    pauses: list[tuple[float, float]] = field(default_factory=list)
+    """Wall-clock windows a 429/503 Retry-After asked every client to hold off."""
     started_at: float = field(default_factory=time.monotonic)
 
     def plan(self, job_id: UUID) -> Plan:
@@ -292,24 +294,20 @@ def _json(data: Any, status: int, headers: dict[str, str] | None = None) -> web.
                         content_type="application/json")
 
 
-def _retry_after_header(seconds: float, style: str) -> dict[str, str]:
+def _retry_after(seconds: float, style: str, default: float) -> tuple[dict[str, str], float]:
+    """The Retry-After header for a 202 (if its style has one) and the exact wait a
+    polite client must observe: delta-seconds are whole, an HTTP-date names the next
+    whole second, a body-only or silent 202 means the body value or the default."""
     if style == "header":
-        return {"Retry-After": str(max(0, math.ceil(seconds)))}
+        whole = max(0, math.ceil(seconds))
+        return {"Retry-After": str(whole)}, float(whole)
     if style == "date":
-        when = datetime.now(UTC) + timedelta(seconds=math.ceil(seconds) + 1)
-        return {"Retry-After": email.utils.format_datetime(when, usegmt=True)}
-    return {}
-
-
-def _announced_wait(seconds: float, style: str, default: float = 5.0) -> float:
-    """The wait a polite client must observe after this answer."""
-    if style == "header":
-        return float(max(0, math.ceil(seconds)))
-    if style == "date":
-        return float(math.ceil(seconds))  # the date is ceil+1 s away, rounded down to a second
+        now = time.time()
+        when = math.ceil(now + seconds)
+        return {"Retry-After": email.utils.formatdate(when, usegmt=True)}, when - now
     if style == "body":
-        return seconds
-    return default
+        return {}, seconds
+    return {}, default
 
 
 class Simulator:
@@ -375,9 +373,16 @@ class Simulator:
 
     async def ready_times(self, request: web.Request) -> web.Response:
         """{job_id: wall-clock time its row could first be polled} for jobs that got 202s."""
-        ready = {str(k): r.ready_wall for k, r in self.state.jobs.items()
+        ready = {str(k): self._effective_ready(r.ready_wall) for k, r in self.state.jobs.items()
                  if r.ready_wall is not None and r.served_rows}
         return _json(ready, 200)
+
+    def _effective_ready(self, ready: float) -> float:
+        """A job ready during a global pause could only be polled once the pause ended."""
+        for start, end in self.state.pauses:
+            if start <= ready < end:
+                ready = end
+        return ready
 
     async def served_log(self, request: web.Request) -> web.Response:
         return _json([asdict(s) for s in self.state.log], 200)
@@ -426,8 +431,15 @@ class Simulator:
             finished = time.monotonic()
             if announced is not None:
                 record.not_before = finished + announced
+                if kind in ("429", "503"):
+                    wall = time.time()
+                    state.pauses.append((wall, wall + announced))
                 if kind == "202":
                     record.ready_wall = time.time() + announced
+            elif kind != "200":
+                # Any other answer in between (a fault, a 429) restarts the clock: the
+                # landing lag measures how closely a client follows a 202's Retry-After.
+                record.ready_wall = None
             record.last_status = status or None
             state.statuses[status] += 1
             if state.record:
@@ -461,9 +473,8 @@ class Simulator:
                                     "message": "result is being indexed"}
             if step.style in ("header", "date", "body"):
                 body["retryAfterSeconds"] = seconds
-            headers = _retry_after_header(seconds, step.style)
-            return (_json(body, 202, headers), kind,
-                    _announced_wait(seconds, step.style, self.default_retry_after))
+            headers, wait = _retry_after(seconds, step.style, self.default_retry_after)
+            return _json(body, 202, headers), kind, wait
         if kind in ("429", "503") and step.retry_after is not None:
             wait = float(math.ceil(step.retry_after))
             return (_json({"error": "slow down"}, int(kind), {"Retry-After": str(int(wait))}),

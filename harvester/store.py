@@ -48,6 +48,7 @@ _TRANSIENT: Final = (
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     ConnectionError,
     OSError,
     TimeoutError,
@@ -69,8 +70,19 @@ def _line(exc: BaseException) -> str:
 async def translated() -> AsyncIterator[None]:
     try:
         yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+            TimeoutError) as exc:
         raise translate(exc) from exc
+
+
+async def _keep_session(conn: Connection) -> None:
+    """Pool reset hook: nothing to undo.
+
+    asyncpg's default reset runs a query (UNLISTEN, RESET ALL, ...) on every release:
+    one more round trip per claim and per write. The daemon's pooled connections never
+    LISTEN, SET or hold advisory locks beyond a block that releases them, so there is
+    no session state to reset; asyncpg still rolls back an open transaction itself.
+    """
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
@@ -81,6 +93,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
             dsn,
             min_size=min_size,
             max_size=max_size,
+            reset=_keep_session,
             command_timeout=60,
             max_inactive_connection_lifetime=300,
             server_settings={"application_name": application_name, "jit": "off"},
@@ -91,19 +104,23 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
 
 # ---------------------------------------------------------------- the claim
 
+# The lease lives in its own columns, not in next_poll_at: a claim then changes no
+# indexed column, so PostgreSQL updates the row in place (a HOT update) without new
+# entries in the due index or the primary key. Jobs in flight stay in the due index
+# and the claim steps over them (at most the jobs in flight across all replicas).
 CLAIM_SQL: Final = """
 WITH due AS MATERIALIZED (
     SELECT job_id
       FROM harvester.jobs
      WHERE state IN ('pending', 'stuck')
        AND next_poll_at <= now()
+       AND (leased_until IS NULL OR leased_until <= now())
      ORDER BY next_poll_at
      LIMIT $1
        FOR UPDATE SKIP LOCKED
 )
 UPDATE harvester.jobs AS j
-   SET next_poll_at = now() + make_interval(secs => $2),
-       leased_until = now() + make_interval(secs => $2),
+   SET leased_until = now() + make_interval(secs => $2),
        leased_by    = $3,
        lease_seq    = j.lease_seq + 1
   FROM due
@@ -113,48 +130,56 @@ RETURNING j.job_id, j.state, coalesce(j.requeued_at, j.enqueued_at) AS age_origi
 """
 
 NEXT_DUE_SQL: Final = """
-SELECT min(next_poll_at) FROM harvester.jobs WHERE state IN ('pending', 'stuck')
+SELECT next_poll_at
+  FROM harvester.jobs
+ WHERE state IN ('pending', 'stuck')
+   AND (leased_until IS NULL OR leased_until <= now())
+ ORDER BY next_poll_at
+ LIMIT 1
 """
 
-# ---------------------------------------------------------------- the writes
-
-UPDATE_JOBS_SQL: Final = """
-UPDATE harvester.jobs AS j
-   SET state            = u.state,
-       next_poll_at     = CASE WHEN u.state IN ('landed', 'failed') THEN NULL
-                               ELSE now() + make_interval(secs => u.delay) END,
-       polls            = j.polls + 1,
-       last_status      = u.status,
-       last_error       = u.error,
-       attempt          = u.attempt,
-       consecutive_500s = u.c500,
-       failed_reason    = u.failed_reason,
-       upstream_status  = coalesce(u.upstream_status, j.upstream_status),
-       landed_at        = CASE WHEN u.state = 'landed' THEN now() ELSE j.landed_at END,
-       updated_at       = now(),
-       leased_until     = NULL,
-       leased_by        = NULL
-  FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::float8[], $5::int[], $6::text[],
-              $7::int[], $8::int[], $9::text[], $10::text[])
-       AS u(job_id, lease_seq, state, delay, status, error, attempt, c500, failed_reason,
-            upstream_status)
- WHERE j.job_id = u.job_id
-   AND j.lease_seq = u.lease_seq
-RETURNING j.job_id
-"""
-
-# Landing the same row twice changes nothing: the update only happens when the body
-# differs, and only then is harvested_at moved and downstream notified.
-UPSERT_RESULTS_SQL: Final = """
-WITH rows AS (
+# One statement per batch of outcomes: the fenced job update, the mirror upsert, the
+# stuck record and the notifications, atomic and in a single round trip. Only jobs
+# whose lease_seq still matches are written; the mirror and stuck CTEs join on what
+# the fenced update returned. Landing the same row twice changes nothing: the mirror
+# row is only rewritten (and downstream notified) when the body differs.
+WRITE_SQL: Final = """
+WITH u AS (
+    SELECT *
+      FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::float8[], $5::int[], $6::text[],
+                  $7::int[], $8::int[], $9::text[], $10::text[], $11::int[])
+           AS u(job_id, lease_seq, state, delay, status, error, attempt, c500, failed_reason,
+                upstream_status, polled)
+), fenced AS (
+    UPDATE harvester.jobs AS j
+       SET state            = u.state,
+           next_poll_at     = CASE WHEN u.state IN ('landed', 'failed') THEN NULL
+                                   ELSE now() + make_interval(secs => u.delay) END,
+           polls            = j.polls + u.polled,
+           last_status      = u.status,
+           last_error       = u.error,
+           attempt          = u.attempt,
+           consecutive_500s = u.c500,
+           failed_reason    = u.failed_reason,
+           upstream_status  = coalesce(u.upstream_status, j.upstream_status),
+           landed_at        = CASE WHEN u.state = 'landed' THEN now() ELSE j.landed_at END,
+           updated_at       = now(),
+           leased_until     = NULL,
+           leased_by        = NULL
+      FROM u
+     WHERE j.job_id = u.job_id
+       AND j.lease_seq = u.lease_seq
+    RETURNING j.job_id, j.state
+), r AS (
     SELECT r.*, r.payload_text::jsonb AS payload
-      FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                  $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::int[],
-                  $12::timestamptz[], $13::timestamptz[], $14::text[])
+      FROM unnest($12::uuid[], $13::uuid[], $14::uuid[], $15::text[], $16::text[], $17::text[],
+                  $18::text[], $19::float8[], $20::float8[], $21::float8[], $22::int[],
+                  $23::timestamptz[], $24::timestamptz[], $25::text[])
            AS r(job_id, id, org_id, domain, schema_id, data_type, raw_blob_key,
                 quality_completeness, quality_validation, quality_composite, latency_ms,
                 delivered_at, created_at, payload_text)
-), written AS (
+      JOIN fenced USING (job_id)
+), mirrored AS (
     INSERT INTO harvester.extraction_results AS e
            (job_id, id, org_id, domain, schema_id, data_type, normalized, raw_blob_key,
             quality_completeness, quality_validation, quality_composite, latency_ms,
@@ -162,7 +187,7 @@ WITH rows AS (
     SELECT job_id, id, org_id, domain, schema_id, data_type, payload -> 'normalized',
            raw_blob_key, quality_completeness, quality_validation, quality_composite,
            latency_ms, delivered_at, created_at, payload
-      FROM rows
+      FROM r
     ON CONFLICT (job_id) DO UPDATE
        SET id = excluded.id, org_id = excluded.org_id, domain = excluded.domain,
            schema_id = excluded.schema_id, data_type = excluded.data_type,
@@ -175,21 +200,22 @@ WITH rows AS (
            harvested_at = now()
      WHERE e.payload IS DISTINCT FROM excluded.payload
     RETURNING job_id
-)
-SELECT count(pg_notify('harvester_landed', job_id::text)) FROM written
-"""
-
-RESOLVE_STUCK_SQL: Final = """
-UPDATE harvester.stuck_jobs
-   SET resolved_at = now()
- WHERE job_id = ANY($1::uuid[])
-   AND resolved_at IS NULL
-"""
-
-UPSERT_STUCK_SQL: Final = """
-WITH upserted AS (
+), resolved AS (
+    UPDATE harvester.stuck_jobs AS s
+       SET resolved_at = now()
+      FROM fenced f
+     WHERE s.job_id = f.job_id
+       AND f.state = 'landed'
+       AND s.resolved_at IS NULL
+    RETURNING s.job_id
+), st AS (
+    SELECT st.*
+      FROM unnest($26::uuid[], $27::int[], $28::text[], $29::bool[])
+           AS st(job_id, status, body, newly)
+      JOIN fenced USING (job_id)
+), stuck AS (
     INSERT INTO harvester.stuck_jobs AS s (job_id, last_status, last_body)
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[])
+    SELECT job_id, status, body FROM st
     ON CONFLICT (job_id) DO UPDATE
        SET last_seen_at  = now(),
            times_seen    = s.times_seen + 1,
@@ -198,10 +224,16 @@ WITH upserted AS (
            first_seen_at = CASE WHEN s.resolved_at IS NULL THEN s.first_seen_at ELSE now() END,
            resolved_at   = NULL
     RETURNING job_id
+), notified AS (
+    SELECT pg_notify('harvester_landed', job_id::text) FROM mirrored
+    UNION ALL
+    SELECT pg_notify('harvester_stuck', stuck.job_id::text)
+      FROM stuck JOIN st USING (job_id)
+     WHERE st.newly
 )
-SELECT count(pg_notify('harvester_stuck', u.job_id::text))
-  FROM upserted u
- WHERE u.job_id = ANY($4::uuid[])
+SELECT coalesce((SELECT array_agg(job_id) FROM fenced), '{}') AS written,
+       (SELECT count(*) FROM notified) AS notified,
+       (SELECT count(*) FROM resolved) AS resolved
 """
 
 RELEASE_SQL: Final = """
@@ -243,20 +275,20 @@ class WriteReport:
 def _job_row(outcome: Outcome) -> tuple[Any, ...]:
     job, d = outcome.job, outcome.decision
     if isinstance(d, Land):
-        return (job.job_id, job.lease_seq, "landed", 0.0, d.status, None, 0, 0, None, None)
+        return (job.job_id, job.lease_seq, "landed", 0.0, d.status, None, 0, 0, None, None, 1)
     if isinstance(d, Retry):
         return (job.job_id, job.lease_seq, d.state, d.delay, d.status, d.error, d.attempt,
-                d.consecutive_500s, None, d.upstream_status)
+                d.consecutive_500s, None, d.upstream_status, 1)
     if isinstance(d, Stuck):
         return (job.job_id, job.lease_seq, "stuck", d.delay, d.status,
                 f"stuck: {d.consecutive_500s} consecutive 500s", d.attempt,
-                d.consecutive_500s, None, None)
+                d.consecutive_500s, None, None, 1)
     if isinstance(d, Fail):
         return (job.job_id, job.lease_seq, "failed", 0.0, d.status, d.error, job.attempt,
-                job.consecutive_500s, d.reason, d.upstream_status)
+                job.consecutive_500s, d.reason, d.upstream_status, 1)
     # Hold: no attempt charged, state unchanged; the request still counts as a poll.
     return (job.job_id, job.lease_seq, job.state, d.delay, d.status, d.error, job.attempt,
-            job.consecutive_500s, None, None)
+            job.consecutive_500s, None, None, 1)
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -268,6 +300,15 @@ def _result_row(job_id: UUID, land: Land) -> tuple[Any, ...]:
     return (job_id, r.id, r.org_id, r.domain, r.schema_id, r.data_type, r.raw_blob_key,
             r.quality_completeness, r.quality_validation, r.quality_composite, r.latency_ms,
             r.delivered_at, r.created_at, land.payload)
+
+
+@dataclass(slots=True)
+class RequeueReport:
+    """What a requeue did; ``landed`` and ``unknown`` are filled when IDs were given."""
+
+    requeued: int = 0
+    landed: list[UUID] = field(default_factory=list)
+    unknown: list[UUID] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,13 +346,14 @@ class Store:
     # ------------------------------------------------------------ write path
 
     async def write(self, outcomes: Sequence[Outcome]) -> WriteReport:
-        """Write a batch in one transaction. A row the database refuses (say, a string
-        it cannot store) is retried alone so the rest of the batch still lands."""
+        """Write a batch in one statement (so one transaction). A row the database
+        refuses (say, a string it cannot store) is retried alone so the rest of the batch
+        still lands."""
         report = WriteReport()
         if not outcomes:
             return report
         try:
-            async with translated(), self.pool.acquire() as conn, conn.transaction():
+            async with translated(), self.pool.acquire() as conn:
                 await self._write(conn, outcomes, report)
             return report
         except StoreUnavailable:
@@ -322,7 +364,7 @@ class Store:
         report = WriteReport()
         for outcome in outcomes:
             try:
-                async with translated(), self.pool.acquire() as conn, conn.transaction():
+                async with translated(), self.pool.acquire() as conn:
                     await self._write(conn, [outcome], report)
             except StoreUnavailable:
                 raise
@@ -333,28 +375,17 @@ class Store:
     async def _write(self, conn: Connection, outcomes: Sequence[Outcome],
                      report: WriteReport) -> None:
         rows = [_job_row(o) for o in outcomes]
-        written = {r["job_id"] for r in await conn.fetch(UPDATE_JOBS_SQL, *_columns(rows, 10))}
+        lands = [(o.job.job_id, o.decision) for o in outcomes if isinstance(o.decision, Land)]
+        stucks = [(o.job.job_id, o.decision) for o in outcomes if isinstance(o.decision, Stuck)]
+        result_rows = [_result_row(job_id, d) for job_id, d in lands]
+        stuck_rows = [(job_id, d.status, d.body, d.newly) for job_id, d in stucks]
+        row = await conn.fetchrow(WRITE_SQL, *_columns(rows, 11), *_columns(result_rows, 14),
+                                  *_columns(stuck_rows, 4))
+        assert row is not None
+        written = set(row["written"])
         report.written |= written
         report.fenced |= {o.job.job_id for o in outcomes} - written
-
-        lands = [o for o in outcomes if isinstance(o.decision, Land) and o.job.job_id in written]
-        if lands:
-            result_rows = [_result_row(o.job.job_id, o.decision) for o in lands
-                           if isinstance(o.decision, Land)]
-            await conn.fetchval(UPSERT_RESULTS_SQL, *_columns(result_rows, 14))
-            await conn.execute(RESOLVE_STUCK_SQL, [o.job.job_id for o in lands])
-            report.landed += len(lands)
-
-        stucks = [(o.job.job_id, o.decision) for o in outcomes
-                  if isinstance(o.decision, Stuck) and o.job.job_id in written]
-        if stucks:
-            await conn.fetchval(
-                UPSERT_STUCK_SQL,
-                [job_id for job_id, _ in stucks],
-                [d.status for _, d in stucks],
-                [d.body for _, d in stucks],
-                [job_id for job_id, d in stucks if d.newly],
-            )
+        report.landed += sum(1 for job_id, _ in lands if job_id in written)
 
     async def release(self, rows: Sequence[ReleaseRow]) -> set[UUID]:
         """Give jobs back without charging an attempt (shutdown, auth circuit, pause)."""
@@ -389,8 +420,12 @@ class Store:
             return int(await self.pool.fetchval(sql, list(job_ids)))
 
     async def requeue(self, *, job_ids: Sequence[UUID] | None = None,
-                      state: Literal["failed", "stuck"] | None = None) -> int:
-        """Put jobs back to pending, due now, their age limits counted from now."""
+                      state: Literal["failed", "stuck"] | None = None) -> RequeueReport:
+        """Put jobs back to pending, due now, their age limits counted from now.
+
+        Landed jobs are never touched. The lease token is bumped, so an answer still in
+        flight for a requeued job cannot overwrite the reset. An open stuck record stays
+        open: it closes when the row lands, not when someone retries."""
         if (job_ids is None) == (state is None):
             raise ValueError("requeue takes job IDs or a state, not both")
         where = "job_id = ANY($1::uuid[])" if job_ids is not None else "state = $1"
@@ -407,11 +442,23 @@ class Store:
             )
             SELECT count(*) FROM requeued
         """  # noqa: S608 - the interpolated part is one of two fixed strings
+        report = RequeueReport()
         async with translated(), self.pool.acquire() as conn, conn.transaction():
-            count = int(await conn.fetchval(sql, arg))
-            if count:
+            report.requeued = int(await conn.fetchval(sql, arg))
+            if job_ids is not None:
+                rows = await conn.fetch(
+                    """
+                    SELECT u.job_id, j.state
+                      FROM unnest($1::uuid[]) AS u(job_id)
+                      LEFT JOIN harvester.jobs j USING (job_id)
+                     WHERE j.job_id IS NULL OR j.state = 'landed'
+                     ORDER BY u.job_id
+                    """, list(dict.fromkeys(job_ids)))
+                report.landed = [r["job_id"] for r in rows if r["state"] == "landed"]
+                report.unknown = [r["job_id"] for r in rows if r["state"] is None]
+            if report.requeued:
                 await conn.execute("SELECT pg_notify($1, '')", CHANNEL_JOBS)
-        return count
+        return report
 
     # ------------------------------------------------------------ daemons
 
@@ -455,10 +502,11 @@ class Store:
                        extract(epoch FROM now() - min(next_poll_at))::float8 AS oldest_due_age
                   FROM harvester.jobs
                  WHERE state IN ('pending', 'stuck') AND next_poll_at <= now()
+                   AND (leased_until IS NULL OR leased_until <= now())
                 """)
             in_flight = await conn.fetchval(
                 "SELECT count(*) FROM harvester.jobs WHERE state IN ('pending', 'stuck') "
-                "AND next_poll_at > now() AND leased_until > now()")
+                "AND leased_until > now()")
             landed = await _one(conn,
                 """
                 SELECT count(*) FILTER (WHERE landed_at > now() - interval '1 minute') AS last_minute,
@@ -510,6 +558,7 @@ class Store:
                        coalesce(extract(epoch FROM now() - min(next_poll_at)), 0)::float8 AS age
                   FROM harvester.jobs
                  WHERE state IN ('pending', 'stuck') AND next_poll_at <= now()
+                   AND (leased_until IS NULL OR leased_until <= now())
                 """)
             stuck_open = await conn.fetchval(
                 "SELECT count(*) FROM harvester.stuck_jobs WHERE resolved_at IS NULL")
@@ -534,6 +583,8 @@ class Store:
         return [dict(r) for r in rows]
 
     async def job(self, job_id: UUID) -> dict[str, Any] | None:
+        """One job as the admin API shows it: its queue row, its mirror row when landed
+        (``result``, JSON columns decoded), and its stuck record if it ever had one."""
         async with translated(), self.pool.acquire() as conn:
             row = await conn.fetchrow(
                 """
@@ -546,14 +597,21 @@ class Store:
                 return None
             found = dict(row)
             result = await conn.fetchrow(
-                "SELECT payload, harvested_at FROM harvester.extraction_results WHERE job_id = $1",
-                job_id)
-            found["result"] = None if result is None else {
-                "payload": json.loads(result["payload"]),
-                "harvested_at": result["harvested_at"],
-            }
+                """
+                SELECT id, org_id, domain, schema_id, data_type, normalized, raw_blob_key,
+                       quality_completeness, quality_validation, quality_composite, latency_ms,
+                       delivered_at, created_at, payload, harvested_at
+                  FROM harvester.extraction_results WHERE job_id = $1
+                """, job_id)
+            if result is None:
+                found["result"] = None
+            else:
+                mirror = dict(result)
+                mirror["normalized"] = json.loads(mirror["normalized"])
+                mirror["payload"] = json.loads(mirror["payload"])
+                found["result"] = mirror
             stuck = await conn.fetchrow(
-                "SELECT first_seen_at, last_seen_at, times_seen, resolved_at "
+                "SELECT first_seen_at, last_seen_at, times_seen, last_status, resolved_at "
                 "FROM harvester.stuck_jobs WHERE job_id = $1", job_id)
             found["stuck"] = None if stuck is None else dict(stuck)
         return found

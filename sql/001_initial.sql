@@ -7,12 +7,13 @@ CREATE SCHEMA IF NOT EXISTS harvester;
 
 -- ---------------------------------------------------------------- the queue
 --
--- One row per job ID. A job is *due* when its state is open (pending or stuck)
--- and next_poll_at has passed. Claiming moves next_poll_at to the end of the
--- lease, so the same index serves "what is due" and "whose lease ran out", and a
--- crashed daemon's jobs come back by themselves. lease_seq is the fencing token:
--- every claim bumps it and every write names the value it claimed with, so a
--- late answer from an expired lease cannot overwrite a newer outcome.
+-- One row per job ID. A job is *due* when its state is open (pending or stuck),
+-- next_poll_at has passed and no live lease holds it. A claim sets leased_until
+-- and bumps lease_seq, columns no index covers, so PostgreSQL updates the row in
+-- place (HOT) and the claim adds nothing to any index; a crashed daemon's jobs
+-- come back by themselves when their lease lapses. lease_seq is the fencing
+-- token: every write names the value it claimed with, so a late answer from an
+-- expired lease cannot overwrite a newer outcome.
 CREATE TABLE harvester.jobs (
     job_id           uuid        PRIMARY KEY,
     state            text        NOT NULL DEFAULT 'pending'
@@ -39,9 +40,10 @@ CREATE TABLE harvester.jobs (
     CONSTRAINT failed_jobs_have_a_reason
         CHECK (state <> 'failed' OR failed_reason IS NOT NULL)
 ) WITH (
-    -- The queue churns: keep room for updates on the same page and let
-    -- autovacuum visit early rather than after 20 % of a large table is dead.
-    fillfactor = 80,
+    -- The queue churns (a claim and an outcome per poll): keep half of each page
+    -- free so new row versions stay on their page (HOT), and let autovacuum visit
+    -- early rather than after 20 % of a large table is dead.
+    fillfactor = 50,
     autovacuum_vacuum_scale_factor = 0.02,
     autovacuum_analyze_scale_factor = 0.02
 );
@@ -49,7 +51,9 @@ CREATE TABLE harvester.jobs (
 COMMENT ON TABLE harvester.jobs IS
     'The queue: one row per job ID. Feed with INSERT INTO harvester.jobs (job_id) VALUES (...) ON CONFLICT DO NOTHING.';
 COMMENT ON COLUMN harvester.jobs.next_poll_at IS
-    'When the job is next due; while claimed, the end of the lease; NULL once landed or failed.';
+    'When the job is next due; NULL once landed or failed.';
+COMMENT ON COLUMN harvester.jobs.leased_until IS
+    'While a daemon polls the job: the end of its lease. A lapsed lease makes the job claimable again.';
 COMMENT ON COLUMN harvester.jobs.requeued_at IS
     'Set by requeue: age limits (MAX_AGE, NOT_FOUND_TIMEOUT) count from here instead of enqueued_at.';
 COMMENT ON COLUMN harvester.jobs.failed_reason IS

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from harvester.policy import (
     FAULT_BACKOFF_CAP,
     IN_PROGRESS,
+    JITTER,
     NEARLY_READY,
     NOT_FOUND_BACKOFF_CAP,
     CheckUpstream,
@@ -183,27 +184,28 @@ TABLE = [
       id="200-jobid-mismatch-keeps-a-stuck-job-stuck"),
     # ------------------------------------------------------------ 202
     P(answer(202, {**INDEXING, "retryAfterSeconds": 3}, retry_after="7"), job(), None,
-      waiting_202(7.0, 7.7), id="202-retry-after-delta-wins-over-body"),
+      waiting_202(7.0, 7.0 * (1 + JITTER)), id="202-retry-after-delta-wins-over-body"),
     P(answer(202, INDEXING, retry_after=http_date(42)), job(), None,
-      waiting_202(42.0, 46.2), id="202-retry-after-http-date"),
+      waiting_202(42.0, 42.0 * (1 + JITTER)), id="202-retry-after-http-date"),
     P(answer(202, {**INDEXING, "retryAfterSeconds": 12}), job(), None,
-      waiting_202(12.0, 13.2), id="202-body-retry-after-seconds"),
+      waiting_202(12.0, 12.0 * (1 + JITTER)), id="202-body-retry-after-seconds"),
     P(answer(202, {**INDEXING, "retryAfterSeconds": 12}, retry_after="soon"), job(), None,
-      waiting_202(12.0, 13.2), id="202-garbage-header-falls-back-to-body"),
-    P(answer(202, INDEXING), job(), None, waiting_202(5.0, 5.5), id="202-no-delay-named-default"),
-    P(answer(202, None), job(), None, waiting_202(5.0, 5.5), id="202-empty-body-default"),
+      waiting_202(12.0, 12.0 * (1 + JITTER)), id="202-garbage-header-falls-back-to-body"),
+    P(answer(202, INDEXING), job(), None, waiting_202(5.0, 5.0 * (1 + JITTER)),
+      id="202-no-delay-named-default"),
+    P(answer(202, None), job(), None, waiting_202(5.0, 5.0 * (1 + JITTER)), id="202-empty-body-default"),
     P(answer(202, INDEXING, retry_after="1.5"), job(), None,
-      waiting_202(1.5, 1.65), id="202-decimal-retry-after"),
+      waiting_202(1.5, 1.5 * (1 + JITTER)), id="202-decimal-retry-after"),
     P(answer(202, INDEXING, retry_after="0"), job(), None,
-      waiting_202(1.0, 1.1), id="202-zero-clamped-to-min-poll-interval"),
+      waiting_202(1.0, 1.0 * (1 + JITTER)), id="202-zero-clamped-to-min-poll-interval"),
     P(answer(202, INDEXING, retry_after=http_date(-3600)), job(), None,
-      waiting_202(1.0, 1.1), id="202-past-date-clamped-to-min-poll-interval"),
+      waiting_202(1.0, 1.0 * (1 + JITTER)), id="202-past-date-clamped-to-min-poll-interval"),
     P(answer(202, INDEXING, retry_after="86400"), job(), None,
-      waiting_202(3600.0, 3960.0), id="202-day-clamped-to-max-poll-interval"),
+      waiting_202(3600.0, 3600.0 * (1 + JITTER)), id="202-day-clamped-to-max-poll-interval"),
     P(answer(202, INDEXING, retry_after="9" * 10_000), job(), None,
-      waiting_202(3600.0, 3960.0), id="202-10000-digits-waits-the-longest-not-the-default"),
+      waiting_202(3600.0, 3600.0 * (1 + JITTER)), id="202-10000-digits-waits-the-longest-not-the-default"),
     P(answer(202, INDEXING, retry_after="7"), job("stuck", streak=4), None,
-      waiting_202(7.0, 7.7), id="202-for-a-stuck-job-is-pending-again"),
+      waiting_202(7.0, 7.0 * (1 + JITTER)), id="202-for-a-stuck-job-is-pending-again"),
     # ------------------------------------------------------------ 401, 403
     P(answer(401, {"error": "invalid token"}), job(), None,
       Expect(Hold, {"status": 401, "auth_failed": True, "pause_for": None}, (0.0, 0.0),
@@ -218,19 +220,20 @@ TABLE = [
     # ------------------------------------------------------------ 404 → batch-status
     P(answer(404), job(), NotFound("failed"),
       failed("upstream_failed", 404, "failed", upstream_status="failed"), id="404-upstream-failed"),
-    *[P(answer(404), job(), NotFound(status), not_found_retry(40.0, 44.0, status, status),
+    *[P(answer(404), job(), NotFound(status), not_found_retry(40.0, 40.0 * (1 + JITTER), status, status),
         id=f"404-upstream-{status}") for status in sorted(IN_PROGRESS)],
-    P(answer(404), job(attempt=9), NotFound("running"), not_found_retry(300.0, 330.0, "running", attempt=10),
+    P(answer(404), job(attempt=9), NotFound("running"),
+      not_found_retry(300.0, 300.0 * (1 + JITTER), "running", attempt=10),
       id="404-in-progress-doubling-capped-at-5-min"),
     *[P(answer(404), job(), NotFound(status), not_found_retry(1.0, 1.0, status, status),
         id=f"404-upstream-{status}-repoll-in-1s") for status in sorted(NEARLY_READY)],
     P(answer(404), job(age=DAY - timedelta(seconds=1)), NotFound(None),
-      not_found_retry(40.0, 44.0, None, "unknown upstream"), id="404-absent-before-timeout"),
+      not_found_retry(40.0, 40.0 * (1 + JITTER), None, "unknown upstream"), id="404-absent-before-timeout"),
     P(answer(404), job(age=DAY), NotFound(None),
       failed("not_found", 404, "absent from batch-status", "HARVESTER_NOT_FOUND_TIMEOUT"),
       id="404-absent-after-timeout"),
     P(answer(404), job(), NotFound(None, asked=False),
-      not_found_retry(40.0, 44.0, None, "batch-status unavailable"),
+      not_found_retry(40.0, 40.0 * (1 + JITTER), None, "batch-status unavailable"),
       id="404-batch-status-unavailable-before-timeout"),
     P(answer(404), job(age=DAY * 2), NotFound(None, asked=False),
       failed("not_found", 404, "batch-status unavailable"),
@@ -255,14 +258,15 @@ TABLE = [
       failed("expired", 500, "stuck"), id="500-stuck-past-max-age-expires"),
     # ------------------------------------------------------------ 429, 503
     P(answer(429, {"error": "slow down"}, retry_after="30"), job(), None,
-      hold(30.0, 33.0, 429, "slow down"), id="429-retry-after-pauses"),
+      hold(30.0, 30.0 * (1 + JITTER), 429, "slow down"), id="429-retry-after-pauses"),
     P(answer(503, None, retry_after="30"), job(), None,
-      hold(30.0, 33.0, 503), id="503-retry-after-pauses"),
+      hold(30.0, 30.0 * (1 + JITTER), 503), id="503-retry-after-pauses"),
     P(answer(503, None, retry_after=http_date(120)), job(), None,
-      hold(120.0, 132.0, 503), id="503-retry-after-http-date-pauses"),
+      hold(120.0, 120.0 * (1 + JITTER), 503), id="503-retry-after-http-date-pauses"),
     P(answer(429, None, retry_after="30"), job(age=OLD), None,
-      hold(30.0, 33.0, 429), id="429-charges-nothing-so-never-expires"),
-    P(answer(429, None), job(), None, hold(5.0, 5.5, 429), id="429-without-retry-after-default"),
+      hold(30.0, 30.0 * (1 + JITTER), 429), id="429-charges-nothing-so-never-expires"),
+    P(answer(429, None), job(), None, hold(5.0, 5.0 * (1 + JITTER), 429),
+      id="429-without-retry-after-default"),
     # ------------------------------------------------------------ faults
     P(answer(503, None), job(), None, fault(status=503, says=("503",)), id="503-no-retry-after"),
     P(answer(503, None, retry_after="soon"), job(), None, fault(status=503),
@@ -489,7 +493,7 @@ def test_upstream_delay_is_never_earlier_and_at_most_10_percent_later(
     wanted = config.default_retry_after if seconds is None else min(seconds, 1e12)
     low = min(max(wanted, config.min_poll_interval), config.max_poll_interval)
     delay = upstream_delay(header, body, config, NOW, rand)
-    assert low <= delay <= low * 1.1
+    assert low <= delay <= low * (1 + JITTER)
 
 
 @given(st.one_of(st.none(), st.text()), st.one_of(st.none(), st.dictionaries(st.text(), st.floats())),
@@ -497,7 +501,7 @@ def test_upstream_delay_is_never_earlier_and_at_most_10_percent_later(
 def test_upstream_delay_is_within_the_clamp_for_any_input(
         header: str | None, body: Any, config: PolicyConfig, rand: float) -> None:
     delay = upstream_delay(header, body, config, NOW, rand)
-    assert config.min_poll_interval <= delay <= config.max_poll_interval * 1.1
+    assert config.min_poll_interval <= delay <= config.max_poll_interval * (1 + JITTER)
 
 
 # ---------------------------------------------------------------- backoff
@@ -545,7 +549,7 @@ def test_fault_delay_bounds(attempt: int, min_poll: float, rand: float) -> None:
 def test_not_found_delay_bounds(attempt: int, rand: float) -> None:
     ceiling = min(NOT_FOUND_BACKOFF_CAP, 5.0 * 2.0 ** min(max(attempt, 0), 10))
     delay = not_found_delay(attempt, CONFIG, rand)
-    assert ceiling <= delay <= ceiling * 1.1
+    assert ceiling <= delay <= ceiling * (1 + JITTER)
     assert 5.0 <= delay <= 330.0
 
 
