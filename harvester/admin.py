@@ -47,13 +47,24 @@ def _default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, as the sender wrote it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "array" if isinstance(value, list) else "object"
+
+
 def error(status: int, message: str, **extra: Any) -> web.Response:
     return json_response({"error": message, **extra}, status=status)
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error, including aiohttp's own (404, 405, 413), as a JSON body."""
+    """Every error, including aiohttp's own (404, 405, 413) and our bugs, as JSON."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -61,7 +72,19 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         message = {404: "not found", 405: "method not allowed",
                    413: f"request body larger than {BODY_LIMIT} bytes"}.get(exc.status, exc.reason)
-        return error(exc.status, message)
+        response = error(exc.status, message)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("admin.handler_failed", path=request.path, method=request.method)
+        return error(500, "internal error (logged as admin.handler_failed)")
+
+
+def unauthorized() -> web.Response:
+    response = error(401, "missing or wrong bearer token")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="harvester"'
+    return response
 
 
 class Admin:
@@ -97,9 +120,8 @@ class Admin:
         site = web.TCPSite(self._runner, self.settings.admin_host, self.settings.admin_port,
                            shutdown_timeout=2.0)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.settings.admin_port
+        addresses = self._runner.addresses
+        self.port = int(addresses[0][1]) if addresses else self.settings.admin_port
         log.info("admin.listening", host=self.settings.admin_host, port=self.port,
                  write_endpoints="enabled" if self._token else "disabled (no HARVESTER_ADMIN_TOKEN)")
 
@@ -139,13 +161,19 @@ class Admin:
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer":
             return False
-        return hmac.compare_digest(presented.strip().encode(), self._token)
+        # aiohttp keeps undecodable header bytes as surrogates; encode them back as they
+        # came so that any header compares (unequal) instead of failing.
+        return hmac.compare_digest(presented.strip().encode("utf-8", "surrogateescape"),
+                                   self._token)
 
     async def post_jobs(self, request: web.Request) -> web.Response:
+        """Enqueue ``{"jobIds": [...]}``: all valid, or nothing enqueued and a 400 that
+        lists the bad entries (the first ``SHOWN_ERRORS``) by index."""
         if self._token is None:
-            return error(403, "write endpoints are disabled: set HARVESTER_ADMIN_TOKEN")
+            return error(403, "write endpoints are disabled: set HARVESTER_ADMIN_TOKEN "
+                              "to enable POST /v1/jobs")
         if not self._authorized(request):
-            return error(401, "missing or wrong bearer token")
+            return unauthorized()
         raw = await request.read()
         try:
             document = json.loads(raw)
@@ -161,13 +189,14 @@ class Admin:
         invalid: list[dict[str, Any]] = []
         for index, item in enumerate(items):
             if not isinstance(item, str):
-                invalid.append({"index": index, "value": shorten_for_display(json.dumps(item)),
-                                "reason": f"not a string ({type(item).__name__})"})
+                invalid.append({"index": index,
+                                "value": shorten_for_display(json.dumps(item), quote=False),
+                                "reason": f"not a string ({_json_type(item)})"})
                 continue
             try:
                 valid.append(parse_job_id(item))
             except InvalidJobId as exc:
-                invalid.append({"index": index, "value": shorten_for_display(item),
+                invalid.append({"index": index, "value": shorten_for_display(item, quote=False),
                                 "reason": str(exc)})
         if invalid:
             return error(400, f"{len(invalid)} invalid job ID(s); nothing was enqueued",
@@ -178,13 +207,17 @@ class Admin:
         except StoreError as exc:
             log.warning("admin.enqueue_failed", error=str(exc))
             return error(503, "database unavailable; nothing was enqueued, try again")
-        log.info("admin.enqueued", new=new, known=len(unique) - new, received=len(items))
-        return json_response({"new": new, "known": len(unique) - new,
+        log.info("admin.enqueued", new=new, known=len(valid) - new, received=len(items))
+        # Same meaning as `harvester enqueue --json`: known = valid IDs that created no
+        # job (already queued, or repeated in this request).
+        return json_response({"new": new, "known": len(valid) - new, "invalid": 0,
                               "duplicates_in_request": len(valid) - len(unique)})
 
     async def get_job(self, request: web.Request) -> web.Response:
+        """State, polls, last status/error, the stuck record and, once landed, the
+        mirror row. Needs the token when one is configured."""
         if self._token is not None and not self._authorized(request):
-            return error(401, "missing or wrong bearer token")
+            return unauthorized()
         try:
             job_id = parse_job_id(request.match_info["job_id"])
         except InvalidJobId as exc:

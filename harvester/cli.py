@@ -71,37 +71,55 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database(mig)
     _add_logging(mig)
 
-    enq = sub.add_parser("enqueue", help="feed job IDs",
-                         description="Feed job IDs: as arguments, or one per line from --file or "
-                                     "stdin (blank lines and # comments skipped). All or nothing "
-                                     "unless --skip-invalid; bad lines are listed as "
-                                     "'line N: why', exit status 2.")
-    enq.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    enq = sub.add_parser(
+        "enqueue", help="feed job IDs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Feed job IDs: as arguments, or one per line from --file PATH or stdin\n"
+                    "(`harvester enqueue - < ids.txt`, or a pipe). Whitespace is trimmed, blank\n"
+                    "lines and # comments are skipped, CRLF and a UTF-8 BOM are fine, UUIDs in\n"
+                    "any case are normalised. Streams any size in one transaction.\n\n"
+                    "All or nothing: if any line is bad, nothing is enqueued, each bad line is\n"
+                    "listed on stderr as 'line N: why' (the first 20, then a count) and the\n"
+                    "exit status is 2. With --skip-invalid the valid IDs are enqueued, the bad\n"
+                    "ones still listed, and the exit status is 0 (2 if no line was valid).\n"
+                    "Prints new / already known / invalid counts (--json for scripts).")
+    enq.add_argument("job_ids", nargs="*", metavar="JOB_ID",
+                     help="job IDs; a single '-' reads stdin")
     enq.add_argument("--file", "-f", metavar="PATH", help="read IDs from PATH ('-' for stdin)")
     enq.add_argument("--skip-invalid", action="store_true",
                      help="enqueue the valid IDs even if some lines are bad")
-    enq.add_argument("--json", action="store_true", help="print the counts as JSON")
+    enq.add_argument("--json", action="store_true",
+                     help="print {new, known, invalid, valid, committed, errors, "
+                          "errors_not_shown} as JSON")
     _add_database(enq)
     _add_logging(enq)
 
     st = sub.add_parser("status", help="queue counts, backlog, stuck, auth circuit",
                         description="Queue counts by state, due-now count, oldest due age, open "
                                     "stuck count, landed in the last minute/hour, auth circuit.")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="print the numbers as JSON")
     _add_database(st)
     _add_logging(st)
 
-    stuck = sub.add_parser("stuck", help="the open stuck jobs, oldest first")
-    stuck.add_argument("--json", action="store_true")
+    stuck = sub.add_parser("stuck", help="the open stuck jobs, oldest first",
+                           description="The open stuck records (upstream says completed but "
+                                       "no result row landed), oldest first. A record closes "
+                                       "when the job's row lands.")
+    stuck.add_argument("--json", action="store_true", help="print a JSON array of records")
     _add_database(stuck)
     _add_logging(stuck)
 
     rq = sub.add_parser("requeue", help="put jobs back to pending, due now",
                         description="Put jobs back to pending, due now, with their age limits "
-                                    "counted from now. Landed jobs are left alone.")
+                                    "counted from now. Give job IDs, or --state failed / "
+                                    "--state stuck for all jobs in that state. Landed jobs "
+                                    "are left alone; open stuck records stay open until the "
+                                    "row lands.")
     rq.add_argument("job_ids", nargs="*", metavar="JOB_ID")
-    rq.add_argument("--state", choices=["failed", "stuck"])
-    rq.add_argument("--json", action="store_true")
+    rq.add_argument("--state", choices=["failed", "stuck"],
+                    help="requeue every job in this state")
+    rq.add_argument("--json", action="store_true",
+                    help="print {requeued, landed_untouched, unknown} as JSON")
     _add_database(rq)
     _add_logging(rq)
 
@@ -121,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep counters only, not a log of every request")
     _add_logging(sim)
 
+    from harvester import bench, demo  # noqa: PLC0415 - keeps `harvester --help` light
+
+    demo.add_parsers(sub)
+    bench.add_parser(sub)
     return parser
 
 

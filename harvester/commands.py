@@ -12,11 +12,12 @@ import contextlib
 import io
 import json
 import os
+import stat
 import sys
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, Final, Literal, TextIO
 from uuid import UUID
 
@@ -27,7 +28,7 @@ from rich.table import Table
 
 from harvester.embedded import database_url
 from harvester.errors import UserError
-from harvester.feed import BadLine, InvalidJobId, classify, parse_job_id, read_lines
+from harvester.feed import BadInput, Entry, classify_arguments, classify_lines
 from harvester.migrations import latest_version, migrate, pending_migrations
 from harvester.settings import Settings
 from harvester.store import Store, create_pool, translated
@@ -86,115 +87,175 @@ async def cmd_migrate(settings: Settings, out: TextIO) -> int:
 
 @dataclass
 class EnqueueReport:
+    """What an enqueue did. ``known`` counts valid IDs that created no job: already in
+    the queue, or repeated within the input. ``shown`` holds the first bad entries only,
+    so a file of ten million bad lines costs no more memory than one of twenty."""
+
+    valid: int = 0
     new: int = 0
     known: int = 0
     invalid: int = 0
-    shown: list[BadLine] = field(default_factory=list)
+    shown: list[BadInput] = field(default_factory=list)
     committed: bool = False
+
+    @property
+    def not_shown(self) -> int:
+        return self.invalid - len(self.shown)
 
     def as_dict(self) -> dict[str, Any]:
         return {"new": self.new, "known": self.known, "invalid": self.invalid,
-                "committed": self.committed,
-                "errors": [str(b) for b in self.shown]}
+                "valid": self.valid, "committed": self.committed,
+                "errors": [str(b) for b in self.shown], "errors_not_shown": self.not_shown}
 
 
-def _input_stream(ids: Sequence[str], file: str | None, stdin: BinaryIO) -> tuple[BinaryIO, int | None]:
+@dataclass
+class EnqueueInput:
+    """Where the IDs come from: the entries to read, and how to show progress."""
+
+    entries: Iterator[Entry]
+    name: str  # for messages: "arguments", "stdin" or the path
+    what: str  # "argument" or "line"
+    stream: BinaryIO | None = None  # for a file: its position drives the progress bar
+    total_bytes: int | None = None
+    close: Callable[[], None] = lambda: None
+
+
+def enqueue_input(ids: Sequence[str], file: str | None, stdin: BinaryIO) -> EnqueueInput:
+    """Resolve the three ways of giving IDs (arguments, --file PATH, stdin) to one."""
     if list(ids) == ["-"]:
         ids, file = [], "-"
     if ids and file:
-        raise UserError("give job IDs as arguments or --file, not both")
+        raise UserError("give job IDs as arguments or with --file, not both")
     if ids:
-        return io.BytesIO("\n".join(ids).encode()), None
+        return EnqueueInput(classify_arguments(ids), "arguments", "argument")
+    if file is None and stdin.isatty():
+        raise UserError("give job IDs as arguments, with --file PATH, or on stdin "
+                        "(harvester enqueue - < ids.txt)")
     if file in (None, "-"):
-        if file is None and stdin.isatty():
-            raise UserError("give job IDs as arguments, --file PATH, or pipe them on stdin")
-        return stdin, None
+        size = _regular_file_size(stdin)  # `< ids.txt` gives a bar with an end
+        return EnqueueInput(_reading(classify_lines(stdin), "stdin"), "stdin", "line",
+                            stream=stdin if size else None, total_bytes=size)
     assert file is not None
     try:
-        handle = open(file, "rb")  # noqa: SIM115 - closed by the caller
+        handle = open(file, "rb")  # noqa: SIM115 - closed through EnqueueInput.close
+        size = os.fstat(handle.fileno()).st_size
     except OSError as exc:
-        raise UserError(f"cannot read {file}: {exc.strerror}") from None
-    return handle, os.fstat(handle.fileno()).st_size
+        raise UserError(f"cannot read {file}: {exc.strerror or exc}") from None
+    return EnqueueInput(_reading(classify_lines(handle), file), file, "line", stream=handle,
+                        total_bytes=size or None, close=handle.close)
+
+
+def _regular_file_size(stream: BinaryIO) -> int | None:
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None  # a pipe, a socket, or an in-memory stream
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size else None
+
+
+def _reading(entries: Iterator[Entry], name: str) -> Iterator[Entry]:
+    """Entries, with a read error on the input reported as the user's input failing,
+    never mistaken for the database failing."""
+    while True:
+        try:
+            entry = next(entries)
+        except StopIteration:
+            return
+        except OSError as exc:
+            raise UserError(f"cannot read {name}: {exc.strerror or exc}") from None
+        yield entry
 
 
 async def cmd_enqueue(settings: Settings, ids: Sequence[str], file: str | None,
                       skip_invalid: bool, as_json: bool, out: TextIO, err: TextIO,
                       stdin: BinaryIO) -> int:
-    stream, total = _input_stream(ids, file, stdin)
-    report = EnqueueReport()
-    show_progress = err.isatty() and not ids
+    """Exit status: 0 when the input was enqueued (with --skip-invalid: when it held at
+    least one valid ID); 2 when nothing was enqueued because of bad input."""
+    source = enqueue_input(ids, file, stdin)
     try:
+        progress = (EnqueueProgress(err, source.stream, source.total_bytes)
+                    if err.isatty() and source.what == "line" else None)
         async with open_store(settings) as store:
-            report = await enqueue_stream(store, stream, skip_invalid=skip_invalid,
-                                          total_bytes=total,
-                                          progress_to=err if show_progress else None)
+            report = await enqueue_entries(store, source.entries, skip_invalid=skip_invalid,
+                                           progress=progress)
     finally:
-        if stream is not stdin:
-            stream.close()
+        source.close()
     for bad in report.shown:
         err.write(f"{bad}\n")
-    if report.invalid > len(report.shown):
-        err.write(f"… and {report.invalid - len(report.shown)} more invalid line(s)\n")
+    if report.not_shown:
+        err.write(f"… and {report.not_shown:,} more invalid {source.what}(s)\n")
+    if report.valid == 0 and report.invalid == 0:
+        err.write(f"no job IDs in {source.name}\n")
     if as_json:
         dump_json(report.as_dict(), out)
     else:
-        verdict = ("" if report.committed
-                   else " — nothing enqueued (use --skip-invalid to enqueue the valid ones)")
-        out.write(f"new: {report.new}, already known: {report.known}, invalid: {report.invalid}"
-                  f"{verdict}\n")
-    if report.invalid and not skip_invalid:
+        line = (f"new: {report.new:,}, already known: {report.known:,}, "
+                f"invalid: {report.invalid:,}")
+        if not report.committed:
+            line += (f" — nothing enqueued (use --skip-invalid to enqueue the "
+                     f"{report.valid:,} valid ID(s))" if report.valid
+                     else " — nothing enqueued")
+        elif report.invalid:
+            line += " (skipped)"
+        out.write(line + "\n")
+    if report.invalid and (not report.committed or report.valid == 0):
         return 2
     return 0
 
 
-async def enqueue_stream(store: Store, stream: BinaryIO, *, skip_invalid: bool,
-                         total_bytes: int | None = None, progress_to: TextIO | None = None
-                         ) -> EnqueueReport:
-    """Stream IDs into the queue in batches inside one transaction: all or nothing by
-    default, so a bad line anywhere leaves the queue untouched."""
+async def enqueue_entries(store: Store, entries: Iterable[Entry], *, skip_invalid: bool,
+                          progress: EnqueueProgress | None = None) -> EnqueueReport:
+    """Stream IDs into the queue in batches of ``ENQUEUE_BATCH`` inside one transaction.
+
+    All or nothing by default: at the first bad entry the transaction is rolled back at
+    once (releasing what it held) and the rest of the input is only read, to report
+    every bad entry. With ``skip_invalid`` bad entries are counted and skipped. Either
+    way the whole input is one transaction: interrupting the command enqueues nothing.
+    Memory stays flat: one batch of IDs and the first ``SHOWN_BAD_LINES`` refusals."""
     report = EnqueueReport()
-    progress = _progress(progress_to, total_bytes)
-    task = progress.add_task("enqueue", total=total_bytes) if progress else None
     batch: list[UUID] = []
-    valid = 0
     try:
         async with translated(), store.pool.acquire() as conn:
             tx = conn.transaction()
             await tx.start()
+            open_tx = True
             try:
-                inserting = True
-                for line in classify(read_lines(stream)):
-                    if line.bad is not None:
+                for entry in entries:
+                    if entry.bad is not None:
                         report.invalid += 1
                         if len(report.shown) < SHOWN_BAD_LINES:
-                            report.shown.append(line.bad)
-                        if not skip_invalid:
-                            inserting = False  # all or nothing: keep reading to report
+                            report.shown.append(entry.bad)
+                        if open_tx and not skip_invalid:
+                            open_tx = False
                             batch.clear()
-                        continue
-                    valid += 1
-                    if inserting:
-                        assert line.job_id is not None
-                        batch.append(line.job_id)
-                        if len(batch) >= ENQUEUE_BATCH:
-                            report.new += await store.enqueue(batch, conn)
-                            batch.clear()
-                            _advance(progress, task, stream, valid)
-                if inserting and batch:
-                    report.new += await store.enqueue(batch, conn)
-                if inserting:
+                            await tx.rollback()
+                    else:
+                        assert entry.job_id is not None
+                        report.valid += 1
+                        if open_tx:
+                            batch.append(entry.job_id)
+                            if len(batch) >= ENQUEUE_BATCH:
+                                report.new += await store.enqueue(batch, conn)
+                                batch.clear()
+                    if progress is not None and (report.valid + report.invalid) % 1000 == 0:
+                        progress.update(report.valid, report.invalid)
+                if open_tx:
+                    if batch:
+                        report.new += await store.enqueue(batch, conn)
+                    open_tx = False
                     await tx.commit()
                     report.committed = True
-                else:
-                    await tx.rollback()
-                    report.new = 0
             except BaseException:
-                await _rollback_quietly(tx)
+                if open_tx:
+                    await _rollback_quietly(tx)
                 raise
     finally:
         if progress is not None:
             progress.stop()
-    report.known = valid - report.new if report.committed else 0
+    if report.committed:
+        report.known = report.valid - report.new
+    else:
+        report.new = 0
     return report
 
 
@@ -203,28 +264,34 @@ async def _rollback_quietly(tx: Any) -> None:
         await tx.rollback()
 
 
-def _progress(to: TextIO | None, total: int | None) -> Progress | None:
-    if to is None:
-        return None
-    progress = Progress(
-        TextColumn("enqueue"), BarColumn(), TaskProgressColumn(),
-        TextColumn("{task.fields[ids]} IDs"), TimeElapsedColumn(),
-        console=Console(file=to), transient=True)
-    progress.start()
-    return progress
+class EnqueueProgress:
+    """A progress bar on the terminal: bytes read of a file, or a running count for a
+    pipe whose size nobody knows."""
 
+    def __init__(self, to: TextIO, stream: BinaryIO | None, total_bytes: int | None) -> None:
+        self._stream = stream
+        self._progress = Progress(
+            TextColumn("enqueue"), BarColumn(), TaskProgressColumn(),
+            TextColumn("{task.fields[ids]} IDs, {task.fields[bad]} invalid"),
+            TimeElapsedColumn(),
+            console=Console(file=to), transient=True)
+        self._task = self._progress.add_task("enqueue", total=total_bytes, ids="0", bad="0")
+        self._progress.start()
 
-def _advance(progress: Progress | None, task: Any, stream: BinaryIO, ids: int) -> None:
-    if progress is None or task is None:
-        return
-    try:
-        position = stream.tell()
-    except (OSError, ValueError):
-        position = None
-    if position is not None:
-        progress.update(task, completed=position, ids=f"{ids:,}")
-    else:
-        progress.update(task, ids=f"{ids:,}")
+    def update(self, valid: int, invalid: int) -> None:
+        position: int | None = None
+        if self._stream is not None:
+            try:
+                position = self._stream.tell()
+            except (OSError, ValueError):
+                position = None
+        fields: dict[str, Any] = {"ids": f"{valid:,}", "bad": f"{invalid:,}"}
+        if position is not None:
+            fields["completed"] = position
+        self._progress.update(self._task, **fields)
+
+    def stop(self) -> None:
+        self._progress.stop()
 
 
 # ---------------------------------------------------------------- status
@@ -236,24 +303,25 @@ async def cmd_status(settings: Settings, as_json: bool, out: TextIO) -> int:
     if as_json:
         dump_json(status, out)
         return 0
-    console = Console(file=out, highlight=False, soft_wrap=True)
+    console = _console(out)
     jobs = status["jobs"]
     table = Table(title="harvester queue", show_header=True, header_style="bold")
     table.add_column("state")
     table.add_column("jobs", justify="right")
     table.add_column("detail")
-    age = status["oldest_due_age_seconds"]
     table.add_row("pending", f"{jobs['pending']:,}",
-                  f"due now {status['due_now']:,}"
-                  + (f", oldest due {_duration(age)}" if age is not None else "")
-                  + f", in flight {status['in_flight']:,}")
+                  f"claimed by a daemon right now {status['in_flight']:,}")
     table.add_row("stuck", f"{jobs['stuck']:,}", f"open stuck records {status['stuck_open']:,}")
     table.add_row("landed", f"{jobs['landed']:,}",
                   f"last minute {status['landed_last_minute']:,}, "
                   f"last hour {status['landed_last_hour']:,}")
     reasons = ", ".join(f"{k} {v:,}" for k, v in status["failed_by_reason"].items())
     table.add_row("failed", f"{jobs['failed']:,}", reasons)
+    table.add_row("total", f"{status['total']:,}", "", style="bold")
     console.print(table)
+    age = status["oldest_due_age_seconds"]
+    console.print(f"due now: {status['due_now']:,}"
+                  + (f" (the oldest has waited {_duration(age)})" if age is not None else ""))
     circuit = "OPEN (upstream rejects the API token)" if status["auth_circuit_open"] else "closed"
     console.print(f"auth circuit: {circuit}")
     workers = status["workers"]
@@ -284,36 +352,57 @@ async def cmd_stuck(settings: Settings, as_json: bool, out: TextIO) -> int:
     if as_json:
         dump_json(rows, out)
         return 0
-    console = Console(file=out, highlight=False, soft_wrap=True)
+    console = _console(out)
     if not rows:
         console.print("no open stuck jobs")
         return 0
-    table = Table(title=f"open stuck jobs ({len(rows)})", header_style="bold")
-    for column in ("job_id", "first seen", "open for", "times seen", "last status", "next recheck"):
-        table.add_column(column)
+    now = datetime.now(UTC)
+    table = Table(title=f"open stuck jobs ({len(rows)}), oldest first", header_style="bold")
+    table.add_column("job_id", no_wrap=True)
+    table.add_column("state")
+    table.add_column("first seen (UTC)", no_wrap=True)
+    table.add_column("open for", justify="right")
+    table.add_column("times seen", justify="right")
+    table.add_column("last status", justify="right")
+    table.add_column("next poll", no_wrap=True)
     for row in rows:
-        table.add_row(str(row["job_id"]), row["first_seen_at"].isoformat(timespec="seconds"),
-                      _duration(row["open_for_seconds"]), str(row["times_seen"]),
-                      str(row["last_status"]),
-                      row["next_poll_at"].isoformat(timespec="seconds") if row["next_poll_at"] else "-")
+        next_poll = row["next_poll_at"]
+        table.add_row(
+            str(row["job_id"]), row["state"],
+            row["first_seen_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            _duration(row["open_for_seconds"]), f"{row['times_seen']:,}",
+            "-" if row["last_status"] is None else str(row["last_status"]),
+            "-" if next_poll is None else (
+                "due now" if next_poll <= now
+                else f"in {_duration((next_poll - now).total_seconds())}"))
     console.print(table)
     return 0
+
+
+def _console(out: TextIO) -> Console:
+    """Rich output fitted to a terminal; piped into a file or grep, lines are not
+    wrapped at 80 columns so that every row stays on one line."""
+    return Console(file=out, highlight=False, soft_wrap=True,
+                   width=None if out.isatty() else 200)
 
 
 # ---------------------------------------------------------------- requeue
 
 
 def parse_ids(texts: Iterable[str]) -> list[UUID]:
+    """Job IDs from arguments, or one UserError naming each bad one (the first few)."""
     ids: list[UUID] = []
     problems: list[str] = []
-    for index, text in enumerate(texts, start=1):
-        try:
-            ids.append(parse_job_id(text))
-        except InvalidJobId as exc:
-            problems.append(f"argument {index}: {exc}")
+    for entry in classify_arguments(texts):
+        if entry.bad is not None:
+            problems.append(str(entry.bad))
+        else:
+            assert entry.job_id is not None
+            ids.append(entry.job_id)
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UserError(problems[0] + more)
+        shown = "; ".join(problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UserError(f"{shown}{more}; nothing requeued")
     return ids
 
 
@@ -323,13 +412,28 @@ async def cmd_requeue(settings: Settings, ids: Sequence[str],
         raise UserError("give job IDs or --state failed|stuck (one of the two)")
     job_ids = parse_ids(ids) if ids else None
     async with open_store(settings) as store:
-        count = await store.requeue(job_ids=job_ids, state=state)
+        report = await store.requeue(job_ids=job_ids, state=state)
     if as_json:
-        dump_json({"requeued": count}, out)
-    else:
-        out.write(f"requeued {count} job(s); they are due now\n")
+        dump_json({"requeued": report.requeued, "landed_untouched": report.landed,
+                   "unknown": report.unknown}, out)
+        return 0
+    out.write(f"requeued {report.requeued:,} job(s); they are due now\n")
+    if report.landed:
+        out.write(f"left alone {len(report.landed):,} landed job(s): "
+                  f"{_id_list(report.landed)}\n")
+    if report.unknown:
+        out.write(f"not in the queue {len(report.unknown):,} job ID(s): "
+                  f"{_id_list(report.unknown)}\n")
     return 0
 
 
+def _id_list(ids: Sequence[UUID], limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f" … and {len(ids) - limit:,} more" if len(ids) > limit else "")
+
+
 def stdin_binary() -> BinaryIO:
+    """stdin as bytes; an empty stream when the process has none (fd 0 closed)."""
+    if sys.stdin is None:
+        return io.BytesIO()
     return sys.stdin.buffer

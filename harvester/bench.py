@@ -1,0 +1,372 @@
+"""``harvester bench``: end-to-end throughput against the simulated upstream, measured.
+
+One run, one process tree: the simulator in its own process (so it does not share a
+core with what is measured), then
+  (a) the raw ceiling: a bare aiohttp GET loop at the same concurrency, no database;
+  (b) the daemon, as production runs it (``harvester run`` in a subprocess), harvesting
+      N jobs that land on the first poll;
+  (c) the same after 1,000,000 jobs that are not due were added to the queue;
+  (d) peak RSS of the daemon with 1,000 requests in flight (a slow simulator);
+  (e) landing lag in the demo mix: from the moment upstream's Retry-After allowed the
+      poll that found the row to the moment the row was in the mirror.
+Figures are printed as a table (or ``--json``); nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+
+from harvester.embedded import database_url, ensure_database
+from harvester.migrations import migrate
+from harvester.settings import Settings
+from harvester.simulator import RESULTS_PREFIX
+
+BENCH_DATABASE = "harvester_bench"
+BENCH_TOKEN = "bench-token"  # noqa: S105 - the simulator's fake token
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "bench", help="measure end-to-end throughput against the simulated upstream",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=20_000, help="jobs per phase (default 20000)")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--backlog", type=int, default=1_000_000,
+                        help="not-due jobs added for phase (c) (default 1000000; 0 skips)")
+    parser.add_argument("--inflight", type=int, default=1000,
+                        help="requests in flight for the RSS phase (d) (0 skips)")
+    parser.add_argument("--lag-jobs", type=int, default=2000,
+                        help="jobs for the demo-mix landing-lag phase (e) (0 skips)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--data-dir", dest="data_dir", metavar="PATH")
+    parser.set_defaults(handler=cmd_bench)
+
+
+@dataclass
+class Phase:
+    name: str
+    jobs: int
+    seconds: float
+    rate: float
+    peak_rss_mib: float | None = None
+    lag_p50: float | None = None
+    lag_p99: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Report:
+    machine: dict[str, Any]
+    concurrency: int
+    phases: list[Phase] = field(default_factory=list)
+
+    def phase(self, name: str) -> Phase | None:
+        return next((p for p in self.phases if p.name == name), None)
+
+    def ratios(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        raw, daemon, backlog = self.phase("a"), self.phase("b"), self.phase("c")
+        if raw and daemon and raw.rate:
+            out["b/a"] = daemon.rate / raw.rate
+        if daemon and backlog and daemon.rate:
+            out["c/b"] = backlog.rate / daemon.rate
+        return out
+
+
+# ---------------------------------------------------------------- processes
+
+
+@asynccontextmanager
+async def simulator_process(mix: str, *sets: str) -> AsyncIterator[str]:
+    """The simulator in a subprocess; yields its base URL."""
+    args = [sys.executable, "-m", "harvester", "simulate", "--port", "0", "--mix", mix,
+            "--token", BENCH_TOKEN, "--log-level", "warning",
+            *[a for s in sets for a in ("--set", s)]]
+    if mix != "demo":
+        args.append("--no-record")
+    proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        if not line.startswith("HARVESTER_API_BASE_URL="):
+            raise RuntimeError(f"simulator did not start: {line!r}")
+        yield line.split("=", 1)[1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+
+
+@asynccontextmanager
+async def daemon_process(dsn: str, api_url: str, concurrency: int) -> AsyncIterator[int]:
+    """``harvester run`` in a subprocess, ready to work; yields its pid."""
+    admin_port = _free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(Path.home())),
+        "HARVESTER_DATABASE_URL": dsn, "HARVESTER_API_BASE_URL": api_url,
+        "HARVESTER_API_TOKEN": BENCH_TOKEN, "HARVESTER_CONCURRENCY": str(concurrency),
+        "HARVESTER_ADMIN_PORT": str(admin_port), "HARVESTER_LOG_LEVEL": "warning",
+        "HARVESTER_LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "harvester", "run", "--no-migrate", env=env,
+        stdout=subprocess.DEVNULL)
+    try:
+        await _wait_healthy(f"http://127.0.0.1:{admin_port}/readyz", proc)
+        yield proc.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+
+
+async def _wait_healthy(url: str, proc: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise RuntimeError(f"the daemon exited with {proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the daemon did not become ready within 60 s")
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """VmHWM of a live process (Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+# ---------------------------------------------------------------- phases
+
+
+async def raw_ceiling(api_url: str, jobs: int, concurrency: int) -> Phase:
+    """(a) A bare aiohttp GET loop: the most this machine can do without a database."""
+    urls = [f"{api_url}{RESULTS_PREFIX}{uuid.uuid4()}" for _ in range(jobs)]
+    headers = {"Authorization": f"Bearer {BENCH_TOKEN}"}
+    ok = 0
+    position = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def worker() -> None:
+            nonlocal ok, position
+            while position < len(urls):
+                url = urls[position]
+                position += 1
+                async with session.get(url) as resp:
+                    await resp.read()
+                    ok += resp.status == 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    return Phase("a", ok, seconds, ok / seconds, note="bare aiohttp GET loop, no database")
+
+
+async def harvest(pool: asyncpg.Pool, pid: int, jobs: int, name: str, note: str,
+                  ready: dict[str, float] | None = None, limit: float = 600) -> Phase:
+    """Feed ``jobs`` due jobs in one statement and time until all have landed."""
+    ids = [uuid.uuid4() for _ in range(jobs)]
+    started = time.perf_counter()
+    await pool.execute(
+        "INSERT INTO harvester.jobs (job_id) SELECT unnest($1::uuid[])", ids)
+    deadline = time.monotonic() + limit
+    while True:
+        done = await pool.fetchval(
+            "SELECT count(*) FROM harvester.jobs WHERE job_id = ANY($1::uuid[]) "
+            "AND state IN ('landed', 'failed', 'stuck')", ids)
+        if done >= jobs or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    seconds = time.perf_counter() - started
+    lags = await landing_lags(pool, ids, ready)
+    landed = await pool.fetchval("SELECT count(*) FROM harvester.jobs WHERE job_id = ANY($1::uuid[]) "
+                                 "AND state = 'landed'", ids)
+    return Phase(name, int(landed), seconds, landed / seconds, peak_rss_mib(pid),
+                 _percentile(lags, 50), _percentile(lags, 99), note)
+
+
+async def landing_lags(pool: asyncpg.Pool, ids: Sequence[uuid.UUID],
+                       ready: dict[str, float] | None) -> list[float]:
+    rows = await pool.fetch(
+        "SELECT job_id, extract(epoch FROM landed_at)::float8 AS landed, "
+        "extract(epoch FROM enqueued_at)::float8 AS enqueued "
+        "FROM harvester.jobs WHERE job_id = ANY($1::uuid[]) AND state = 'landed'", ids)
+    lags = []
+    for row in rows:
+        origin = row["enqueued"]
+        if ready is not None:
+            origin = ready.get(str(row["job_id"]), origin)
+        lags.append(row["landed"] - origin)
+    return lags
+
+
+def _percentile(values: list[float], pct: int) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+
+
+async def add_backlog(pool: asyncpg.Pool, rows: int) -> None:
+    await pool.execute(
+        """
+        INSERT INTO harvester.jobs (job_id, next_poll_at)
+        SELECT gen_random_uuid(), now() + interval '1 day' + g * interval '1 millisecond'
+          FROM generate_series(1, $1::int) g
+        """, rows)
+    await pool.execute("VACUUM ANALYZE harvester.jobs")
+
+
+@asynccontextmanager
+async def bench_database(settings: Settings) -> AsyncIterator[str]:
+    """An empty, migrated ``harvester_bench`` database on the configured server."""
+    async with database_url(settings, database="postgres") as admin_dsn:
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
+        finally:
+            await admin.close()
+        await ensure_database(admin_dsn, BENCH_DATABASE)
+        parts = urlsplit(admin_dsn)
+        dsn = parts._replace(path=f"/{BENCH_DATABASE}").geturl()
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield dsn
+
+
+async def run_bench(settings: Settings, args: argparse.Namespace,
+                    progress: TextIO) -> Report:
+    report = Report(machine=_machine(), concurrency=args.concurrency)
+
+    def say(text: str) -> None:
+        progress.write(text + "\n")
+        progress.flush()
+
+    async with bench_database(settings) as dsn:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        try:
+            async with simulator_process("first-poll") as api_url:
+                say(f"(a) raw aiohttp GET loop, {args.jobs} requests, concurrency {args.concurrency}")
+                report.phases.append(await raw_ceiling(api_url, args.jobs, args.concurrency))
+                async with daemon_process(dsn, api_url, args.concurrency) as pid:
+                    say(f"(b) daemon harvesting {args.jobs} jobs that land on the first poll")
+                    report.phases.append(await harvest(pool, pid, args.jobs, "b",
+                                                       "daemon, empty queue"))
+                    if args.backlog:
+                        say(f"(c) adding {args.backlog:,} jobs that are not due, then again")
+                        await add_backlog(pool, args.backlog)
+                        report.phases.append(await harvest(
+                            pool, pid, args.jobs, "c",
+                            f"daemon, {args.backlog:,} not-due jobs in the queue"))
+            if args.inflight:
+                latency = 0.5
+                say(f"(d) {args.inflight} requests in flight (simulator latency {latency}s)")
+                async with simulator_process("first-poll", f"latency={latency}") as slow_url, \
+                        daemon_process(dsn, slow_url, args.inflight) as pid:
+                    jobs = max(args.inflight * 4, 2000)
+                    report.phases.append(await harvest(
+                        pool, pid, jobs, "d", f"concurrency {args.inflight}, 0.5 s per answer"))
+            if args.lag_jobs:
+                say(f"(e) demo mix, {args.lag_jobs} jobs: lag after the Retry-After allowed it")
+                async with simulator_process("demo", "stuck=0", "stuck_then_land=0",
+                                             "not_found_failed=0", "not_found_running=0",
+                                             "forbidden=0", "malformed=0",
+                                             "fault=0") as demo_url, \
+                        daemon_process(dsn, demo_url, args.concurrency) as pid:
+                    ready: dict[str, float] = {}
+                    phase = await harvest(pool, pid, args.lag_jobs, "e", "")
+                    async with aiohttp.ClientSession() as session, \
+                            session.get(demo_url + "/_sim/ready") as resp:
+                        ready = await resp.json()
+                    rows = await pool.fetch(
+                        "SELECT job_id FROM harvester.jobs WHERE state = 'landed' "
+                        "AND landed_at > now() - make_interval(secs => $1)", phase.seconds + 5)
+                    lags = await landing_lags(pool, [r["job_id"] for r in rows], ready)
+                    with_202 = [lag for lag, r in zip(lags, rows, strict=False)
+                                if str(r["job_id"]) in ready]
+                    phase.lag_p50 = _percentile(with_202, 50)
+                    phase.lag_p99 = _percentile(with_202, 99)
+                    phase.note = (f"demo mix (1-3 × 202, Retry-After 1 s); lag measured on "
+                                  f"{len(with_202)} jobs from when the last 202 allowed the poll")
+                    report.phases.append(phase)
+        finally:
+            await pool.close()
+    return report
+
+
+def _machine() -> dict[str, Any]:
+    import platform  # noqa: PLC0415
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(terse=True), "when": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def render(report: Report, out: TextIO) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"harvester bench (concurrency {report.concurrency}, "
+                        f"{report.machine['cpus']} CPUs, Python {report.machine['python']})")
+    for column in ("phase", "jobs", "seconds", "jobs/s", "peak RSS", "lag p50", "lag p99", "what"):
+        table.add_column(column, justify="right" if column not in ("phase", "what") else "left")
+    for p in report.phases:
+        table.add_row(p.name, f"{p.jobs:,}", f"{p.seconds:.2f}", f"{p.rate:,.0f}",
+                      f"{p.peak_rss_mib:.0f} MiB" if p.peak_rss_mib else "-",
+                      f"{p.lag_p50:.3f}s" if p.lag_p50 is not None else "-",
+                      f"{p.lag_p99:.3f}s" if p.lag_p99 is not None else "-", p.note)
+    console = Console(file=out, width=max(120, Console(file=out).width))
+    console.print(table)
+    for name, value in report.ratios().items():
+        console.print(f"ratio {name}: {value:.2f}")
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    report = asyncio.run(run_bench(settings, args, sys.stderr))
+    if args.json:
+        document = {"machine": report.machine, "concurrency": report.concurrency,
+                    "phases": [asdict(p) for p in report.phases], "ratios": report.ratios()}
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        render(report, sys.stdout)
+    return 0
