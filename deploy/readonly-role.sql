@@ -3,9 +3,13 @@
 -- Not a migration, on purpose: roles are cluster-wide objects, managed databases
 -- (RDS, Cloud SQL, Azure) often do not give the migrating user CREATEROLE, and the
 -- name and password policy belong to whoever runs the cluster. Run this once as an
--- administrator after `harvester migrate`, adapting the role name and password:
+-- administrator after `harvester migrate`:
 --
---   psql "$ADMIN_DATABASE_URL" -v reader_password="'change-me'" -f deploy/readonly-role.sql
+--   psql "$ADMIN_DATABASE_URL" -f deploy/readonly-role.sql
+--
+-- then give each consuming system a login of its own in the role, e.g.
+--
+--   psql "$ADMIN_DATABASE_URL" -c "CREATE ROLE mirror_app LOGIN PASSWORD 'change-me' IN ROLE harvester_reader"
 --
 -- Idempotent: it can be run again after later migrations to cover new tables.
 
@@ -23,9 +27,4 @@ GRANT SELECT ON ALL TABLES IN SCHEMA harvester TO harvester_reader;
 -- Tables that later migrations create (when run by the same owner) are readable too.
 ALTER DEFAULT PRIVILEGES IN SCHEMA harvester GRANT SELECT ON TABLES TO harvester_reader;
 
--- A login for one consuming system, member of the reader role. Uncomment and set a
--- password (or use your platform's IAM authentication instead):
---
--- CREATE ROLE mirror_app LOGIN PASSWORD :reader_password IN ROLE harvester_reader;
---
 -- Consumers may LISTEN harvester_landed and harvester_stuck: LISTEN needs no grant.

@@ -87,15 +87,19 @@ def unauthorized() -> web.Response:
     return response
 
 
+async def _starting() -> dict[str, bool]:
+    return {"database": False, "running": False}
+
+
 class Admin:
     """Routes and their dependencies."""
 
-    def __init__(self, settings: Settings, store: Store, metrics: Metrics,
-                 checks: Callable[[], Awaitable[dict[str, bool]]]) -> None:
+    def __init__(self, settings: Settings, store: Store | None, metrics: Metrics,
+                 checks: Callable[[], Awaitable[dict[str, bool]]] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
-        self.checks = checks
+        self.checks = checks or _starting
         token = settings.admin_token
         self._token = token.get_secret_value().encode() if token is not None else None
         self._ready_cache: tuple[float, dict[str, bool]] | None = None
@@ -104,6 +108,13 @@ class Admin:
 
     def __repr__(self) -> str:
         return f"Admin(host={self.settings.admin_host!r}, port={self.port})"
+
+    def attach(self, store: Store, checks: Callable[[], Awaitable[dict[str, bool]]]) -> None:
+        """The daemon starts the admin server before the database answers (so liveness
+        holds while it waits); the store and the real readiness checks come later."""
+        self.store = store
+        self.checks = checks
+        self._ready_cache = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=BODY_LIMIT, middlewares=[json_errors])
@@ -202,6 +213,8 @@ class Admin:
             return error(400, f"{len(invalid)} invalid job ID(s); nothing was enqueued",
                          invalid=invalid[:SHOWN_ERRORS], invalid_count=len(invalid))
         unique = list(dict.fromkeys(valid))
+        if self.store is None:
+            return error(503, "starting: the database is not connected yet; try again")
         try:
             new = await self.store.enqueue(unique)
         except StoreError as exc:
@@ -222,6 +235,8 @@ class Admin:
             job_id = parse_job_id(request.match_info["job_id"])
         except InvalidJobId as exc:
             return error(400, f"job ID {exc}")
+        if self.store is None:
+            return error(503, "starting: the database is not connected yet; try again")
         try:
             found = await self.store.job(job_id)
         except StoreError:

@@ -29,7 +29,7 @@ from rich.table import Table
 from harvester.embedded import database_url
 from harvester.errors import UserError
 from harvester.feed import BadInput, Entry, classify_arguments, classify_lines
-from harvester.migrations import latest_version, migrate, pending_migrations
+from harvester.migrations import latest_version, migrate, newer_versions, pending_migrations
 from harvester.settings import Settings
 from harvester.store import Store, create_pool, translated
 
@@ -72,6 +72,7 @@ async def cmd_migrate(settings: Settings, out: TextIO) -> int:
         try:
             async with translated(), pool.acquire() as conn:
                 done = await migrate(conn)
+                newer = await newer_versions(conn)
         finally:
             await pool.close()
     if done:
@@ -79,6 +80,9 @@ async def cmd_migrate(settings: Settings, out: TextIO) -> int:
             out.write(f"applied {m.version:03d}_{m.name}\n")
     out.write(f"schema at version {latest_version()}"
               f"{'' if done else ' (nothing to apply)'}\n")
+    if newer:
+        out.write(f"note: the database also has migration(s) {', '.join(map(str, newer))} from a "
+                  "newer harvester; left as they are\n")
     return 0
 
 

@@ -597,6 +597,8 @@ class Engine:
                                     lambda _ch, _payload: self.on_jobs_fed(), lost.set)
                 if failures:
                     log.info("listen.reconnected", after_failures=failures)
+                else:
+                    log.info("listen.started", channel=CHANNEL_JOBS)
                 failures = 0
                 self.listening = True
                 self.work_ready.set()  # anything fed while we were deaf

@@ -87,6 +87,9 @@ class QueueGauges(Collector):
         yield GaugeMetricFamily("harvester_stuck_open",
                                 "Open stuck records (jobs completed upstream without a row).",
                                 value=self._values.get("stuck_open", 0.0))
+        yield GaugeMetricFamily("harvester_oldest_stuck_age_seconds",
+                                "How long the oldest open stuck record has been open (0: none).",
+                                value=self._values.get("oldest_stuck_age", 0.0))
         yield GaugeMetricFamily("harvester_queue_gauges_read_timestamp_seconds",
                                 "Unix time the queue gauges above were last read from the "
                                 "database (0: never); they keep old values while it is away.",

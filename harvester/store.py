@@ -560,14 +560,20 @@ class Store:
                  WHERE state IN ('pending', 'stuck') AND next_poll_at <= now()
                    AND (leased_until IS NULL OR leased_until <= now())
                 """)
-            stuck_open = await conn.fetchval(
-                "SELECT count(*) FROM harvester.stuck_jobs WHERE resolved_at IS NULL")
+            stuck = await _one(conn,
+                """
+                SELECT count(*) AS open,
+                       coalesce(extract(epoch FROM now() - min(first_seen_at)), 0)::float8 AS age
+                  FROM harvester.stuck_jobs
+                 WHERE resolved_at IS NULL
+                """)
         gauges = {"pending": 0.0, "stuck": 0.0}
         for row in rows:
             gauges[row["state"]] = float(row["n"])
         gauges["due"] = float(due["due"])
         gauges["oldest_due_age"] = float(due["age"])
-        gauges["stuck_open"] = float(stuck_open)
+        gauges["stuck_open"] = float(stuck["open"])
+        gauges["oldest_stuck_age"] = float(stuck["age"])
         return gauges
 
     async def open_stuck(self) -> list[dict[str, Any]]:

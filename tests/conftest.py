@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -54,17 +56,25 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Admin URL of the PostgreSQL server the tests use."""
+def pg_server_url() -> Iterator[str]:
+    """Admin URL of the PostgreSQL server the tests use.
+
+    The embedded cluster lives in its own mkdtemp directory, not under pytest's
+    basetemp: run as root, pgserver runs postgres as the user 'pgserver', and every
+    pytest session start chmods /tmp/pytest-of-root to 0700, which would lock a
+    concurrent session's server out of its own data directory."""
     if TEST_DATABASE_URL:
         yield TEST_DATABASE_URL
         return
-    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"))
+    root = Path(tempfile.mkdtemp(prefix="harvester-test-pg-"))
+    root.chmod(0o755)
+    embedded = EmbeddedPostgres(root)
     embedded.start()
     try:
         yield embedded.uri("postgres")
     finally:
         embedded.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def _admin(url: str) -> asyncpg.Connection:

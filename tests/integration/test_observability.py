@@ -22,7 +22,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harvester import __version__
 from harvester.simulator import Mix
-from tests.helpers import Daemon, SimulatedUpstream, enqueue, state_counts, wait_for_states
+from tests.helpers import (
+    Daemon,
+    SimulatedUpstream,
+    enqueue,
+    free_port,
+    state_counts,
+    wait_for_states,
+)
 
 # What SPEC section 6 and the issue ask /metrics to carry: family name -> type, labels.
 REQUIRED_FAMILIES: dict[str, tuple[str, set[str]]] = {
@@ -31,6 +38,7 @@ REQUIRED_FAMILIES: dict[str, tuple[str, set[str]]] = {
     "harvester_landed": ("counter", set()),
     "harvester_failed": ("counter", {"reason"}),
     "harvester_stuck_open": ("gauge", set()),
+    "harvester_oldest_stuck_age_seconds": ("gauge", set()),
     "harvester_queue_jobs": ("gauge", {"state"}),
     "harvester_due_jobs": ("gauge", set()),
     "harvester_oldest_due_age_seconds": ("gauge", set()),
@@ -170,6 +178,7 @@ async def test_metrics_carry_every_family_and_count_what_happened(
     assert page.value("harvester_queue_jobs", state="pending") == len(later)
     assert page.value("harvester_queue_jobs", state="stuck") == 1
     assert page.value("harvester_stuck_open") == 1
+    assert 0 < page.value("harvester_oldest_stuck_age_seconds") < 120
     assert page.value("harvester_due_jobs") == 0
     assert page.value("harvester_oldest_due_age_seconds") == 0
     assert page.value("harvester_queue_gauges_read_timestamp_seconds") > 0
@@ -243,3 +252,21 @@ async def test_health_readiness_follows_the_auth_circuit_and_unknown_paths_are_j
     assert len(daemon.events("auth.circuit_open")) == 1
     assert len(daemon.events("auth.circuit_closed")) == 1
     assert await pool.fetchval("SELECT max(attempt) FROM harvester.jobs") == 0
+
+
+async def test_probes_answer_while_the_database_is_away(tmp_path: Path) -> None:
+    """Liveness must hold while the daemon waits for its database (or another replica's
+    migration); readiness must not."""
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    daemon = Daemon(dead, "http://127.0.0.1:9", tmp_path).start()
+    try:
+        await daemon.wait_for_event("store.connect_failed", 30)
+        assert (await daemon.get("/healthz"))[0] == 200
+        status, body = await daemon.get("/readyz")
+        assert status == 503
+        assert body["checks"]["database"] is False
+        status, body = await daemon.get("/v1/jobs/3f2504e0-4f89-11d3-9a0c-0305e82c3301")
+        assert status == 503
+        assert "not connected" in body["error"]
+    finally:
+        assert await daemon.stop() == 0
