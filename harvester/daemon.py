@@ -45,7 +45,7 @@ async def connect_with_retry(dsn: str, stop: asyncio.Event, max_size: int) -> as
     attempt = 0
     while not stop.is_set():
         try:
-            return await create_pool(dsn, min_size=2, max_size=max_size)
+            return await create_pool(dsn, min_size=2, max_size=max_size, wait_for_flush=False)
         except StoreUnavailable as exc:
             attempt += 1
             delay = min(30.0, 0.5 * 2 ** min(attempt, 6))

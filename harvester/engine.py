@@ -57,7 +57,7 @@ log = get_logger("harvester.engine")
 
 CLAIM_BATCH_MAX: Final = 500
 WRITE_BATCH_MAX: Final = 500
-WRITE_LINGER: Final = 0.005
+WRITE_LINGER: Final = 0.02
 RESOLVE_LINGER: Final = 0.05
 IDLE_POLL_FALLBACK: Final = 1.0
 IDLE_POLL_LISTENING: Final = 5.0
@@ -164,6 +164,7 @@ class Engine:
         self._html_alarm = False
         self._next_wake: float | None = None
         self._writer_holding = 0
+        self._request_counters: dict[tuple[str, str], Any] = {}
         self._resolving: list[Claimed] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._fatal: BaseException | None = None
@@ -400,7 +401,11 @@ class Engine:
         """Metrics, global effects and the logs that belong to the answer itself."""
         status = answer.status if isinstance(answer, Response) else None
         self.metrics.polls.inc()
-        self.metrics.requests.labels(status_class(status), _outcome_label(decision)).inc()
+        key = (status_class(status), _outcome_label(decision))
+        counter = self._request_counters.get(key)
+        if counter is None:  # prometheus-client's labels() lookup is costly per request
+            counter = self._request_counters[key] = self.metrics.requests.labels(*key)
+        counter.inc()
         mono = time.monotonic()
         circuit = self.gate.circuit
         if isinstance(decision, Hold) and decision.auth_failed:
@@ -416,15 +421,18 @@ class Engine:
             log.warning("upstream.paused", status=decision.status, seconds=round(decision.pause_for, 2))
             self.metrics.paused_until.set(time.time() + decision.pause_for)
         fault = isinstance(decision, Retry) and decision.fault
-        if self.gate.throttle.observe(fault, mono):
-            log.warning("upstream.throttled", spacing=self.gate.throttle.spacing,
+        throttle = self.gate.throttle
+        level = throttle.level
+        if throttle.observe(fault, mono):
+            log.warning("upstream.throttled", spacing=throttle.spacing,
                         reason="sustained upstream faults")
-        self.metrics.throttle_spacing.set(self.gate.throttle.spacing)
+        if throttle.level != level:
+            self.metrics.throttle_spacing.set(throttle.spacing)
         self._check_html(answer)
-        if isinstance(answer, TransportFailure) or (isinstance(decision, Retry) and decision.status == 200):
+        if isinstance(decision, Retry) and (isinstance(answer, TransportFailure)
+                                            or decision.status == 200):
             log.warning("job.poll_error", job_id=str(job.job_id), status=status,
-                        error=decision.error if isinstance(decision, Retry) else answer.detail
-                        if isinstance(answer, TransportFailure) else None, polls=job.polls + 1)
+                        error=decision.error, polls=job.polls + 1)
 
     def _check_html(self, answer: Answer) -> None:
         if isinstance(answer, Response) and looks_like_html(answer):

@@ -85,9 +85,26 @@ async def _keep_session(conn: Connection) -> None:
     """
 
 
+DURABLE: Final = "SET LOCAL synchronous_commit TO on"
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
-                      application_name: str = "harvester") -> asyncpg.Pool:
-    """A pool with settings fit for short OLTP statements."""
+                      application_name: str = "harvester", wait_for_flush: bool = True
+                      ) -> asyncpg.Pool:
+    """A pool with settings fit for short OLTP statements.
+
+    ``wait_for_flush=False`` is for the daemon's claims and outcomes: their commits do
+    not wait for the WAL to reach disk (``synchronous_commit = off``). Everything they
+    record can be recomputed from upstream: if PostgreSQL itself crashes, the last few
+    hundred milliseconds of claims and outcomes may be lost, their jobs simply come due
+    again and are polled again (a lost claim's late write is fenced off; re-landing a
+    row is idempotent). Commit latency is otherwise the claim loop's bottleneck (a
+    disk flush per claim). Feeding is different: a fed job must never be lost, so
+    enqueue and requeue force ``synchronous_commit = on`` for their own transactions.
+    """
+    settings = {"application_name": application_name, "jit": "off"}
+    if not wait_for_flush:
+        settings["synchronous_commit"] = "off"
     try:
         return await asyncpg.create_pool(
             dsn,
@@ -96,7 +113,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
             reset=_keep_session,
             command_timeout=60,
             max_inactive_connection_lifetime=300,
-            server_settings={"application_name": application_name, "jit": "off"},
+            server_settings=settings,
         )
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         raise translate(exc) from exc
@@ -416,8 +433,12 @@ class Store:
         """
         async with translated():
             if conn is not None:
+                if conn.is_in_transaction():
+                    await conn.execute(DURABLE)
                 return int(await conn.fetchval(sql, list(job_ids)))
-            return int(await self.pool.fetchval(sql, list(job_ids)))
+            async with self.pool.acquire() as own, own.transaction():
+                await own.execute(DURABLE)
+                return int(await own.fetchval(sql, list(job_ids)))
 
     async def requeue(self, *, job_ids: Sequence[UUID] | None = None,
                       state: Literal["failed", "stuck"] | None = None) -> RequeueReport:
@@ -444,6 +465,7 @@ class Store:
         """  # noqa: S608 - the interpolated part is one of two fixed strings
         report = RequeueReport()
         async with translated(), self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(DURABLE)
             report.requeued = int(await conn.fetchval(sql, arg))
             if job_ids is not None:
                 rows = await conn.fetch(

@@ -13,7 +13,7 @@ import asyncpg
 from harvester.model import ExtractionResult
 from harvester.policy import Fail, Hold, Land, Retry, Stuck
 from harvester.simulator import result_row
-from harvester.store import CLAIM_SQL, Outcome, ReleaseRow, Store
+from harvester.store import CLAIM_SQL, Outcome, ReleaseRow, Store, create_pool
 from tests.helpers import enqueue
 
 
@@ -184,3 +184,18 @@ async def test_claim_is_an_in_place_update(pool: asyncpg.Pool) -> None:
             "SELECT pg_stat_get_xact_tuples_updated('harvester.jobs'::regclass)")
     assert len(claimed) == updated == 200
     assert hot >= 150  # nearly all: the half-empty pages (fillfactor 50) hold the new versions
+
+
+async def test_the_daemon_pool_skips_the_flush_but_feeding_waits_for_it(db_url: str) -> None:
+    """Claims and outcomes may be lost with a PostgreSQL crash (they are polled again);
+    a fed job may not."""
+    fast = await create_pool(db_url, min_size=1, max_size=1, wait_for_flush=False)
+    try:
+        assert await fast.fetchval("SHOW synchronous_commit") == "off"
+        store = Store(fast)
+        async with fast.acquire() as conn, conn.transaction():
+            await store.enqueue([uuid.uuid4()], conn)
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        assert await fast.fetchval("SHOW synchronous_commit") == "off"  # SET LOCAL only
+    finally:
+        await fast.close()
