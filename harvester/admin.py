@@ -188,7 +188,7 @@ class Admin:
         raw = await request.read()
         try:
             document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[… is bad input too
             return error(400, 'body must be JSON: {"jobIds": ["<uuid>", ...]}')
         if not isinstance(document, dict) or not isinstance(document.get("jobIds"), list):
             return error(400, 'body must be a JSON object with a "jobIds" array')

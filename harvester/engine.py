@@ -224,6 +224,10 @@ class Engine:
                         ) -> None:
         grace = self.settings.shutdown_grace
         deadline = time.monotonic() + grace
+        # The dispatcher stops by itself at its next step. It is not cancelled while a
+        # claim is on its way back: that claim has committed on the server, and its jobs
+        # must reach the local queue to be handed back below, not wait out their lease.
+        await asyncio.wait({dispatcher}, timeout=max(1.0, min(5.0, grace)))
         await _cancel(dispatcher)
         # Jobs claimed but not started go straight back.
         unstarted: list[ReleaseRow] = []
@@ -294,7 +298,8 @@ class Engine:
                 free = min(free, horizon)
             if free <= 0 or (free < self.min_claim and self.local.qsize() >= self.min_claim):
                 self.slot_freed.clear()
-                await self.slot_freed.wait()
+                if not self.stopping.is_set():
+                    await self.slot_freed.wait()
                 continue
             if self.gate.circuit.is_open:
                 free = 1  # the probe
@@ -318,6 +323,8 @@ class Engine:
     async def _idle(self, retry: Retrying) -> None:
         """Nothing more is due: sleep until the earliest next poll, a NOTIFY, or stop."""
         self.work_ready.clear()
+        if self.stopping.is_set():
+            return
         cap = IDLE_POLL_LISTENING if self.listening else IDLE_POLL_FALLBACK
         try:
             next_due = await self.store.next_due_at()

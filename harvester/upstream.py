@@ -67,6 +67,12 @@ class Upstream:
             auto_decompress=True,
             trust_env=False,
         )
+        # aiohttp (>= 3.10) silently repeats an idempotent request once when a kept-alive
+        # connection is reset under it. For us a repeat is a poll upstream sees and
+        # our books do not (polls, backoff): a reset is a fault for the policy instead.
+        # Private, but the only switch; were it to disappear, aiohttp warns on setting
+        # an unknown attribute, and the tests turn that warning into a failure.
+        self._session._retry_connection = False
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
