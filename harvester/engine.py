@@ -154,6 +154,8 @@ class Engine:
         self.outcomes: asyncio.Queue[Outcome] = asyncio.Queue(maxsize=max(4 * concurrency, 1024))
         self.not_found: asyncio.Queue[Claimed] = asyncio.Queue(maxsize=max(2 * concurrency, 512))
         self.busy: dict[UUID, Job] = {}
+        self.sent: set[UUID] = set()
+        """Jobs whose request has gone out (a subset of busy)."""
         self.work_ready = asyncio.Event()
         self.slot_freed = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -240,7 +242,11 @@ class Engine:
         released = await self._release_quietly(unstarted)
         # Requests in flight get the grace period; then they are cancelled and released.
         _done, pending = await asyncio.wait(workers, timeout=max(0.0, deadline - time.monotonic()))
-        cut = [ReleaseRow(job, 0.0) for job in self.busy.values()]
+        # A request cut off by the grace period may have reached upstream: its job waits
+        # the default Retry-After before the next poll, whoever makes it.
+        cut = [ReleaseRow(job, self.config.default_retry_after, polled=True)
+               if job.job_id in self.sent else ReleaseRow(job, 0.0)
+               for job in self.busy.values()]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -379,6 +385,7 @@ class Engine:
                     await self._hand_back(ReleaseRow(job, released.delay))
                     continue
                 self.metrics.in_flight.inc()
+                self.sent.add(job.job_id)
                 try:
                     answer = await self.upstream.fetch_result(job.job_id)
                 finally:
@@ -386,6 +393,7 @@ class Engine:
                 await self._handle(item, answer)
             finally:
                 self.busy.pop(job.job_id, None)
+                self.sent.discard(job.job_id)
                 self.slot_freed.set()
 
     async def _hand_back(self, row: ReleaseRow) -> None:
