@@ -71,6 +71,8 @@ class Phase:
     lag_p50: float | None = None
     lag_p99: float | None = None
     note: str = ""
+    cpu_us_per_job: dict[str, float] = field(default_factory=dict)
+    """CPU time per job by process (Linux): where the time goes."""
 
 
 @dataclass
@@ -96,8 +98,8 @@ class Report:
 
 
 @asynccontextmanager
-async def simulator_process(mix: str, *sets: str) -> AsyncIterator[str]:
-    """The simulator in a subprocess; yields its base URL."""
+async def simulator_process(mix: str, *sets: str) -> AsyncIterator[tuple[str, int]]:
+    """The simulator in a subprocess; yields its base URL and pid."""
     args = [sys.executable, "-m", "harvester", "simulate", "--port", "0", "--mix", mix,
             "--token", BENCH_TOKEN, "--log-level", "warning",
             *[a for s in sets for a in ("--set", s)]]
@@ -109,11 +111,49 @@ async def simulator_process(mix: str, *sets: str) -> AsyncIterator[str]:
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
         if not line.startswith("HARVESTER_API_BASE_URL="):
             raise RuntimeError(f"simulator did not start: {line!r}")
-        yield line.split("=", 1)[1]
+        yield line.split("=", 1)[1], proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         await proc.wait()
+
+
+class CpuMeter:
+    """CPU seconds used by the processes of a phase, read from /proc (Linux only)."""
+
+    def __init__(self, roles: dict[str, int]) -> None:
+        self.roles = roles
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._start = self._read()
+
+    def _cpu(self, pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / self._tick
+
+    def _postgres(self) -> float:
+        total = 0.0
+        for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+            if entry.name.isdigit():
+                try:
+                    if (entry / "comm").read_text().strip() == "postgres":
+                        total += self._cpu(int(entry.name))
+                except OSError:
+                    continue
+        return total
+
+    def _read(self) -> dict[str, float]:
+        readings = {role: self._cpu(pid) for role, pid in self.roles.items()}
+        readings["postgres"] = self._postgres()
+        return readings
+
+    def per_job(self, jobs: int) -> dict[str, float]:
+        if not Path("/proc/self/stat").exists() or jobs <= 0:
+            return {}
+        end = self._read()
+        return {role: (end[role] - self._start.get(role, 0.0)) / jobs * 1e6 for role in end}
 
 
 @asynccontextmanager
@@ -309,23 +349,31 @@ async def run_bench(settings: Settings, args: argparse.Namespace,
     async with bench_database(settings) as dsn:
         pool = await asyncpg.create_pool(dsn, min_size=2, max_size=3)
         try:
-            async with simulator_process("first-poll") as api_url:
+            async with simulator_process("first-poll") as (api_url, sim_pid):
                 say(f"(a) raw aiohttp GET loop, {args.jobs} requests, concurrency {args.concurrency}")
-                report.phases.append(await raw_ceiling(api_url, args.jobs, args.concurrency))
+                meter = CpuMeter({"client": os.getpid(), "simulator": sim_pid})
+                phase = await raw_ceiling(api_url, args.jobs, args.concurrency)
+                phase.cpu_us_per_job = meter.per_job(phase.jobs)
+                report.phases.append(phase)
                 async with daemon_process(dsn, api_url, args.concurrency) as pid:
                     say(f"(b) daemon harvesting {args.jobs} jobs that land on the first poll")
-                    report.phases.append(await harvest(pool, pid, args.jobs, "b",
-                                                       "daemon, empty queue"))
+                    meter = CpuMeter({"daemon": pid, "simulator": sim_pid})
+                    phase = await harvest(pool, pid, args.jobs, "b", "daemon, empty queue")
+                    phase.cpu_us_per_job = meter.per_job(phase.jobs)
+                    report.phases.append(phase)
                     if args.backlog:
                         say(f"(c) adding {args.backlog:,} jobs that are not due, then again")
                         await add_backlog(pool, args.backlog)
-                        report.phases.append(await harvest(
+                        meter = CpuMeter({"daemon": pid, "simulator": sim_pid})
+                        phase = await harvest(
                             pool, pid, args.jobs, "c",
-                            f"daemon, {args.backlog:,} not-due jobs in the queue"))
+                            f"daemon, {args.backlog:,} not-due jobs in the queue")
+                        phase.cpu_us_per_job = meter.per_job(phase.jobs)
+                        report.phases.append(phase)
             if args.inflight:
                 latency = 0.5
                 say(f"(d) {args.inflight} requests in flight (simulator latency {latency}s)")
-                async with simulator_process("first-poll", f"latency={latency}") as slow_url, \
+                async with simulator_process("first-poll", f"latency={latency}") as (slow_url, _), \
                         daemon_process(dsn, slow_url, args.inflight) as pid:
                     jobs = max(args.inflight * 4, 2000)
                     report.phases.append(await harvest(
@@ -335,7 +383,7 @@ async def run_bench(settings: Settings, args: argparse.Namespace,
                 async with simulator_process("demo", "stuck=0", "stuck_then_land=0",
                                              "not_found_failed=0", "not_found_running=0",
                                              "forbidden=0", "malformed=0",
-                                             "fault=0") as demo_url, \
+                                             "fault=0") as (demo_url, _), \
                         daemon_process(dsn, demo_url, args.concurrency) as pid:
                     ready: dict[str, float] = {}
                     phase = await harvest(pool, pid, args.lag_jobs, "e", "")
@@ -382,6 +430,17 @@ def render(report: Report, out: TextIO) -> None:
     console.print(table)
     for name, value in report.ratios().items():
         console.print(f"ratio {name}: {value:.2f}")
+    measured = [p for p in report.phases if p.cpu_us_per_job]
+    if measured:
+        cpu = Table(title="CPU per job (µs), by process")
+        roles = sorted({r for p in measured for r in p.cpu_us_per_job})
+        cpu.add_column("phase")
+        for role in [*roles, "total"]:
+            cpu.add_column(role, justify="right")
+        for p in measured:
+            cells = [f"{p.cpu_us_per_job[r]:.0f}" if r in p.cpu_us_per_job else "-" for r in roles]
+            cpu.add_row(p.name, *cells, f"{sum(p.cpu_us_per_job.values()):.0f}")
+        console.print(cpu)
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
