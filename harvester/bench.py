@@ -159,7 +159,7 @@ class CpuMeter:
 @asynccontextmanager
 async def daemon_process(dsn: str, api_url: str, concurrency: int) -> AsyncIterator[int]:
     """``harvester run`` in a subprocess, ready to work; yields its pid."""
-    admin_port = _free_port()
+    admin_port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(Path.home())),
         "HARVESTER_DATABASE_URL": dsn, "HARVESTER_API_BASE_URL": api_url,
@@ -171,7 +171,7 @@ async def daemon_process(dsn: str, api_url: str, concurrency: int) -> AsyncItera
         sys.executable, "-m", "harvester", "run", "--no-migrate", env=env,
         stdout=subprocess.DEVNULL)
     try:
-        await _wait_healthy(f"http://127.0.0.1:{admin_port}/readyz", proc)
+        await wait_ready(f"http://127.0.0.1:{admin_port}/readyz", proc)
         yield proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -179,7 +179,7 @@ async def daemon_process(dsn: str, api_url: str, concurrency: int) -> AsyncItera
         await proc.wait()
 
 
-async def _wait_healthy(url: str, proc: asyncio.subprocess.Process) -> None:
+async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
     deadline = time.monotonic() + 60
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
@@ -193,7 +193,7 @@ async def _wait_healthy(url: str, proc: asyncio.subprocess.Process) -> None:
     raise RuntimeError("the daemon did not become ready within 60 s")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket  # noqa: PLC0415
 
     with socket.socket() as sock:
@@ -282,7 +282,7 @@ async def harvest(pool: asyncpg.Pool, pid: int, jobs: int, name: str, note: str,
     landed = await pool.fetchval("SELECT count(*) FROM harvester.jobs WHERE job_id = ANY($1::uuid[]) "
                                  "AND state = 'landed'", ids)
     return Phase(name, int(landed), seconds, landed / seconds, peak_rss_mib(pid),
-                 _percentile(lags, 50), _percentile(lags, 99), note)
+                 percentile(lags, 50), percentile(lags, 99), note)
 
 
 async def landing_lags(pool: asyncpg.Pool, ids: Sequence[uuid.UUID],
@@ -300,7 +300,7 @@ async def landing_lags(pool: asyncpg.Pool, ids: Sequence[uuid.UUID],
     return lags
 
 
-def _percentile(values: list[float], pct: int) -> float | None:
+def percentile(values: list[float], pct: int) -> float | None:
     if not values:
         return None
     if len(values) == 1:
@@ -396,8 +396,8 @@ async def run_bench(settings: Settings, args: argparse.Namespace,
                     lags = await landing_lags(pool, [r["job_id"] for r in rows], ready)
                     with_202 = [lag for lag, r in zip(lags, rows, strict=False)
                                 if str(r["job_id"]) in ready]
-                    phase.lag_p50 = _percentile(with_202, 50)
-                    phase.lag_p99 = _percentile(with_202, 99)
+                    phase.lag_p50 = percentile(with_202, 50)
+                    phase.lag_p99 = percentile(with_202, 99)
                     phase.note = (f"demo mix (1-3 × 202, Retry-After 1 s); lag measured on "
                                   f"{len(with_202)} jobs from when the last 202 allowed the poll")
                     report.phases.append(phase)

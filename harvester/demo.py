@@ -34,7 +34,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harvester.bench import _free_port, _percentile
+from harvester.bench import free_port, percentile, wait_ready
 from harvester.embedded import EmbeddedPostgres, ensure_database
 from harvester.errors import EmbeddedDatabaseError, UserError
 from harvester.migrations import migrate
@@ -112,7 +112,7 @@ async def _start_simulator(stack: contextlib.AsyncExitStack, log: Path) -> str:
 
 async def _start_daemon(stack: contextlib.AsyncExitStack, dsn: str, api_url: str, log: Path
                         ) -> asyncio.subprocess.Process:
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""), "HOME": str(Path.home()),
         "HARVESTER_DATABASE_URL": dsn, "HARVESTER_API_BASE_URL": api_url,
@@ -122,17 +122,11 @@ async def _start_daemon(stack: contextlib.AsyncExitStack, dsn: str, api_url: str
     }
     proc = await stack.enter_async_context(_child(
         [sys.executable, "-m", "harvester", "run", "--no-migrate"], env=env, log=log))
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise EmbeddedDatabaseError(f"the daemon exited early; see {log}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                    if resp.status == 200:
-                        return proc
-            await asyncio.sleep(0.1)
-    raise EmbeddedDatabaseError(f"the daemon did not become ready; see {log}")
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+    except RuntimeError as exc:
+        raise EmbeddedDatabaseError(f"{exc}; see {log}") from None
+    return proc
 
 
 # ---------------------------------------------------------------- the run
@@ -259,7 +253,7 @@ async def _summary(pool: asyncpg.Pool, api_url: str, jobs: int, elapsed: float,
     table.add_row("pending", f"{counts['pending']:,}", "still waiting" if counts["pending"] else "")
     console.print()
     console.print(table)
-    p50, p99 = _percentile(lags, 50), _percentile(lags, 99)
+    p50, p99 = percentile(lags, 50), percentile(lags, 99)
     if p50 is not None and p99 is not None:
         console.print(f"landing lag after upstream's Retry-After allowed the poll: "
                       f"p50 {p50:.2f} s, p99 {p99:.2f} s ({len(lags):,} jobs)")

@@ -98,16 +98,9 @@ def template_database(pg_server_url: str) -> Iterator[str]:
         finally:
             await target.close()
 
-    async def drop() -> None:
-        conn = await _admin(pg_server_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
     asyncio.run(create())
     yield name
-    asyncio.run(drop())
+    _drop_database(pg_server_url, name)
 
 
 def _fresh_database(pg_server_url: str, template: str | None) -> str:

@@ -1,10 +1,68 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import io
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
+import structlog
 
+from harvester.cli import main
 from tests.helpers import SimulatedUpstream
+
+
+@dataclass
+class CliResult:
+    status: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return self.err.splitlines()
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+Cli = Callable[..., Awaitable[CliResult]]
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """main() configures logging onto the captured stderr; put things back after."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def cli(db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        restore_logging: None) -> Cli:
+    """``harvester ...`` in-process against this test's database."""
+    monkeypatch.setenv("HARVESTER_DATABASE_URL", db_url)
+
+    async def run(*args: str, stdin: bytes | None = None) -> CliResult:
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        capsys.readouterr()
+        try:
+            status = await asyncio.to_thread(main, list(args))
+        except SystemExit as exc:  # argparse refusing the command line
+            status = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(status, captured.out, captured.err)
+
+    return run
 
 
 @pytest.fixture

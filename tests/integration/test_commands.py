@@ -7,21 +7,18 @@ own event loop) with stdout and stderr captured.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-import structlog
 
-from harvester.cli import main
 from harvester.simulator import result_row
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @dataclass(frozen=True)
@@ -103,44 +100,6 @@ async def put_jobs_in_each_state(pool: asyncpg.Pool) -> Fixture:
         "next_poll_at = NULL, enqueued_at = now() - interval '8 days' WHERE job_id = $1",
         f.failed_expired)
     return f
-
-
-@dataclass
-class Result:
-    status: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """main() configures logging onto the captured stderr; put things back after."""
-    config = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.configure(**config)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def cli(db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("HARVESTER_DATABASE_URL", db_url)
-
-    async def run(*args: str) -> Result:
-        capsys.readouterr()
-        try:
-            status = await asyncio.to_thread(main, list(args))
-        except SystemExit as exc:  # argparse refusing the command line
-            status = int(exc.code or 0)
-        captured = capsys.readouterr()
-        return Result(status, captured.out, captured.err)
-
-    return run
 
 
 def table_rows(text: str) -> list[list[str]]:

@@ -10,63 +10,22 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import os
 import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-import structlog
 
-from harvester.cli import main
 from harvester.commands import SHOWN_BAD_LINES, cmd_enqueue
 from harvester.errors import UserError
 from harvester.settings import load_settings
 
-
-@dataclass
-class Result:
-    status: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return self.err.splitlines()
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """main() configures logging onto the captured stderr; put things back after."""
-    config = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    structlog.configure(**config)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def cli(db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("HARVESTER_DATABASE_URL", db_url)
-
-    async def run(*args: str, stdin: bytes | None = None) -> Result:
-        if stdin is not None:
-            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-        capsys.readouterr()
-        status = await asyncio.to_thread(main, list(args))
-        captured = capsys.readouterr()
-        return Result(status, captured.out, captured.err)
-
-    return run
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 async def job_ids(pool: asyncpg.Pool) -> set[str]:
