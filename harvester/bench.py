@@ -30,13 +30,11 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 
-from harvester.embedded import database_url, ensure_database
-from harvester.migrations import migrate
+from harvester.embedded import database_url, recreate_database
 from harvester.settings import Settings
 from harvester.simulator import RESULTS_PREFIX
 
@@ -322,20 +320,7 @@ async def add_backlog(pool: asyncpg.Pool, rows: int) -> None:
 async def bench_database(settings: Settings) -> AsyncIterator[str]:
     """An empty, migrated ``harvester_bench`` database on the configured server."""
     async with database_url(settings, database="postgres") as admin_dsn:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-        finally:
-            await admin.close()
-        await ensure_database(admin_dsn, BENCH_DATABASE)
-        parts = urlsplit(admin_dsn)
-        dsn = parts._replace(path=f"/{BENCH_DATABASE}").geturl()
-        conn = await asyncpg.connect(dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-        yield dsn
+        yield await recreate_database(admin_dsn, BENCH_DATABASE)
 
 
 async def run_bench(settings: Settings, args: argparse.Namespace,

@@ -35,9 +35,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from harvester.bench import free_port, percentile, wait_ready
-from harvester.embedded import EmbeddedPostgres, ensure_database
+from harvester.embedded import EmbeddedPostgres, ensure_database, recreate_database
 from harvester.errors import EmbeddedDatabaseError, UserError
-from harvester.migrations import migrate
 from harvester.settings import Settings, default_data_dir
 
 DEMO_DATABASE = "harvester_demo"
@@ -161,19 +160,7 @@ async def run_demo(settings: Settings, jobs: int, max_seconds: float, out: TextI
     await asyncio.to_thread(embedded.start)
     try:
         logs.mkdir(parents=True, exist_ok=True)
-        admin_dsn = embedded.uri("postgres")
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
-        finally:
-            await admin.close()
-        await ensure_database(admin_dsn, DEMO_DATABASE)
-        dsn = embedded.uri(DEMO_DATABASE)
-        conn = await asyncpg.connect(dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
+        dsn = await recreate_database(embedded.uri("postgres"), DEMO_DATABASE)
         async with contextlib.AsyncExitStack() as stack:
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
             stack.push_async_callback(pool.close)

@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from harvester.errors import EmbeddedDatabaseError
+from harvester.migrations import migrate
 from harvester.settings import Settings
 
 MISSING_MESSAGE = (
@@ -83,6 +85,26 @@ async def ensure_database(admin_uri: str, name: str) -> None:
                 await conn.execute(f"CREATE DATABASE {quoted}")
     finally:
         await conn.close()
+
+
+async def recreate_database(admin_dsn: str, name: str) -> str:
+    """Drop ``name`` if it exists, create it empty and migrate it; returns its DSN.
+
+    For the scratch databases of ``demo`` and ``bench``, never for the harvester's own."""
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        quoted = await admin.fetchval("SELECT quote_ident($1)", name)
+        await admin.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+    finally:
+        await admin.close()
+    await ensure_database(admin_dsn, name)
+    dsn = urlsplit(admin_dsn)._replace(path=f"/{name}").geturl()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return dsn
 
 
 @asynccontextmanager

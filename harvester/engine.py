@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -54,6 +54,7 @@ from harvester.store import CHANNEL_JOBS, Outcome, ReleaseRow, WriteReport, list
 from harvester.upstream import BATCH_STATUS_LIMIT
 
 log = get_logger("harvester.engine")
+T = TypeVar("T")
 
 CLAIM_BATCH_MAX: Final = 500
 WRITE_BATCH_MAX: Final = 500
@@ -153,6 +154,7 @@ class Engine:
         self.local: asyncio.Queue[Claimed | None] = asyncio.Queue()
         self.outcomes: asyncio.Queue[Outcome] = asyncio.Queue(maxsize=max(4 * concurrency, 1024))
         self.not_found: asyncio.Queue[Claimed] = asyncio.Queue(maxsize=max(2 * concurrency, 512))
+        self.releases: asyncio.Queue[ReleaseRow] = asyncio.Queue()
         self.busy: dict[UUID, Job] = {}
         self.sent: set[UUID] = set()
         """Jobs whose request has gone out (a subset of busy)."""
@@ -209,6 +211,7 @@ class Engine:
         workers = [self._spawn(f"worker-{i}", self._worker()) for i in range(self.concurrency)]
         writer = self._spawn("writer", self._writer())
         resolver = self._spawn("resolver", self._resolver())
+        releaser = self._spawn("releaser", self._releaser())
         dispatcher = self._spawn("dispatcher", self._dispatcher())
         heartbeat = self._spawn("heartbeat", self._heartbeat())
         listener = self._spawn("listener", self._listener()) if self.dsn else None
@@ -216,12 +219,13 @@ class Engine:
         log.info("daemon.started", worker_id=self.worker_id, concurrency=self.concurrency,
                  api_base_url=self.settings.api_base_url, max_rps=self.settings.max_rps)
         await self.stopping.wait()
-        await self._shutdown(workers, writer, resolver, dispatcher, heartbeat, listener)
+        await self._shutdown(workers, writer, resolver, releaser, dispatcher, heartbeat, listener)
         if self._fatal is not None:
             raise self._fatal
 
     async def _shutdown(self, workers: list[asyncio.Task[None]], writer: asyncio.Task[None],
-                        resolver: asyncio.Task[None], dispatcher: asyncio.Task[None],
+                        resolver: asyncio.Task[None], releaser: asyncio.Task[None],
+                        dispatcher: asyncio.Task[None],
                         heartbeat: asyncio.Task[None], listener: asyncio.Task[None] | None
                         ) -> None:
         grace = self.settings.shutdown_grace
@@ -251,7 +255,10 @@ class Engine:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         released += await self._release_quietly(cut)
-        # 404s waiting for batch-status: let the resolver finish what it holds, briefly.
+        # Hand-backs still queued are written; 404s waiting for batch-status go back too.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.releases.join(), timeout=5.0)
+        await _cancel(releaser)
         await _cancel(resolver)
         waiting = [ReleaseRow(c.job, 0.0, polled=True, status=404) for c in self._resolving]
         while not self.not_found.empty():
@@ -278,8 +285,8 @@ class Engine:
         try:
             return len(await self.store.release(rows))
         except StoreError as exc:
-            log.warning("shutdown.release_failed", jobs=len(rows), error=str(exc),
-                        note="their leases expire and they come back by themselves")
+            log.warning("release.failed", jobs=len(rows), error=str(exc),
+                        note="their leases lapse and they come back by themselves")
             return 0
 
     async def _drain_outcomes(self) -> None:
@@ -397,10 +404,19 @@ class Engine:
                 self.slot_freed.set()
 
     async def _hand_back(self, row: ReleaseRow) -> None:
-        try:
-            await self.store.release([row])
-        except StoreUnavailable as exc:
-            log.debug("release.deferred", job_id=str(row.job.job_id), error=str(exc))
+        """Give a job back unpolled; the releaser writes these in batches (when the auth
+        circuit opens or a pause begins, every worker hands its job back at once)."""
+        await self.releases.put(row)
+
+    async def _releaser(self) -> None:
+        while True:
+            first = await self.releases.get()
+            batch = await gather_batch(self.releases, first, WRITE_BATCH_MAX, WRITE_LINGER)
+            try:
+                await self._release_quietly(batch)
+            finally:
+                for _ in batch:
+                    self.releases.task_done()
 
     async def _handle(self, item: Claimed, answer: Answer) -> None:
         job = item.job
@@ -467,16 +483,7 @@ class Engine:
     async def _resolver(self) -> None:
         while True:
             first = await self.not_found.get()
-            batch = [first]
-            deadline = time.monotonic() + RESOLVE_LINGER
-            while len(batch) < BATCH_STATUS_LIMIT:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self.not_found.get(), remaining))
-                except TimeoutError:
-                    break
+            batch = await gather_batch(self.not_found, first, BATCH_STATUS_LIMIT, RESOLVE_LINGER)
             self._resolving = batch
             try:
                 await self._resolve(batch)
@@ -510,22 +517,8 @@ class Engine:
         retry = Retrying("write", self.metrics)
         while True:
             first = await self.outcomes.get()
-            batch = [first]
             self._writer_holding = 1
-            deadline = time.monotonic() + WRITE_LINGER
-            while len(batch) < WRITE_BATCH_MAX:
-                try:
-                    batch.append(self.outcomes.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self.outcomes.get(), remaining))
-                except TimeoutError:
-                    break
+            batch = await gather_batch(self.outcomes, first, WRITE_BATCH_MAX, WRITE_LINGER)
             self._writer_holding = len(batch)
             try:
                 await self._flush(batch, retry)
@@ -665,6 +658,27 @@ class Engine:
                     log.debug("heartbeat.failed", error=str(exc))
                     retry_logged = True
             await self._sleep(HEARTBEAT_EVERY, self.stopping)
+
+
+async def gather_batch(queue: asyncio.Queue[T], first: T, limit: int, linger: float) -> list[T]:
+    """``first`` plus whatever else is queued or arrives within ``linger`` seconds, up to
+    ``limit`` items: one database or upstream round trip for many jobs."""
+    batch = [first]
+    deadline = time.monotonic() + linger
+    while len(batch) < limit:
+        try:
+            batch.append(queue.get_nowait())
+            continue
+        except asyncio.QueueEmpty:
+            pass
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            batch.append(await asyncio.wait_for(queue.get(), remaining))
+        except TimeoutError:
+            break
+    return batch
 
 
 def _outcome_label(decision: Decision) -> str:
