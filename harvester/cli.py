@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from harvester import __version__
@@ -64,12 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--admin-port", dest="admin_port", type=int, metavar="PORT")
     _add_database(run)
     _add_logging(run)
+    run.set_defaults(handler=_run)
 
     mig = sub.add_parser("migrate", help="apply the SQL migrations (idempotent)",
                          description="Apply the migrations in sql/ in order under an advisory "
                                      "lock; prints what it applied.")
     _add_database(mig)
     _add_logging(mig)
+    mig.set_defaults(handler=_migrate)
 
     enq = sub.add_parser(
         "enqueue", help="feed job IDs",
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "errors_not_shown} as JSON")
     _add_database(enq)
     _add_logging(enq)
+    enq.set_defaults(handler=_enqueue)
 
     st = sub.add_parser("status", help="queue counts, backlog, stuck, auth circuit",
                         description="Queue counts by state, due-now count, oldest due age, open "
@@ -100,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the numbers as JSON")
     _add_database(st)
     _add_logging(st)
+    st.set_defaults(handler=_status)
 
     stuck = sub.add_parser("stuck", help="the open stuck jobs, oldest first",
                            description="The open stuck records (upstream says completed but "
@@ -108,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     stuck.add_argument("--json", action="store_true", help="print a JSON array of records")
     _add_database(stuck)
     _add_logging(stuck)
+    stuck.set_defaults(handler=_stuck)
 
     rq = sub.add_parser("requeue", help="put jobs back to pending, due now",
                         description="Put jobs back to pending, due now, with their age limits "
@@ -122,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print {requeued, landed_untouched, unknown} as JSON")
     _add_database(rq)
     _add_logging(rq)
+    rq.set_defaults(handler=_requeue)
 
     sim = sub.add_parser("simulate", help="serve a simulated upstream on loopback",
                          description="Serve a simulated justcrawl API (same paths, statuses, "
@@ -138,10 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-record", action="store_true",
                      help="keep counters only, not a log of every request")
     _add_logging(sim)
+    sim.set_defaults(handler=_simulate)
 
-    from harvester import bench, demo  # noqa: PLC0415 - keeps `harvester --help` light
+    from harvester import commands  # noqa: PLC0415 - keeps `harvester --help` light
+    from harvester.tools import bench, demo  # noqa: PLC0415
 
-    demo.add_parsers(sub)
+    commands.add_psql_parser(sub)
+    demo.add_parser(sub)
     bench.add_parser(sub)
     return parser
 
@@ -157,43 +166,79 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(overrides)
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    from harvester import commands  # noqa: PLC0415
+# ---------------------------------------------------------------- handlers
+#
+# Every sub-command's parser names its handler with ``set_defaults(handler=...)``; a
+# handler takes the settings (built once, here at the edge) and the parsed arguments,
+# and returns the exit status. Asynchronous commands are wrapped by ``_blocking``.
 
-    command: str = args.command
-    if command == "simulate":
-        from harvester.simulator import cmd_simulate  # noqa: PLC0415
-
-        settings = settings_from(args)
-        configure_logging(settings.log_level, settings.log_format, settings.secret_values())
-        return cmd_simulate(args)
-
-    settings = settings_from(args)
-    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
-    runners: dict[str, Callable[[], Any]] = {
-        "run": lambda: _run(settings, args),
-        "migrate": lambda: commands.cmd_migrate(settings, sys.stdout),
-        "enqueue": lambda: commands.cmd_enqueue(
-            settings, args.job_ids, args.file, args.skip_invalid, args.json, sys.stdout,
-            sys.stderr, commands.stdin_binary()),
-        "status": lambda: commands.cmd_status(settings, args.json, sys.stdout),
-        "stuck": lambda: commands.cmd_stuck(settings, args.json, sys.stdout),
-        "requeue": lambda: commands.cmd_requeue(settings, args.job_ids, args.state, args.json,
-                                                sys.stdout),
-    }
-    if command in runners:
-        result = asyncio.run(runners[command]())
-        return int(result)
-    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
-    return handler(settings, args)
+Handler = Callable[[Settings, argparse.Namespace], int]
 
 
+def _blocking(command: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+              ) -> Handler:
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        return asyncio.run(command(settings, args))
+
+    return run
+
+
+@_blocking
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     from harvester.daemon import run_daemon  # noqa: PLC0415
 
     settings.require_api_token()
     await run_daemon(settings, apply_migrations=not args.no_migrate)
     return 0
+
+
+@_blocking
+async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from harvester import commands  # noqa: PLC0415
+
+    return await commands.cmd_migrate(settings, sys.stdout)
+
+
+@_blocking
+async def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    from harvester import commands  # noqa: PLC0415
+
+    return await commands.cmd_enqueue(settings, args.job_ids, args.file, args.skip_invalid,
+                                      args.json, sys.stdout, sys.stderr, commands.stdin_binary())
+
+
+@_blocking
+async def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from harvester import commands  # noqa: PLC0415
+
+    return await commands.cmd_status(settings, args.json, sys.stdout)
+
+
+@_blocking
+async def _stuck(settings: Settings, args: argparse.Namespace) -> int:
+    from harvester import commands  # noqa: PLC0415
+
+    return await commands.cmd_stuck(settings, args.json, sys.stdout)
+
+
+@_blocking
+async def _requeue(settings: Settings, args: argparse.Namespace) -> int:
+    from harvester import commands  # noqa: PLC0415
+
+    return await commands.cmd_requeue(settings, args.job_ids, args.state, args.json, sys.stdout)
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from harvester.tools.simulator import cmd_simulate  # noqa: PLC0415
+
+    return cmd_simulate(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    configure_logging(settings.log_level, settings.log_format, settings.secret_values())
+    handler: Handler = args.handler
+    return handler(settings, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

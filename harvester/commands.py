@@ -8,17 +8,22 @@ as one line.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import io
 import json
 import os
+import shutil
 import stat
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Final, Literal, TextIO
+from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
 import asyncpg
@@ -26,7 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harvester.embedded import database_url
+from harvester.embedded import EmbeddedPostgres, database_url, ensure_database
 from harvester.errors import UserError
 from harvester.feed import BadInput, Entry, classify_arguments, classify_lines
 from harvester.migrations import latest_version, migrate, newer_versions, pending_migrations
@@ -441,3 +446,57 @@ def stdin_binary() -> BinaryIO:
     if sys.stdin is None:
         return io.BytesIO()
     return sys.stdin.buffer
+
+
+# ---------------------------------------------------------------- psql
+
+
+def add_psql_parser(sub: Any) -> None:
+    psql = sub.add_parser("psql", help="open psql on the harvester database",
+                          description="Open psql on the configured database, or on the embedded "
+                                      "one (started for the session; psql is bundled with it). "
+                                      "Arguments after -- go to psql.")
+    psql.add_argument("--database", default=None,
+                      help="database on the embedded server (default harvester; the demo uses "
+                           "harvester_demo)")
+    psql.add_argument("--data-dir", dest="data_dir", metavar="PATH")
+    psql.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql")
+    psql.set_defaults(handler=cmd_psql)
+
+
+
+def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
+    extra = [a for a in args.psql_args if a != "--"]
+    if settings.database_url is not None:
+        if args.database:
+            raise UserError("--database applies to the embedded PostgreSQL only")
+        psql = shutil.which("psql")
+        if psql is None:
+            raise UserError("psql is not installed; connect with HARVESTER_DATABASE_URL in your client")
+        env = {**os.environ, **_libpq_env(settings.database_url.get_secret_value())}
+        return subprocess.call([psql, *extra], env=env)  # noqa: S603 - the user asked for psql
+    embedded = EmbeddedPostgres(settings.data_dir)
+    embedded.start()
+    try:
+        from pgserver._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
+
+        database = args.database or "harvester"
+        asyncio.run(ensure_database(embedded.uri("postgres"), database))
+        return subprocess.call(  # noqa: S603 - the bundled psql, on the user's request
+            [str(POSTGRES_BIN_PATH / "psql"), embedded.uri(database), *extra])
+    finally:
+        embedded.stop()
+
+
+def _libpq_env(dsn: str) -> dict[str, str]:
+    """libpq environment variables for a URL, so the password is not on a command line."""
+    parts = urlsplit(dsn)
+    env = {"PGHOST": parts.hostname or "", "PGPORT": str(parts.port or 5432),
+           "PGUSER": parts.username or "", "PGPASSWORD": parts.password or "",
+           "PGDATABASE": parts.path.lstrip("/")}
+    for key, values in parse_qs(parts.query).items():
+        if key == "sslmode":
+            env["PGSSLMODE"] = values[-1]
+        elif key == "host":
+            env["PGHOST"] = values[-1]
+    return {k: v for k, v in env.items() if v}

@@ -27,6 +27,7 @@ from uuid import UUID
 import asyncpg
 
 from harvester import __version__
+from harvester.api import BATCH_STATUS_LIMIT
 from harvester.errors import StoreError, StoreUnavailable, UpstreamError
 from harvester.logs import get_logger
 from harvester.metrics import Metrics, status_class
@@ -51,7 +52,6 @@ from harvester.policy import (
 )
 from harvester.settings import Settings
 from harvester.store import CHANNEL_JOBS, Outcome, ReleaseRow, WriteReport, listen
-from harvester.upstream import BATCH_STATUS_LIMIT
 
 log = get_logger("harvester.engine")
 T = TypeVar("T")

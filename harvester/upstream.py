@@ -19,13 +19,11 @@ from uuid import UUID
 import aiohttp
 
 from harvester import __version__
+from harvester.api import BATCH_STATUS_LIMIT, BATCH_STATUS_PATH, RESULT_PATH
 from harvester.errors import UpstreamError
 from harvester.policy import Answer, Response, TransportFailure, parse_batch_status
 from harvester.settings import Settings
 
-RESULT_PATH: Final = "/api/v1/extraction/results/{job_id}"
-BATCH_STATUS_PATH: Final = "/api/v1/jobs/batch-status"
-BATCH_STATUS_LIMIT: Final = 100
 _CHUNK: Final = 64 * 1024
 
 

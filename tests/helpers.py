@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,13 +23,8 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from harvester.simulator import SIM_TOKEN, Mix, Simulator, serve
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from harvester.tools.processes import free_port
+from harvester.tools.simulator import SIM_TOKEN, Mix, Simulator, serve
 
 
 class SimulatedUpstream:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harvester.simulator import SIM_TOKEN, Mix
+from harvester.tools.simulator import SIM_TOKEN, Mix
 from tests.acceptance.harness import Cluster, Fleet, LandedWitness
 from tests.helpers import SimulatedUpstream
 

@@ -30,7 +30,7 @@ import asyncpg
 
 from harvester.embedded import EmbeddedPostgres, ensure_database
 from harvester.migrations import migrate
-from harvester.simulator import Mix, plan_for, result_row
+from harvester.tools.simulator import Mix, plan_for, result_row
 from tests.helpers import Daemon
 
 # ---------------------------------------------------------------- a PostgreSQL to restart

@@ -23,7 +23,7 @@ from harvester.admin import Admin
 from harvester.errors import ConfigError
 from harvester.metrics import Metrics
 from harvester.settings import load_settings
-from harvester.simulator import Mix
+from harvester.tools.simulator import Mix
 from harvester.upstream import Upstream
 from tests.acceptance.conftest import MakeFleet, StartSimulator
 from tests.acceptance.harness import audit, new_ids, wait_landed

@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from harvester.admin import BODY_LIMIT, MAX_IDS_PER_REQUEST
 from harvester.commands import SHOWN_BAD_LINES, enqueue_entries
 from harvester.feed import classify_lines
-from harvester.simulator import Mix
 from harvester.store import Store
+from harvester.tools.simulator import Mix
 from tests.acceptance.conftest import MakeFleet, StartSimulator
 from tests.integration.test_admin_api import AUTH, TOKEN, admin_client
 

@@ -11,7 +11,7 @@ import random
 
 import asyncpg
 
-from harvester.simulator import Mix
+from harvester.tools.simulator import Mix
 from tests.acceptance.conftest import MakeFleet, StartSimulator
 from tests.acceptance.harness import (
     LandedWitness,

@@ -8,7 +8,7 @@ import time
 import asyncpg
 import pytest
 
-from harvester.simulator import Mix
+from harvester.tools.simulator import Mix
 from tests.acceptance.conftest import MakeFleet, StartSimulator
 from tests.acceptance.harness import (
     LaggyLink,

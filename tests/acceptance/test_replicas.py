@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from harvester.simulator import Mix
+from harvester.tools.simulator import Mix
 from tests.acceptance.conftest import MakeFleet, StartSimulator
 from tests.acceptance.harness import LandedWitness, assert_mirror_is_upstream, audit, new_ids
 from tests.helpers import enqueue, wait_for_states

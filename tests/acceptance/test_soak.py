@@ -22,7 +22,7 @@ from collections import Counter
 import asyncpg
 import pytest
 
-from harvester.simulator import Mix
+from harvester.tools.simulator import Mix
 from tests.acceptance.conftest import MakeFleet, StartSimulator
 from tests.acceptance.harness import Fleet, LandedWitness, audit, expected_end, new_ids
 from tests.helpers import Daemon, enqueue, state_counts

@@ -13,7 +13,7 @@ import uuid
 
 import asyncpg
 
-from harvester.simulator import Mix, plan_for
+from harvester.tools.simulator import Mix, plan_for
 from tests.acceptance.conftest import MakeFleet, StartSimulator
 from tests.acceptance.harness import (
     LandedWitness,

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from harvester.simulator import result_row
+from harvester.tools.simulator import result_row
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 

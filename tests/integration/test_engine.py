@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
-from harvester.simulator import Mix, result_row
+from harvester.tools.simulator import Mix, result_row
 from tests.helpers import Daemon, SimulatedUpstream, enqueue, wait_for_states, wait_until
 
 

@@ -21,7 +21,7 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
 from harvester import __version__
-from harvester.simulator import Mix
+from harvester.tools.simulator import Mix
 from tests.helpers import (
     Daemon,
     SimulatedUpstream,

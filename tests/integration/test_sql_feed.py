@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from harvester.simulator import result_row
+from harvester.tools.simulator import result_row
 from tests.helpers import Daemon, SimulatedUpstream, wait_for_states, wait_until
 from tests.integration.test_commands import put_jobs_in_each_state
 

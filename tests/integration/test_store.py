@@ -12,8 +12,8 @@ import asyncpg
 
 from harvester.model import ExtractionResult
 from harvester.policy import Fail, Hold, Land, Retry, Stuck
-from harvester.simulator import result_row
 from harvester.store import CLAIM_SQL, Outcome, ReleaseRow, Store, create_pool
+from harvester.tools.simulator import result_row
 from tests.helpers import enqueue
 
 

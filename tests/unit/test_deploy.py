@@ -30,8 +30,8 @@ from harvester.cli import build_parser
 from harvester.errors import ConfigError
 from harvester.metrics import Metrics
 from harvester.settings import ENV_PREFIX, SECRET_FIELDS, Settings, load_settings
-from harvester.simulator import Mix
 from harvester.store import Store
+from harvester.tools.simulator import Mix
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

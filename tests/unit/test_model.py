@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from harvester.model import INT32_MAX, ExtractionResult
 from harvester.policy import parse_batch_status
-from harvester.simulator import ORG_ID, result_row
+from harvester.tools.simulator import ORG_ID, result_row
 
 JOB_ID = UUID("5d2b8c1e-4f7a-4c3b-9e21-7a6f0d3c8b45")
 

@@ -46,7 +46,7 @@ from harvester.policy import (
     parse_retry_after,
     upstream_delay,
 )
-from harvester.simulator import result_row
+from harvester.tools.simulator import result_row
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 JOB_ID = UUID("5d2b8c1e-4f7a-4c3b-9e21-7a6f0d3c8b45")

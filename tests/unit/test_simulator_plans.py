@@ -10,7 +10,7 @@ from uuid import UUID
 
 import pytest
 
-from harvester.simulator import Mix, Step, parse_overrides, plan_for
+from harvester.tools.simulator import Mix, Step, parse_overrides, plan_for
 
 SAMPLE = 20_000
 

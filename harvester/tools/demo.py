@@ -1,4 +1,4 @@
-"""``harvester demo`` and ``harvester psql``: the newcomer's path.
+"""``harvester demo``: the newcomer's path.
 
 The demo starts, in one process tree, the embedded PostgreSQL, the simulated upstream
 (its own process) and the daemon (``harvester run``, its own process, exactly as in
@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import asyncpg
@@ -34,10 +32,10 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harvester.bench import free_port, percentile, wait_ready
-from harvester.embedded import EmbeddedPostgres, ensure_database, recreate_database
+from harvester.embedded import EmbeddedPostgres, recreate_database
 from harvester.errors import EmbeddedDatabaseError, UserError
 from harvester.settings import Settings, default_data_dir
+from harvester.tools.processes import free_port, percentile, wait_ready
 
 DEMO_DATABASE = "harvester_demo"
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the simulator's fake token
@@ -51,7 +49,7 @@ SELECT domain,
  ORDER BY rows DESC"""
 
 
-def add_parsers(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     demo = sub.add_parser("demo", help="try it: embedded PostgreSQL + simulated upstream + daemon",
                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--jobs", type=int, default=3000, help="jobs to feed (default 3000)")
@@ -61,16 +59,6 @@ def add_parsers(sub: Any) -> None:
                       help="where the embedded PostgreSQL lives (HARVESTER_DATA_DIR)")
     demo.set_defaults(handler=cmd_demo)
 
-    psql = sub.add_parser("psql", help="open psql on the harvester database",
-                          description="Open psql on the configured database, or on the embedded "
-                                      "one (started for the session; psql is bundled with it). "
-                                      "Arguments after -- go to psql.")
-    psql.add_argument("--database", default=None,
-                      help="database on the embedded server (default harvester; the demo uses "
-                           f"{DEMO_DATABASE})")
-    psql.add_argument("--data-dir", dest="data_dir", metavar="PATH")
-    psql.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql")
-    psql.set_defaults(handler=cmd_psql)
 
 
 # ---------------------------------------------------------------- processes
@@ -267,43 +255,3 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         sys.stdout.write("\ndemo stopped; the database is kept\n")
         return 130
-
-
-# ---------------------------------------------------------------- psql
-
-
-def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
-    extra = [a for a in args.psql_args if a != "--"]
-    if settings.database_url is not None:
-        if args.database:
-            raise UserError("--database applies to the embedded PostgreSQL only")
-        psql = shutil.which("psql")
-        if psql is None:
-            raise UserError("psql is not installed; connect with HARVESTER_DATABASE_URL in your client")
-        env = {**os.environ, **_libpq_env(settings.database_url.get_secret_value())}
-        return subprocess.call([psql, *extra], env=env)  # noqa: S603 - the user asked for psql
-    embedded = EmbeddedPostgres(settings.data_dir)
-    embedded.start()
-    try:
-        from pgserver._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
-
-        database = args.database or "harvester"
-        asyncio.run(ensure_database(embedded.uri("postgres"), database))
-        return subprocess.call(  # noqa: S603 - the bundled psql, on the user's request
-            [str(POSTGRES_BIN_PATH / "psql"), embedded.uri(database), *extra])
-    finally:
-        embedded.stop()
-
-
-def _libpq_env(dsn: str) -> dict[str, str]:
-    """libpq environment variables for a URL, so the password is not on a command line."""
-    parts = urlsplit(dsn)
-    env = {"PGHOST": parts.hostname or "", "PGPORT": str(parts.port or 5432),
-           "PGUSER": parts.username or "", "PGPASSWORD": parts.password or "",
-           "PGDATABASE": parts.path.lstrip("/")}
-    for key, values in parse_qs(parts.query).items():
-        if key == "sslmode":
-            env["PGSSLMODE"] = values[-1]
-        elif key == "host":
-            env["PGHOST"] = values[-1]
-    return {k: v for k, v in env.items() if v}

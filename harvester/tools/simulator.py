@@ -28,8 +28,8 @@ from uuid import UUID
 
 from aiohttp import web
 
-RESULTS_PREFIX: Final = "/api/v1/extraction/results/"
-BATCH_STATUS: Final = "/api/v1/jobs/batch-status"
+from harvester.api import BATCH_STATUS_LIMIT, BATCH_STATUS_PATH, RESULTS_PREFIX
+
 ORG_ID: Final = UUID("0b9d3a52-7c2e-4d1f-9a57-3c1f0e6b8a21")
 ROW_NAMESPACE: Final = UUID("6f1c2b7e-3d44-4a9b-8e0f-2a7c9b1d5e63")
 DOMAINS: Final = ("shop.example.com", "news.example.org", "jobs.example.net",
@@ -322,7 +322,7 @@ class Simulator:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_get(RESULTS_PREFIX + "{job_id}", self.result)
-        app.router.add_post(BATCH_STATUS, self.batch_status)
+        app.router.add_post(BATCH_STATUS_PATH, self.batch_status)
         app.router.add_get("/_sim/stats", self.stats)
         app.router.add_get("/_sim/log", self.served_log)
         app.router.add_get("/_sim/ready", self.ready_times)
@@ -542,8 +542,8 @@ class Simulator:
             ids = [UUID(i) for i in document["jobIds"]]
         except (ValueError, KeyError, TypeError):
             return _json({"error": "body must be {\"jobIds\": [uuid, ...]}"}, 400)
-        if len(ids) > 100:
-            return _json({"error": "at most 100 jobIds"}, 400)
+        if len(ids) > BATCH_STATUS_LIMIT:
+            return _json({"error": f"at most {BATCH_STATUS_LIMIT} jobIds"}, 400)
         answer = []
         for job_id in ids:
             plan = state.plan(job_id)

@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -34,9 +33,10 @@ from typing import Any, TextIO
 import aiohttp
 import asyncpg
 
+from harvester.api import RESULTS_PREFIX
 from harvester.embedded import database_url, recreate_database
 from harvester.settings import Settings
-from harvester.simulator import RESULTS_PREFIX
+from harvester.tools.processes import free_port, percentile, wait_ready
 
 BENCH_DATABASE = "harvester_bench"
 BENCH_TOKEN = "bench-token"  # noqa: S105 - the simulator's fake token
@@ -177,26 +177,6 @@ async def daemon_process(dsn: str, api_url: str, concurrency: int) -> AsyncItera
         await proc.wait()
 
 
-async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise RuntimeError(f"the daemon exited with {proc.returncode}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise RuntimeError("the daemon did not become ready within 60 s")
-
-
-def free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def peak_rss_mib(pid: int) -> float | None:
@@ -297,13 +277,6 @@ async def landing_lags(pool: asyncpg.Pool, ids: Sequence[uuid.UUID],
         lags.append(row["landed"] - origin)
     return lags
 
-
-def percentile(values: list[float], pct: int) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
 async def add_backlog(pool: asyncpg.Pool, rows: int) -> None:
