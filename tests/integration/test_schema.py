@@ -21,6 +21,9 @@ EXPECTED_COLUMNS = {
         "last_error": "text", "landed_at": "timestamp with time zone", "failed_reason": "text",
         "upstream_status": "text", "attempt": "integer", "consecutive_500s": "integer",
         "lease_seq": "bigint", "leased_until": "timestamp with time zone", "leased_by": "text",
+        "next_step": "text", "status_checks": "integer",
+        "status_checked_at": "timestamp with time zone", "status_since": "timestamp with time zone",
+        "finished_seen_at": "timestamp with time zone", "consecutive_403s": "integer",
     },
     "extraction_results": {
         "job_id": "uuid", "id": "uuid", "org_id": "uuid", "domain": "text", "schema_id": "text",
@@ -34,6 +37,7 @@ EXPECTED_COLUMNS = {
         "job_id": "uuid", "first_seen_at": "timestamp with time zone",
         "last_seen_at": "timestamp with time zone", "times_seen": "integer",
         "last_status": "integer", "last_body": "text", "resolved_at": "timestamp with time zone",
+        "resolution": "text", "resolved_by": "text", "resolution_note": "text",
     },
     "schema_migrations": {
         "version": "integer", "name": "text", "checksum": "text",
@@ -43,6 +47,7 @@ EXPECTED_COLUMNS = {
         "worker_id": "text", "hostname": "text", "pid": "integer", "version": "text",
         "started_at": "timestamp with time zone", "heartbeat_at": "timestamp with time zone",
         "auth_circuit": "text", "paused_until": "timestamp with time zone", "in_flight": "integer",
+        "send_rate": "double precision", "permission_circuit": "text", "upstream_alarm": "text",
     },
 }
 
@@ -163,3 +168,42 @@ def _nodes(plan: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     for child in plan.get("Plans", []):
         found += _nodes(child, kind)
     return found
+
+
+async def test_version_2_closes_the_stuck_records_version_1_left_open(empty_db_url: str) -> None:
+    """Version 1 closed a stuck record only when the row landed: a stuck job that then
+    expired kept its record open for ever. Upgrading closes it, keeping how it ended."""
+    first = next(m for m in load_migrations() if m.version == 1)
+    expired, landed, still_stuck = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        await conn.execute(
+            "CREATE SCHEMA harvester; CREATE TABLE harvester.schema_migrations (version integer "
+            "PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, applied_at timestamptz "
+            "NOT NULL DEFAULT now())")
+        await conn.execute(first.sql.replace("CREATE SCHEMA IF NOT EXISTS harvester;", ""))
+        await conn.execute("INSERT INTO harvester.schema_migrations (version, name, checksum) "
+                           "VALUES (1, $1, $2)", first.name, first.checksum)
+        await conn.execute(
+            """
+            INSERT INTO harvester.jobs (job_id, state, next_poll_at, failed_reason, landed_at)
+            VALUES ($1, 'failed', NULL, 'expired', NULL), ($2, 'landed', NULL, NULL, now()),
+                   ($3, 'stuck', now(), NULL, NULL)
+            """, expired, landed, still_stuck)
+        await conn.execute(
+            "INSERT INTO harvester.stuck_jobs (job_id, resolved_at) VALUES ($1, NULL), "
+            "($2, now()), ($3, NULL)", expired, landed, still_stuck)
+        applied = await migrate(conn)
+        rows = {r["job_id"]: r for r in await conn.fetch(
+            "SELECT job_id, resolved_at IS NOT NULL AS closed, resolution, resolved_by "
+            "FROM harvester.stuck_jobs")}
+        next_steps = {r["next_step"] for r in await conn.fetch(
+            "SELECT next_step FROM harvester.jobs")}
+    finally:
+        await conn.close()
+    assert [m.version for m in applied] == [m.version for m in load_migrations()][1:]
+    assert dict(rows[expired]) | {"job_id": None} == {
+        "job_id": None, "closed": True, "resolution": "expired", "resolved_by": "harvester"}
+    assert (rows[landed]["closed"], rows[landed]["resolution"]) == (True, "landed")
+    assert (rows[still_stuck]["closed"], rows[still_stuck]["resolution"]) == (False, None)
+    assert next_steps == {"status"}
