@@ -107,10 +107,10 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
                 await _with_retry("migrate", stop, lambda: prepare_schema(pool, apply_migrations))
                 if stop.is_set():
                     return
-                store = Store(pool)
+                store = Store(pool, dsn=dsn)
                 metrics.attach_queue_gauges(store.queue_gauges)
                 async with Upstream(settings) as upstream:
-                    engine = Engine(settings, store, upstream, metrics, dsn=dsn)
+                    engine = Engine(settings, store, upstream, metrics)
                     admin.attach(store, _readiness(engine, store, pool))
                     if stop.is_set():
                         engine.stop()
@@ -159,11 +159,6 @@ def _readiness(engine: Engine, store: Store, pool: asyncpg.Pool
                     migrations_ok_at = time.monotonic() if migrations else None
         except (StoreError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             database = False
-        return {
-            "database": database,
-            "migrations_current": migrations,
-            "auth_circuit_closed": not engine.gate.circuit.is_open,
-            "running": engine.started.is_set() and not engine.stopping.is_set(),
-        }
+        return {"database": database, "migrations_current": migrations, **engine.health()}
 
     return checks

@@ -39,6 +39,3 @@ class StoreUnavailable(StoreError):
     """The database is unreachable or the connection dropped: transient, retry later."""
 
 
-class UpstreamError(HarvesterError):
-    """An upstream call failed as a whole (used by batch-status, not by result polls,
-    whose failures are data for the policy)."""

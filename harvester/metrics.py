@@ -111,7 +111,38 @@ class Metrics:
         self.stuck = Counter("harvester_stuck_transitions",
                              "Jobs that became stuck (3 consecutive 500s by default).", registry=r)
         self.batch_status = Counter("harvester_batch_status_requests",
-                                    "batch-status calls, by result.", ["result"], registry=r)
+                                    "batch-status calls, by result (ok, error).", ["result"],
+                                    registry=r)
+        self.batch_status_ids = Histogram("harvester_batch_status_ids",
+                                          "Job IDs asked about per batch-status call.",
+                                          buckets=(1, 2, 5, 10, 25, 50, 75, 100), registry=r)
+        self.landing_lag = Histogram(
+            "harvester_landing_lag_seconds",
+            "Mirror write minus the moment the daemon learned the row was there (the first "
+            "batch-status answer that said finished, or the GET that found the row).",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300), registry=r)
+        self.enqueue_to_landed = Histogram(
+            "harvester_enqueue_to_landed_seconds",
+            "Mirror write minus the job's enqueue (or requeue) time: for SLOs.",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
+            registry=r)
+        self.send_rate = Gauge("harvester_send_rate_limit",
+                               "Requests per second this daemon currently allows itself "
+                               "(found by adapting to 429s; HARVESTER_MAX_RPS caps it).",
+                               registry=r)
+        self.rate_limited = Counter("harvester_rate_limited",
+                                    "Answers asking to slow down (429, or 503 with Retry-After).",
+                                    registry=r)
+        self.paused_seconds = Counter("harvester_paused_seconds",
+                                      "Seconds all dispatch was paused by Retry-After.",
+                                      registry=r)
+        self.permission_circuit_open = Gauge(
+            "harvester_permission_circuit_open",
+            "1 while upstream refuses (403) every request: the token lacks a permission.",
+            registry=r)
+        self.upstream_alarm = Gauge("harvester_upstream_alarm",
+                                    "1 while the daemon distrusts upstream's answers, by alarm.",
+                                    ["alarm"], registry=r)
         self.claim_seconds = Histogram("harvester_claim_seconds",
                                        "Time to claim one batch of due jobs.",
                                        buckets=_LATENCY_BUCKETS, registry=r)
@@ -144,6 +175,7 @@ class Metrics:
         # Known label values exist from the start, so rate() sees the first increment.
         for result in ("ok", "error"):
             self.batch_status.labels(result)
+        self.upstream_alarm.labels("base_url_suspect").set(0)
         # RSS, CPU, fds, GC: what sizing a memory limit or spotting a leak needs.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

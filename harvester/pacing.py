@@ -1,10 +1,20 @@
-"""Manners towards upstream: the auth circuit, global pauses, the fault throttle, MAX_RPS.
+"""Manners towards upstream: circuits, pauses, the fault throttle and the send rate.
 
-The state machines here are pure (time is an argument) and tested directly; the
-:class:`Gate` wraps them for the engine's workers, which ask it before every request.
-A worker either goes ahead (perhaps after a short wait) or is told to give its job back
-without charging an attempt (:class:`Released`), so that no lease ticks away while the
-daemon waits for upstream to recover.
+README "Pace". The state machines here are pure (time is an argument) and tested
+directly, with tables and hypothesis:
+
+- :class:`Circuit`: the auth circuit (401) and the permission circuit (403);
+- :class:`FaultThrottle`: slows everything down while upstream is faulting;
+- :class:`SendRate`: the adaptive send rate. It finds a rate limit nobody announced and
+  sits just under it, with requests leaving evenly paced (AIMD, shaped like CUBIC);
+  ``HARVESTER_MAX_RPS`` is a hard ceiling on top.
+
+The :class:`Gate` wraps them for the engine: every request (a result GET or a
+batch-status call) asks it first, and every answer is reported back to it with
+:meth:`Gate.observe`, which returns the transitions worth a log line. A request either
+goes ahead (perhaps after waiting for its slot) or is told to give its jobs back without
+charging an attempt (:class:`Released`), so that no lease ticks away while the daemon
+waits for upstream.
 """
 
 from __future__ import annotations
@@ -12,36 +22,48 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Final, Literal
 
-# ---------------------------------------------------------------- auth circuit
+# ---------------------------------------------------------------- circuits
 
 
 @dataclass(slots=True)
-class AuthCircuit:
-    """Opens on a 401, lets one probe through every ``probe_interval``, closes on the
-    first answer that is not a 401. Transitions return True so they are logged once."""
+class Circuit:
+    """Opens after ``threshold`` consecutive failures, lets one probe through every
+    ``probe_interval`` while open, closes on the first success. Transitions return True
+    so they are logged once.
+
+    The auth circuit opens on the first 401. The permission circuit opens after a few
+    403s in a row across jobs: one refused job is about that job, a run of them is about
+    the token (a missing ``jobs:read``)."""
 
     probe_interval: float
+    threshold: int = 1
     state: Literal["closed", "open"] = "closed"
+    failures: int = 0
     opened_at: float | None = None
     next_probe_at: float = 0.0
+    last_success: float = -math.inf
 
     @property
     def is_open(self) -> bool:
         return self.state == "open"
 
-    def on_unauthorized(self, now: float) -> bool:
-        if self.state == "open":
+    def on_failure(self, now: float) -> bool:
+        self.failures += 1
+        if self.state == "open" or self.failures < self.threshold:
             return False
         self.state = "open"
         self.opened_at = now
         self.next_probe_at = now + self.probe_interval
         return True
 
-    def on_authorized(self, now: float) -> bool:
+    def on_success(self, now: float) -> bool:
+        self.failures = 0
+        self.last_success = now
         if self.state == "closed":
             return False
         self.state = "closed"
@@ -56,6 +78,10 @@ class AuthCircuit:
             self.next_probe_at = now + self.probe_interval
             return True
         return False
+
+    def succeeded_within(self, seconds: float, now: float) -> bool:
+        """Closed, and something succeeded in the last ``seconds``."""
+        return self.state == "closed" and now - self.last_success <= seconds
 
 
 # ---------------------------------------------------------------- fault throttle
@@ -100,11 +126,205 @@ class FaultThrottle:
         return min(self.cap, self.base * 2.0 ** (self.level - 1))
 
 
+# ---------------------------------------------------------------- send rate
+
+RAMP_START: Final = 200.0
+"""Requests/s at which a ramp begins (a new daemon, or one that was idle)."""
+RAMP_DOUBLING: Final = 0.03
+"""While no limit is known and requests wait for their slot, the rate doubles this often
+(like TCP slow start): from 200/s to 6,400/s in 0.15 s, so an unlimited upstream is
+reached at once, yet the first rate limit is met by a few requests, not a burst of
+every free slot."""
+CUT: Final = 0.7
+"""Multiplicative decrease on a rate-limit answer that came while ramping or settled (not
+probing): the β of CUBIC, and of the AWS SDKs' adaptive retry mode."""
+GENTLE_CUT: Final = 0.9
+"""The decrease when refused only after a while at the plateau (just over the limit)."""
+SOON: Final = 1.0
+"""Refused within this many seconds of sending resuming: far over the limit."""
+RAMP_EXIT: Final = 0.5
+"""Leaving the ramp, the rate that was refused is halved first: it doubled since the
+last rate that was surely accepted (TCP's slow-start exit)."""
+PLATEAU: Final = 0.95
+"""Refused while probing above a rate that worked, the rate settles at this share of the
+refused one (the pause that comes with the refusal has already given the gateway room)."""
+HOLD: Final = 5.0
+"""Seconds at the plateau, from the end of the pause, before probing above it. Every
+probe that finds the limit costs a Retry-After pause, so probes are spaced."""
+PROBE: Final = 0.012
+"""Probing above the plateau: rate = plateau × (1 + PROBE·t³), CUBIC's convex part:
++10 % after 2 s, ×2.5 after 5 s, so a limit that was raised is found within seconds."""
+PROBE_LOOKBACK: Final = 1.0
+"""Seconds back along the probe where refusals are taken to have begun (a gateway's
+burst absorbs the excess for about that long before it answers 429)."""
+MIN_RATE: Final = 0.5
+"""Never slower than one request every two seconds (the AWS SDKs use the same floor)."""
+BURST: Final = 0.02
+"""Seconds of the current rate that may leave back to back (at least one request)."""
+MEASURE_WINDOW: Final = 1.0
+EPISODE_QUIET: Final = 60.0
+"""An episode of rate limiting ends after this long without a rate-limit answer."""
+
+
+@dataclass(slots=True)
+class RateChange:
+    """A transition worth one log line."""
+
+    kind: Literal["limited", "recovered"]
+    rate: float
+    refused_at: float | None = None
+    cuts: int = 0
+
+
+@dataclass(slots=True)
+class SendRate:
+    """The adaptive send rate (README "Pace"): pure, every method takes ``now``.
+
+    :meth:`reserve` gives each request an evenly spaced departure (virtual scheduling,
+    as in GCRA: ``tat`` is the theoretical time of the next departure). :meth:`observe`
+    takes every answer: a rate-limit answer cuts the rate multiplicatively; the others
+    let it grow again, first back to just under the rate that was refused, then, after a
+    while there, beyond it. The rate only grows while requests actually wait for their
+    slots, so an idle daemon does not bank a rate it never used.
+    """
+
+    ceiling: float = math.inf
+    rate: float = RAMP_START
+    refused: float | None = None
+    """The rate at the last rate-limit answer (None: no limit found yet)."""
+    plateau: float = 0.0
+    """Where the rate settles after the last cut, until it probes beyond."""
+    cut_at: float = -math.inf
+    resumed_at: float = -math.inf
+    """When sending could resume after the last cut (the end of its pause): recovery,
+    hold and probing are timed from here."""
+    last_limited: float = -math.inf
+    episode_cuts: int = 0
+    tat: float = 0.0
+    last_wait: float = -math.inf
+    last_grow: float | None = None
+    _sends: deque[float] = field(default_factory=deque)
+
+    @classmethod
+    def with_ceiling(cls, max_rps: float) -> SendRate:
+        """``max_rps`` 0 means no ceiling (HARVESTER_MAX_RPS)."""
+        ceiling = max_rps if max_rps > 0 else math.inf
+        return cls(ceiling=ceiling, rate=min(RAMP_START, ceiling))
+
+    @property
+    def allowed(self) -> float:
+        """Requests per second allowed right now (HARVESTER_MAX_RPS wins over the floor)."""
+        return min(self.ceiling, max(MIN_RATE, self.rate))
+
+    @property
+    def ramping(self) -> bool:
+        return self.refused is None
+
+    def reserve(self, now: float, spacing: float = 0.0) -> float:
+        """Reserve the next departure; returns how long to wait for it (0: go now).
+
+        ``spacing`` is a minimum gap imposed from outside (the fault throttle)."""
+        gap = max(1.0 / self.allowed, spacing)
+        tolerance = BURST if spacing == 0.0 else 0.0
+        start = max(self.tat, now)
+        wait = max(0.0, start - tolerance - now)
+        if wait > 0.0:
+            self.last_wait = now
+        self.tat = start + gap
+        return wait
+
+    def hold_until(self, until: float) -> None:
+        """Nothing leaves before ``until`` (a pause); departures resume paced from there,
+        the first exactly then (the burst allowance never reaches into a pause)."""
+        self.tat = max(self.tat, until + BURST)
+        if self.cut_at >= until - EPISODE_QUIET:
+            self.resumed_at = max(self.resumed_at, until)
+
+    def sent(self, now: float) -> None:
+        self._sends.append(now)
+
+    def measured(self, now: float) -> float:
+        """Requests per second actually sent over the last second, not counting a pause
+        (0: nothing sent since sending resumed)."""
+        sends = self._sends
+        while sends and sends[0] < now - MEASURE_WINDOW:
+            sends.popleft()
+        start = max(now - MEASURE_WINDOW, self.resumed_at)
+        recent = sum(1 for t in sends if t > start) if start > now - MEASURE_WINDOW else len(sends)
+        return recent / max(now - start, BURST)
+
+    def observe(self, now: float, *, limited: bool, sent_at: float) -> RateChange | None:
+        """One answer. ``limited``: a 429 (or a 503 with Retry-After)."""
+        if limited:
+            return self._cut(now, sent_at)
+        self._grow(now)
+        if self.episode_cuts and now - self.last_limited >= EPISODE_QUIET:
+            cuts, self.episode_cuts = self.episode_cuts, 0
+            return RateChange("recovered", self.allowed, self.refused, cuts)
+        return None
+
+    def _cut(self, now: float, sent_at: float) -> RateChange | None:
+        self.last_limited = now
+        if sent_at < self.cut_at:
+            return None  # sent before the last cut: the same event, already answered
+        pacing_bound = now - self.last_wait < 0.25
+        current = min(self.rate, self.ceiling)
+        measured = self.measured(now)
+        refused = current if pacing_bound or measured == 0 else min(current, measured)
+        probing = self.refused is not None and now - self.resumed_at > HOLD
+        if probing:
+            # A gateway's burst hides the limit for a while: the rate a second earlier on
+            # the probe is the better estimate of where refusals began. Just under it is
+            # known to work; the pause that comes with this answer empties nothing, so
+            # sending resumes there.
+            refused = min(refused, self.target(now - PROBE_LOOKBACK))
+            self.refused = max(MIN_RATE, refused)
+            self.rate = self.plateau = max(MIN_RATE, PLATEAU * self.refused)
+        else:
+            # Refused while ramping or settled: the limit is below where the rate was; cut
+            # multiplicatively and settle there. Refused soon after sending resumed (the
+            # gateway's burst lasted no time), it is far below: cut deep; refused only
+            # after a while at the plateau, it is just below: cut gently.
+            if self.ramping:
+                refused *= RAMP_EXIT
+            soon = self.ramping or now - self.resumed_at < SOON
+            self.refused = max(MIN_RATE, refused)
+            self.rate = self.plateau = max(MIN_RATE, (CUT if soon else GENTLE_CUT) * self.refused)
+        self.cut_at = now
+        self.resumed_at = max(now, self.tat)
+        self.last_grow = now
+        self.episode_cuts += 1
+        if self.episode_cuts == 1:
+            return RateChange("limited", self.allowed, self.refused, 1)
+        return None
+
+    def _grow(self, now: float) -> None:
+        last, self.last_grow = self.last_grow, now
+        if last is None or now - self.last_wait > 0.25:
+            return  # not using the rate it has: nothing learned, nothing to grow
+        if self.refused is None:
+            # At most a doubling per answer: the rate never runs far ahead of its use.
+            self.rate *= min(2.0, 2.0 ** ((now - last) / RAMP_DOUBLING))
+        else:
+            self.rate = max(self.rate, self.target(now))
+        self.rate = min(self.rate, self.ceiling)
+
+    def target(self, now: float) -> float:
+        """Where the rate may be ``now`` after the last cut: the plateau for HOLD seconds
+        after sending resumed, then probing beyond it."""
+        if self.refused is None:
+            return self.rate
+        t = now - self.resumed_at - HOLD
+        if t <= 0:
+            return self.plateau
+        return self.plateau * (1.0 + PROBE * min(t, 60.0) ** 3)
+
+
 # ---------------------------------------------------------------- the gate
 
 
 class Released(Exception):
-    """The worker must give its job back, due after ``delay`` seconds."""
+    """The caller must give its jobs back, due after ``delay`` seconds."""
 
     def __init__(self, delay: float, why: str) -> None:
         super().__init__(why)
@@ -112,67 +332,120 @@ class Released(Exception):
         self.why = why
 
 
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Something that changed for the whole daemon: the observer logs it once."""
+
+    event: str
+    detail: dict[str, float | int | str | None] = field(default_factory=dict)
+
+
+PERMISSION_THRESHOLD: Final = 5
+"""403s in a row (across jobs) before the permission circuit opens."""
+ANSWERED_RECENTLY: Final = 60.0
+
+
 class Gate:
-    """Everything a worker must respect before sending a request."""
+    """Everything a request must respect before it leaves, and learns from its answer."""
 
     def __init__(self, *, max_rps: float, probe_interval: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.circuit = AuthCircuit(probe_interval)
+        self.auth = Circuit(probe_interval)
+        self.permission = Circuit(probe_interval, threshold=PERMISSION_THRESHOLD)
         self.throttle = FaultThrottle()
+        self.rate = SendRate.with_ceiling(max_rps)
         self._clock = clock
-        self._min_interval = 1.0 / max_rps if max_rps > 0 else 0.0
-        self._next_slot = 0.0
         self.paused_until = 0.0
         """Monotonic time before which no request may start (429/503 Retry-After)."""
+        self.paused_total = 0.0
+        """Seconds of pause started so far (for the time-paused counter)."""
+
+    def now(self) -> float:
+        return self._clock()
 
     def blocked_for(self) -> float:
         """How long the dispatcher should wait before claiming again (0 = go)."""
         now = self._clock()
         wait = max(0.0, self.paused_until - now)
-        if self.circuit.is_open:
-            wait = max(wait, self.circuit.next_probe_at - now)
+        for circuit in (self.auth, self.permission):
+            if circuit.is_open:
+                wait = max(wait, circuit.next_probe_at - now)
         return wait
+
+    @property
+    def circuit_open(self) -> bool:
+        return self.auth.is_open or self.permission.is_open
+
+    def others_answered(self) -> bool:
+        """Other requests are being answered: a 403 now is about its job."""
+        return self.permission.succeeded_within(ANSWERED_RECENTLY, self._clock())
 
     def pause(self, seconds: float) -> bool:
         """Pause all dispatch; True only when this starts a pause: extending one already
         running is the same event, and the engine logs each pause once."""
-        until = self._clock() + seconds
-        if until > self.paused_until:
-            started = self.paused_until <= self._clock()
-            self.paused_until = until
-            return started
-        return False
-
-    async def admit(self) -> None:
-        """Wait for this request's turn, or raise Released."""
         now = self._clock()
-        if self.paused_until > now:
-            raise Released(self.paused_until - now, "upstream asked to slow down")
-        if self.circuit.is_open and not self.circuit.try_probe(now):
-            raise Released(0.0, "auth circuit open")
-        spacing = max(self._min_interval, self.throttle.spacing)
-        if spacing <= 0:
-            return
-        slot = max(now, self._next_slot)
-        self._next_slot = slot + spacing
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        until = now + seconds
+        if until <= self.paused_until:
+            return False
+        started = self.paused_until <= now
+        self.paused_total += until - max(now, self.paused_until)
+        self.paused_until = until
+        self.rate.hold_until(until)
+        return started
 
-    async def wait_turn(self) -> None:
-        """For requests that cannot be given back (batch-status): wait, never release."""
+    async def admit(self, patience: float = math.inf) -> float:
+        """Wait for this request's turn and return its departure time, or raise Released
+        when a circuit refuses or the wait would outlast ``patience`` (seconds the caller's
+        lease can spare)."""
         while True:
             now = self._clock()
-            wait = max(0.0, self.paused_until - now)
-            spacing = max(self._min_interval, self.throttle.spacing)
-            slot = max(now, self._next_slot)
-            if wait <= 0:
-                if spacing > 0:
-                    self._next_slot = slot + spacing
-                    if slot > now:
-                        await asyncio.sleep(slot - now)
-                return
-            await asyncio.sleep(wait)
+            paused = self.paused_until - now
+            if paused > 0:
+                if paused > patience:
+                    raise Released(paused, "upstream asked to slow down")
+                await asyncio.sleep(paused)
+                continue
+            for circuit, why in ((self.auth, "auth circuit open"),
+                                 (self.permission, "permission circuit open")):
+                if circuit.is_open and not circuit.try_probe(now):
+                    raise Released(0.0, why)
+            wait = self.rate.reserve(now, self.throttle.spacing)
+            if wait > patience:
+                raise Released(wait, "the send rate leaves no slot within the lease")
+            if wait > 0:
+                await asyncio.sleep(wait)
+                if self.paused_until > self._clock():
+                    continue  # a pause began while waiting: its end reschedules everyone
+            sent = self._clock()
+            self.rate.sent(sent)
+            return sent
 
-    def backlog(self) -> float:
-        """Seconds of already reserved request slots (for the dispatcher's look-ahead)."""
-        return max(0.0, self._next_slot - self._clock())
+    def observe(self, status: int | None, sent_at: float, *, fault: bool = False,
+                pause_for: float | None = None) -> list[Transition]:
+        """Learn from one answer (``status`` None: no HTTP answer)."""
+        now = self._clock()
+        changes: list[Transition] = []
+        if status == 401:
+            if self.auth.on_failure(now):
+                changes.append(Transition("auth.circuit_open", {"status": 401}))
+        elif status is not None and self.auth.on_success(now):
+            changes.append(Transition("auth.circuit_closed", {"status": status}))
+        if status == 403:
+            if self.permission.on_failure(now):
+                changes.append(Transition("permission.circuit_open",
+                                          {"status": 403, "refusals": self.permission.failures}))
+        elif status is not None and status not in (401, 429) and self.permission.on_success(now):
+            changes.append(Transition("permission.circuit_closed", {"status": status}))
+        limited = pause_for is not None
+        if limited and pause_for is not None and self.pause(pause_for):
+            changes.append(Transition("upstream.paused",
+                                      {"status": status, "seconds": round(pause_for, 2)}))
+        change = self.rate.observe(now, limited=limited, sent_at=sent_at)
+        if change is not None:
+            changes.append(Transition(f"rate.{change.kind}", {
+                "rate": round(change.rate, 1),
+                "refused_at": None if change.refused_at is None else round(change.refused_at, 1),
+                "cuts": change.cuts}))
+        if self.throttle.observe(fault, now):
+            changes.append(Transition("upstream.throttled", {"spacing": self.throttle.spacing}))
+        return changes

@@ -1,10 +1,16 @@
 """The pure core: what to do with an upstream answer.
 
-Given an answer (a response or a transport failure), the job's history and the policy
-configuration, :func:`decide` returns a decision value; the engine only carries it out.
+Two questions are answered here, each by one function returning a decision value that
+the engine only carries out:
+
+- :func:`decide`: a result GET came back (a response or a transport failure);
+- :func:`decide_status`: batch-status said something about a job (README "How a job is
+  followed").
+
 Nothing here touches a socket, a database or the clock: ``now`` and the random source
-are arguments, so every row of SPEC section 4 is tested from a table, and the numeric
-edges (Retry-After of ``-5``, ``1.5``, a date in 2100, attempt 10,000) with hypothesis.
+are arguments, so every row of the README's answer table is tested from a table, and
+the numeric edges (Retry-After of ``-5``, ``1.5``, a date in 2100, attempt 10,000) with
+hypothesis. The follow cadence lives beside it in :mod:`harvester.cadence`.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 from uuid import UUID
 
 from pydantic import ValidationError
 
-from harvester.model import ExtractionResult
+from harvester.api import COMPLETED, FAILED, FINISHED, INDEXING
+from harvester.cadence import follow_interval, indexing_interval
+from harvester.model import BatchStatusEntry, ExtractionResult
 
 Random = Callable[[], float]
 """A source of uniform floats in [0, 1): ``random.random`` in production."""
@@ -29,19 +37,21 @@ Random = Callable[[], float]
 JITTER: Final = 0.05
 """Positive jitter on upstream-given delays: never earlier than asked, at most 5 % later.
 
-SPEC allows up to 10 %; 5 % already spreads a herd of jobs that got the same 202 at the
-same second (0.25 s over a 5 s Retry-After) while keeping the landing lag after a
+Up to 10 % would be allowed; 5 % already spreads a herd of jobs that got the same 202 at
+the same second (0.25 s over a 5 s Retry-After) while keeping the landing lag after a
 Retry-After well inside half a second."""
 FAULT_BACKOFF_BASE: Final = 1.0
 FAULT_BACKOFF_CAP: Final = 300.0
 NOT_FOUND_BACKOFF_BASE: Final = 5.0
 NOT_FOUND_BACKOFF_CAP: Final = 300.0
-NEARLY_READY_DELAY: Final = 1.0
+FORBIDDEN_AFTER: Final = 3
+"""403s for one job, each while other jobs were answered, before it fails ``forbidden``."""
 ERROR_TEXT_LIMIT: Final = 500
 STUCK_BODY_LIMIT: Final = 2000
+UNKNOWN: Final = "unknown"
+"""Our word (not upstream's) for a job batch-status leaves out of its answer."""
 
-IN_PROGRESS: Final = frozenset({"pending", "running", "waiting_retry", "extracting"})
-NEARLY_READY: Final = frozenset({"extraction_done", "completed"})
+Step = Literal["status", "result"]
 
 # ---------------------------------------------------------------- inputs
 
@@ -57,6 +67,8 @@ class PolicyConfig:
     stuck_after: int = 3
     stuck_recheck: float = 900.0
     max_age: float = 7 * 86400.0
+    status_min_interval: float = 1.0
+    status_max_interval: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> PolicyConfig:
@@ -75,6 +87,13 @@ class Job:
     attempt: int = 0
     consecutive_500s: int = 0
     lease_seq: int = 0
+    next_step: Step = "status"
+    upstream_status: str | None = None
+    """What batch-status last said (``unknown``: it left the job out), or None."""
+    status_since: datetime | None = None
+    """When the daemon first saw ``upstream_status``."""
+    finished_seen_at: datetime | None = None
+    consecutive_403s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +116,43 @@ class TransportFailure:
 
 Answer = Response | TransportFailure
 
+
+@dataclass(frozen=True, slots=True)
+class StatusAnswer:
+    """What one batch-status call came back with.
+
+    ``statuses`` is set only for a 200 that was understood ({job_id: status}; jobs upstream
+    does not know are absent). Otherwise ``status`` is the HTTP status (None: no answer)
+    and ``error`` says why the answer is no use.
+    """
+
+    statuses: Mapping[UUID, str] | None
+    status: int | None = 200
+    error: str | None = None
+    retry_after: str | None = None
+    html: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the engine knows beyond the job and the answer when it decides.
+
+    ``seen``: what batch-status said about this job in this round (None: not asked).
+    ``status_usable``: batch-status can be asked at all (False while it fails, so the
+    daemon falls back to polling results). ``others_answered``: other jobs are being
+    answered right now (a 403 is then about this job, not about the token).
+    ``trust_not_found``: False while the base URL is suspect (every path answers 404),
+    so that no job is failed ``not_found`` because of a configuration mistake.
+    """
+
+    seen: str | None = None
+    status_usable: bool = True
+    others_answered: bool = False
+    trust_not_found: bool = True
+
+
+ASKED_NOTHING: Final = Context()
+
 # ---------------------------------------------------------------- decisions
 
 
@@ -111,7 +167,11 @@ class Land:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """Poll again after ``delay`` seconds; the job stays open in ``state``."""
+    """Ask again after ``delay`` seconds; the job stays open in ``state``.
+
+    ``step`` says how: GET the result again, or follow the job through batch-status.
+    ``status``/``error`` describe the answer that led here (None: keep the last ones).
+    """
 
     delay: float
     status: int | None
@@ -119,9 +179,11 @@ class Retry:
     attempt: int
     consecutive_500s: int
     state: Literal["pending", "stuck"] = "pending"
-    upstream_status: str | None = None
+    step: Step = "result"
     fault: bool = False
     """An upstream fault (5xx, transport): feeds the fleet-wide fault throttle."""
+    keep_last_answer: bool = False
+    """Only batch-status was asked: ``last_status``/``last_error`` keep the last GET's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,31 +206,34 @@ class Fail:
     reason: str
     error: str
     status: int | None
-    upstream_status: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Hold:
     """No attempt charged: release the job, due again after ``delay``.
 
-    ``auth_failed`` opens the auth circuit; ``pause_for`` pauses all dispatch.
+    ``auth_failed`` opens the auth circuit, ``refused`` feeds the permission circuit;
+    ``pause_for`` pauses all dispatch and lowers the send rate.
     """
 
     delay: float
     status: int
     error: str
     auth_failed: bool = False
+    refused: bool = False
+    consecutive_403s: int = 0
     pause_for: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class CheckUpstream:
-    """404: not final on its own; ask batch-status, then :func:`decide_not_found`."""
+class Fetch:
+    """batch-status says the row is there (or does not know the job): GET it now, under
+    the same lease, without writing anything first."""
 
-    status: int = 404
 
-
-Decision = Land | Retry | Stuck | Fail | Hold | CheckUpstream
+Decision = Land | Retry | Stuck | Fail | Hold
+"""What can be written for a job."""
+StatusDecision = Fetch | Retry | Fail
 
 # ---------------------------------------------------------------- numbers
 
@@ -179,21 +244,23 @@ def clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-def backoff(attempt: int, *, base: float, cap: float, rand: float) -> float:
-    """Exponential backoff with full jitter, floored at ``base``, capped at ``cap``.
+def backoff(attempt: int, *, base: float, cap: float, rand: float | None = None) -> float:
+    """The one exponential backoff: ``base × 2^attempt`` capped at ``cap``.
 
-    Safe for any attempt: the exponent is bounded before it is computed, so attempt
-    10,000 (or a negative one) never overflows.
+    With ``rand`` (uniform in [0, 1)) it is full jitter between ``base`` and that ceiling;
+    without, the ceiling itself. Safe for any attempt: the exponent is bounded before it
+    is computed, so attempt 10,000 (or a negative one) never overflows.
     """
     exponent = min(max(attempt, 0), 62)
-    ceiling = min(cap, base * float(2**exponent))
+    ceiling = max(base, min(cap, base * float(2**exponent)))
+    if rand is None:
+        return ceiling
     return base + (ceiling - base) * clamp(rand, 0.0, 1.0)
 
 
-def doubling(attempt: int, *, base: float, cap: float) -> float:
-    """Deterministic doubling from ``base`` to ``cap`` (the 404 in-progress schedule)."""
-    exponent = min(max(attempt, 0), 62)
-    return min(cap, base * float(2**exponent))
+def jittered(seconds: float, rand: float) -> float:
+    """``seconds`` stretched by up to :data:`JITTER`, never shortened."""
+    return seconds * (1.0 + JITTER * clamp(rand, 0.0, 1.0))
 
 
 _DELTA_SECONDS = re.compile(r"(\d+)(?:\.(\d*))?", re.ASCII)
@@ -254,20 +321,19 @@ def upstream_delay(
         seconds = body_retry_after(document)
     if seconds is None:
         seconds = config.default_retry_after
-    bounded = clamp(seconds, config.min_poll_interval, config.max_poll_interval)
-    return bounded * (1.0 + JITTER * clamp(rand, 0.0, 1.0))
+    return jittered(clamp(seconds, config.min_poll_interval, config.max_poll_interval), rand)
 
 
 def fault_delay(attempt: int, config: PolicyConfig, rand: float) -> float:
+    """Exponential backoff with full jitter, 1 s → 5 min, for faults and bad answers."""
     base = max(FAULT_BACKOFF_BASE, config.min_poll_interval)
     return backoff(attempt, base=base, cap=max(base, FAULT_BACKOFF_CAP), rand=rand)
 
 
 def not_found_delay(attempt: int, config: PolicyConfig, rand: float) -> float:
+    """5 s doubling to 5 min: 404s while batch-status cannot be asked."""
     base = max(NOT_FOUND_BACKOFF_BASE, config.min_poll_interval)
-    return doubling(attempt, base=base, cap=max(base, NOT_FOUND_BACKOFF_CAP)) * (
-        1.0 + JITTER * clamp(rand, 0.0, 1.0)
-    )
+    return jittered(backoff(attempt, base=base, cap=max(base, NOT_FOUND_BACKOFF_CAP)), rand)
 
 
 # ---------------------------------------------------------------- helpers
@@ -309,33 +375,30 @@ def is_json_content_type(content_type: str | None) -> bool:
 
 
 def looks_like_html(response: Response) -> bool:
-    """The old dashboard host answers unknown API paths with its web page."""
+    """The old dashboard host answers unknown paths with its web page."""
     media = (response.content_type or "").split(";", 1)[0].strip().lower()
-    return response.status == 200 and (
-        media == "text/html" or response.body.lstrip()[:15].lower().startswith((b"<!doctype", b"<html"))
-    )
+    return media == "text/html" or response.body.lstrip()[:15].lower().startswith(
+        (b"<!doctype", b"<html"))
 
 
 def age_seconds(job: Job, now: datetime) -> float:
     return (now - job.age_origin).total_seconds()
 
 
-# ---------------------------------------------------------------- the decision
+def _expire(decision: Any, job: Job, config: PolicyConfig, now: datetime) -> Any:
+    """The one expiry rule: a job that would stay open past MAX_AGE fails ``expired``.
 
-
-def decide(
-    answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand: Random
-) -> Decision:
-    """The next step for ``job`` after ``answer`` (SPEC section 4, row by row)."""
-    decision = _decide(answer, job, config, now, rand)
-    if isinstance(decision, (Retry, Stuck)) and age_seconds(job, now) >= config.max_age:
-        return Fail(
-            reason="expired",
-            error=f"unresolved {age_seconds(job, now) / 86400:.1f} days after enqueue "
-            f"(HARVESTER_MAX_AGE); last answer: {_summary(decision)}",
-            status=decision.status,
-        )
-    return decision
+    Holds are exempt: they say nothing about the job (a rejected token, a pause), and a
+    week-long outage must not fail the whole backlog."""
+    if not isinstance(decision, (Retry, Stuck)):
+        return decision
+    age = age_seconds(job, now)
+    if age < config.max_age:
+        return decision
+    return Fail(reason="expired",
+                error=f"unresolved {age / 86400:.1f} days after enqueue (HARVESTER_MAX_AGE); "
+                      f"last: {_summary(decision)}",
+                status=decision.status)
 
 
 def _summary(decision: Retry | Stuck) -> str:
@@ -344,7 +407,18 @@ def _summary(decision: Retry | Stuck) -> str:
     return decision.error or (f"HTTP {decision.status}" if decision.status else "no answer")
 
 
-def _fault(job: Job, config: PolicyConfig, rand: Random, status: int | None, error: str) -> Retry:
+# ---------------------------------------------------------------- a result answer
+
+
+def decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand: Random,
+           context: Context = ASKED_NOTHING) -> Decision:
+    """The next step for ``job`` after a result GET (README "How upstream answers are
+    handled", row by row)."""
+    return _expire(_decide(answer, job, config, now, rand, context), job, config, now)  # type: ignore[no-any-return]
+
+
+def _fault(job: Job, config: PolicyConfig, rand: Random, status: int | None, error: str,
+           *, fault: bool = True) -> Retry:
     """A fault says nothing about the job: its state and 500 streak are kept."""
     attempt = job.attempt + 1
     state: Literal["pending", "stuck"] = "stuck" if job.state == "stuck" else "pending"
@@ -352,11 +426,11 @@ def _fault(job: Job, config: PolicyConfig, rand: Random, status: int | None, err
     if state == "stuck":
         delay = max(delay, config.stuck_recheck)
     return Retry(delay=delay, status=status, error=shorten(error), attempt=attempt,
-                 consecutive_500s=job.consecutive_500s, state=state, fault=True)
+                 consecutive_500s=job.consecutive_500s, state=state, fault=fault)
 
 
-def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand: Random
-            ) -> Decision:
+def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand: Random,
+            context: Context) -> Decision:
     if isinstance(answer, TransportFailure):
         return _fault(job, config, rand, None, f"{answer.kind}: {answer.detail}")
 
@@ -374,16 +448,10 @@ def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand:
                     auth_failed=True)
 
     if status == 403:
-        document = _json(answer)
-        missing = document.get("missing") if isinstance(document, dict) else None
-        names = [str(m) for m in missing] if isinstance(missing, list) else []
-        detail = _error_message(document, "forbidden")
-        if names:
-            detail = f"{detail} (missing: {', '.join(names)})"
-        return Fail(reason="forbidden", error=shorten(detail), status=403)
+        return _decide_403(answer, job, config, rand, context)
 
     if status == 404:
-        return CheckUpstream()
+        return _decide_404(job, config, now, rand, context)
 
     if status == 500:
         streak = job.consecutive_500s + 1
@@ -402,13 +470,7 @@ def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand:
         pause = parse_retry_after(answer.retry_after, now)
         if status == 503 and pause is None:
             return _fault(job, config, rand, status, "503 service unavailable")
-        # A 429 without Retry-After is still a request to slow down, not a verdict
-        # on the job: pause for the default rather than failing it.
-        seconds = config.default_retry_after if pause is None else pause
-        delay = clamp(seconds, config.min_poll_interval, config.max_poll_interval) * (
-            1.0 + JITTER * clamp(rand(), 0.0, 1.0))
-        return Hold(delay=delay, status=status, pause_for=delay,
-                    error=f"{status}: upstream asked to slow down for {delay:.1f}s")
+        return rate_limited(status, pause, config, rand)
 
     if 400 <= status < 500:
         detail = _error_message(_json(answer), body_text(answer.body, 200) or "no body")
@@ -420,12 +482,81 @@ def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand:
     return _fault(job, config, rand, status, f"unexpected HTTP status {status}")
 
 
+def rate_limited(status: int, pause: float | None, config: PolicyConfig, rand: Random) -> Hold:
+    """429 (or 503 with Retry-After): pause everything for the time asked, charge nothing.
+
+    A 429 without Retry-After is still a request to slow down, not a verdict on the job:
+    pause for the default delay rather than failing it."""
+    seconds = config.default_retry_after if pause is None else pause
+    delay = jittered(clamp(seconds, config.min_poll_interval, config.max_poll_interval), rand())
+    return Hold(delay=delay, status=status, pause_for=delay,
+                error=f"{status}: upstream asked to slow down for {delay:.1f}s")
+
+
+def _decide_403(answer: Response, job: Job, config: PolicyConfig, rand: Random,
+                context: Context) -> Decision:
+    """A 403 is about the token (a missing ``jobs:read``) until other jobs are answered
+    while this one keeps being refused: only then is it about the job."""
+    document = _json(answer)
+    missing = document.get("missing") if isinstance(document, dict) else None
+    names = [str(m) for m in missing] if isinstance(missing, list) else []
+    detail = _error_message(document, "forbidden")
+    if names:
+        detail = f"{detail} (missing: {', '.join(names)})"
+    detail = shorten(f"403: {detail}")
+    if not context.others_answered:
+        return Hold(delay=0.0, status=403, error=detail, refused=True,
+                    consecutive_403s=job.consecutive_403s)
+    refusals = job.consecutive_403s + 1
+    if refusals >= FORBIDDEN_AFTER:
+        return Fail(reason="forbidden", status=403,
+                    error=shorten(f"{detail}; refused {refusals} times while other jobs "
+                                  "were answered"))
+    return Hold(delay=fault_delay(refusals, config, rand()), status=403, error=detail,
+                refused=True, consecutive_403s=refusals)
+
+
+def _decide_404(job: Job, config: PolicyConfig, now: datetime, rand: Random,
+                context: Context) -> Decision:
+    """404 is not final on its own: the job exists but is not finished, or it failed, or
+    it never existed. It is followed through batch-status from here on."""
+    attempt = job.attempt + 1
+    known = context.seen if context.seen is not None else job.upstream_status
+    if not context.trust_not_found:
+        # Every path answers 404 (a base URL with a path, say): wait, burn nothing.
+        return Hold(delay=fault_delay(attempt, config, rand()), status=404,
+                    error="404 while the base URL is suspect (see upstream.base_url_suspect)")
+    if known in FINISHED:
+        # batch-status said finished, the result endpoint disagrees: a moment's race.
+        delay = backoff(job.attempt, base=config.status_min_interval,
+                        cap=config.status_max_interval)
+        return Retry(delay=delay, status=404, attempt=attempt, consecutive_500s=0,
+                     step="status", error=f"404 although batch-status said {known}")
+    age = age_seconds(job, now)
+    if not context.status_usable:
+        if age >= config.not_found_timeout:
+            return _not_found(age, "batch-status unavailable")
+        return Retry(delay=not_found_delay(job.attempt, config, rand()), status=404,
+                     attempt=attempt, consecutive_500s=0, step="status",
+                     error="404 (batch-status unavailable); waiting up to HARVESTER_NOT_FOUND_TIMEOUT")
+    if known in (None, UNKNOWN) and age >= config.not_found_timeout:
+        return _not_found(age, "unknown to batch-status")
+    why = f"upstream reports {shorten(known, 40)}" if known and known != UNKNOWN else \
+        "unknown to batch-status"
+    return Retry(delay=follow_interval(age, config, now), status=404, attempt=attempt,
+                 consecutive_500s=0, step="status", error=f"404; {why}")
+
+
+def _not_found(age: float, why: str) -> Fail:
+    return Fail(reason="not_found", status=404,
+                error=f"404 for {age / 3600:.1f} h after enqueue ({why}); "
+                      "HARVESTER_NOT_FOUND_TIMEOUT passed")
+
+
 def _decide_200(answer: Response, job: Job, config: PolicyConfig, rand: Random) -> Decision:
     def invalid(why: str) -> Retry:
-        retry = _fault(job, config, rand, 200, why)
         # Garbage is not an upstream outage: it must not slow the fleet down.
-        return Retry(delay=retry.delay, status=200, error=retry.error, attempt=retry.attempt,
-                     consecutive_500s=retry.consecutive_500s, state=retry.state, fault=False)
+        return _fault(job, config, rand, 200, why, fault=False)
 
     if looks_like_html(answer):
         return invalid("200 with an HTML page, not a result: is HARVESTER_API_BASE_URL the API host?")
@@ -487,13 +618,9 @@ def store_refused(job: Job, error: str, config: PolicyConfig, now: datetime, ran
     """The database refused to write this job's outcome (rare: a value it cannot hold).
 
     Treated like a bad answer: poll again with backoff, bounded by MAX_AGE."""
-    retry = _fault(job, config, rand, None, f"the database refused the result: {error}")
-    decision = Retry(delay=retry.delay, status=None, error=retry.error, attempt=retry.attempt,
-                     consecutive_500s=retry.consecutive_500s, state=retry.state, fault=False)
-    if age_seconds(job, now) >= config.max_age:
-        return Fail(reason="expired", status=None,
-                    error=f"unresolved after HARVESTER_MAX_AGE; last: {decision.error}")
-    return decision
+    retry = _fault(job, config, rand, None, f"the database refused the result: {error}",
+                   fault=False)
+    return _expire(retry, job, config, now)  # type: ignore[no-any-return]
 
 
 def _validation_summary(exc: ValidationError) -> str:
@@ -504,54 +631,84 @@ def _validation_summary(exc: ValidationError) -> str:
     return shorten(f"{where}: {first.get('msg', 'invalid')}{more}", 300)
 
 
-def decide_not_found(
-    job: Job,
-    upstream_status: str | None,
-    asked: bool,
-    config: PolicyConfig,
-    now: datetime,
-    rand: Random,
-) -> Decision:
-    """After a 404: what batch-status said (``asked`` is False when it could not be asked)."""
+# ---------------------------------------------------------------- a status answer
+
+
+def decide_status(job: Job, seen: str, config: PolicyConfig, now: datetime
+                  ) -> StatusDecision:
+    """The next step for ``job`` after batch-status said ``seen`` about it (``unknown``
+    when it left the job out). README "How a job is followed":
+
+    - ``completed``: GET the row now;
+    - ``extraction_done``: the row is seconds away; check again soon rather than collect
+      a 202 (a GET then would cost a request and wait out a Retry-After anyway);
+    - ``failed``: fail ``upstream_failed`` without a GET;
+    - left out: GET once (the result endpoint may know it), then follow it until
+      NOT_FOUND_TIMEOUT;
+    - anything else (pending, running, a status this version does not know): follow it,
+      often while it is young and less often as it keeps running.
+    """
     age = age_seconds(job, now)
-    attempt = job.attempt + 1
-    if upstream_status == "failed":
-        return Fail(reason="upstream_failed", error="404; upstream reports the job failed",
-                    status=404, upstream_status="failed")
-    if upstream_status in NEARLY_READY:
-        delay = max(NEARLY_READY_DELAY, config.min_poll_interval)
-        return _expire_or(Retry(delay=delay, status=404, upstream_status=upstream_status,
-                                error=f"404 while upstream reports {upstream_status}",
-                                attempt=attempt, consecutive_500s=0), job, config, now)
-    if upstream_status is not None:
-        # In progress (or a status this version does not know: treat it as in progress).
-        return _expire_or(Retry(delay=not_found_delay(job.attempt, config, rand()), status=404,
-                                upstream_status=upstream_status,
-                                error=f"404; upstream reports {shorten(upstream_status, 40)}",
-                                attempt=attempt, consecutive_500s=0), job, config, now)
-    if age >= config.not_found_timeout:
-        why = "absent from batch-status" if asked else "batch-status unavailable"
-        return Fail(reason="not_found",
-                    error=f"404 for {age / 3600:.1f} h after enqueue ({why}); "
-                    "HARVESTER_NOT_FOUND_TIMEOUT passed",
-                    status=404)
-    why = "unknown upstream" if asked else "batch-status unavailable"
-    return _expire_or(Retry(delay=not_found_delay(job.attempt, config, rand()), status=404,
-                            error=f"404 ({why}); waiting up to HARVESTER_NOT_FOUND_TIMEOUT",
-                            attempt=attempt, consecutive_500s=0), job, config, now)
+    if seen == FAILED:
+        return Fail(reason="upstream_failed", error="upstream reports the job failed",
+                    status=None)
+    if seen == COMPLETED:
+        return Fetch()
+    if seen == UNKNOWN:
+        if job.upstream_status != UNKNOWN:
+            return Fetch()
+        if age >= config.not_found_timeout:
+            return _not_found(age, "unknown to batch-status")
+        delay = follow_interval(age, config, now)
+    elif seen == INDEXING:
+        since = job.status_since if job.upstream_status == INDEXING else None
+        in_state = 0.0 if since is None else max(0.0, (now - since).total_seconds())
+        delay = indexing_interval(in_state, config, now)
+    else:
+        delay = follow_interval(age, config, now)
+    follow = Retry(delay=delay, status=None, error=None, attempt=job.attempt,
+                   consecutive_500s=job.consecutive_500s,
+                   state="stuck" if job.state == "stuck" else "pending",
+                   step="status", keep_last_answer=True)
+    return _expire(follow, job, config, now)  # type: ignore[no-any-return]
 
 
-def _expire_or(decision: Retry, job: Job, config: PolicyConfig, now: datetime) -> Decision:
-    if age_seconds(job, now) >= config.max_age:
-        return Fail(reason="expired", error=f"unresolved after HARVESTER_MAX_AGE; last: {decision.error}",
-                    status=decision.status, upstream_status=decision.upstream_status)
-    return decision
+@dataclass(frozen=True, slots=True)
+class StatusCall:
+    """What a batch-status call as a whole means for the daemon.
+
+    ``ok``: use the statuses. ``unauthorized``: the token (auth circuit). ``rate_limited``:
+    pause for ``pause_for`` and slow down. ``missing``: the endpoint is not there (404, or
+    a web page): the base URL may be wrong. ``failed``: anything else (5xx, a timeout,
+    403 for this endpoint, garbage): fall back to result GETs for now.
+    """
+
+    kind: Literal["ok", "unauthorized", "rate_limited", "missing", "failed"]
+    error: str | None = None
+    pause_for: float | None = None
+
+
+def judge_status_call(answer: StatusAnswer, config: PolicyConfig, now: datetime,
+                      rand: Random) -> StatusCall:
+    if answer.statuses is not None:
+        return StatusCall("ok")
+    status = answer.status
+    error = answer.error or (f"batch-status answered HTTP {status}" if status
+                             else "batch-status failed")
+    if status == 401:
+        return StatusCall("unauthorized", error)
+    if status in (429, 503):
+        pause = parse_retry_after(answer.retry_after, now)
+        if status == 429 or pause is not None:
+            return StatusCall("rate_limited", error,
+                              rate_limited(status, pause, config, rand).pause_for)
+    if status == 404 or answer.html:
+        return StatusCall("missing", error)
+    return StatusCall("failed", error)
 
 
 def parse_batch_status(body: bytes) -> Mapping[UUID, str]:
     """The batch-status answer as {job_id: status}; raises ValueError on garbage."""
-    from harvester.model import BatchStatusEntry  # noqa: PLC0415
-
     try:
         document = json.loads(body)
     except RecursionError:
@@ -565,5 +722,12 @@ def parse_batch_status(body: bytes) -> Mapping[UUID, str]:
             entry = BatchStatusEntry.model_validate(item)
         except ValidationError:
             continue  # one odd element does not spoil the others
-        statuses[entry.id] = entry.status
+        statuses[entry.id] = shorten(entry.status, 40)
     return statuses
+
+
+def with_status(job: Job, seen: str, now: datetime) -> Job:
+    """``job`` as it is once batch-status said ``seen`` (what the next decision sees)."""
+    since = job.status_since if job.upstream_status == seen else now
+    finished = job.finished_seen_at or (now if seen in FINISHED else None)
+    return replace(job, upstream_status=seen, status_since=since, finished_seen_at=finished)

@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     stuck_after: int = Field(default=3, ge=1, le=1000)
     stuck_recheck: float = _seconds(15 * 60.0, 1, 30 * DAY, "how often stuck jobs are re-polled")
     max_age: float = _seconds(7 * DAY, 1, 3650 * DAY, "unresolved this long after enqueue fails")
-    auth_probe_interval: float = _seconds(30.0, 0.1, HOUR, "one probe this often while 401")
+    status_min_interval: float = _seconds(1.0, 0.1, HOUR, "batch-status checks of a job at most this often")
+    status_max_interval: float = _seconds(60.0, 0.1, DAY, "batch-status checks of a job at least this often")
+    auth_probe_interval: float = _seconds(30.0, 0.1, HOUR, "one probe this often while 401/403")
     shutdown_grace: float = _seconds(20.0, 0, HOUR, "time in-flight requests get on SIGTERM")
 
     admin_host: str = "127.0.0.1"
@@ -158,6 +160,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "HARVESTER_MIN_POLL_INTERVAL: must not exceed HARVESTER_MAX_POLL_INTERVAL "
                 f"({self.min_poll_interval:g} > {self.max_poll_interval:g})"
+            )
+        if self.status_min_interval > self.status_max_interval:
+            raise ValueError(
+                "HARVESTER_STATUS_MIN_INTERVAL: must not exceed HARVESTER_STATUS_MAX_INTERVAL "
+                f"({self.status_min_interval:g} > {self.status_max_interval:g})"
             )
         if self.lease_seconds <= self.request_timeout:
             raise ValueError(

@@ -11,12 +11,14 @@ Every statement is parameterized.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -30,13 +32,15 @@ else:
     Connection = asyncpg.Connection
 
 from harvester.errors import StoreError, StoreUnavailable
-from harvester.policy import Fail, Hold, Job, Land, Retry, Stuck
+from harvester.logs import get_logger
+from harvester.policy import Fail, Job, Land, Retry, Stuck
+from harvester.ports import Outcome, ReleaseRow, WorkerState, WriteReport
 
 CHANNEL_JOBS: Final = "harvester_jobs"
-CHANNEL_LANDED: Final = "harvester_landed"
-CHANNEL_STUCK: Final = "harvester_stuck"
-OPEN_STATES: Final = ("pending", "stuck")
-T = TypeVar("T")
+"""Sent once per INSERT statement into harvester.jobs (a trigger), and by requeue."""
+LISTEN_KEEPALIVE: Final = 10.0
+LISTEN_RETRY_CAP: Final = 30.0
+log = get_logger("harvester.store")
 
 # Errors that mean "the database is away right now", not "the statement is wrong".
 _TRANSIENT: Final = (
@@ -119,6 +123,59 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
         raise translate(exc) from exc
 
 
+# ---------------------------------------------------------------- batch columns
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The columns of one ``unnest($n::type[], ...) AS alias(name, ...)`` in a batch
+    statement, named once: the SQL and the parameter arrays both come from here, so a
+    column can never be sent in the wrong position."""
+
+    alias: str
+    columns: tuple[tuple[str, str], ...]
+    first: int = 1
+    """Number of the first parameter ($n)."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+    @property
+    def after(self) -> int:
+        """The first parameter number after these columns."""
+        return self.first + len(self.columns)
+
+    def unnest(self) -> str:
+        arrays = ", ".join(f"${self.first + i}::{kind}[]"
+                           for i, (_, kind) in enumerate(self.columns))
+        return f"unnest({arrays}) AS {self.alias}({', '.join(self.names)})"
+
+    def arrays(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+        return [[row[name] for row in rows] for name in self.names]
+
+
+JOB_COLUMNS: Final = Columns("u", (
+    ("job_id", "uuid"), ("lease_seq", "bigint"), ("state", "text"), ("delay", "float8"),
+    ("polled", "int"), ("status", "int"), ("error", "text"), ("keep_answer", "bool"),
+    ("attempt", "int"), ("c500", "int"), ("c403", "int"), ("failed_reason", "text"),
+    ("step", "text"), ("seen", "text"),
+))
+RESULT_COLUMNS: Final = Columns("r", (
+    ("job_id", "uuid"), ("id", "uuid"), ("org_id", "uuid"), ("domain", "text"),
+    ("schema_id", "text"), ("data_type", "text"), ("raw_blob_key", "text"),
+    ("quality_completeness", "float8"), ("quality_validation", "float8"),
+    ("quality_composite", "float8"), ("latency_ms", "int"), ("delivered_at", "timestamptz"),
+    ("created_at", "timestamptz"), ("payload_text", "text"),
+), first=JOB_COLUMNS.after)
+STUCK_COLUMNS: Final = Columns("st", (
+    ("job_id", "uuid"), ("status", "int"), ("body", "text"), ("newly", "bool"),
+), first=RESULT_COLUMNS.after)
+RELEASE_COLUMNS: Final = Columns("u", (
+    ("job_id", "uuid"), ("lease_seq", "bigint"), ("delay", "float8"), ("polled", "int"),
+    ("status", "int"), ("error", "text"),
+))
+
 # ---------------------------------------------------------------- the claim
 
 # The lease lives in its own columns, not in next_poll_at: a claim then changes no
@@ -143,7 +200,8 @@ UPDATE harvester.jobs AS j
   FROM due
  WHERE j.job_id = due.job_id
 RETURNING j.job_id, j.state, coalesce(j.requeued_at, j.enqueued_at) AS age_origin,
-          j.polls, j.attempt, j.consecutive_500s, j.lease_seq
+          j.polls, j.attempt, j.consecutive_500s, j.lease_seq, j.next_step,
+          j.upstream_status, j.status_since, j.finished_seen_at, j.consecutive_403s
 """
 
 NEXT_DUE_SQL: Final = """
@@ -159,42 +217,44 @@ SELECT next_poll_at
 # stuck record and the notifications, atomic and in a single round trip. Only jobs
 # whose lease_seq still matches are written; the mirror and stuck CTEs join on what
 # the fenced update returned. Landing the same row twice changes nothing: the mirror
-# row is only rewritten (and downstream notified) when the body differs.
-WRITE_SQL: Final = """
+# row is only rewritten (and downstream notified) when the body differs. A job that
+# ends (landed, failed, expired) closes its open stuck record, saying how.
+WRITE_SQL: Final = f"""
 WITH u AS (
-    SELECT *
-      FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::float8[], $5::int[], $6::text[],
-                  $7::int[], $8::int[], $9::text[], $10::text[], $11::int[])
-           AS u(job_id, lease_seq, state, delay, status, error, attempt, c500, failed_reason,
-                upstream_status, polled)
+    SELECT * FROM {JOB_COLUMNS.unnest()}
 ), fenced AS (
     UPDATE harvester.jobs AS j
-       SET state            = u.state,
-           next_poll_at     = CASE WHEN u.state IN ('landed', 'failed') THEN NULL
-                                   ELSE now() + make_interval(secs => u.delay) END,
-           polls            = j.polls + u.polled,
-           last_status      = u.status,
-           last_error       = u.error,
-           attempt          = u.attempt,
-           consecutive_500s = u.c500,
-           failed_reason    = u.failed_reason,
-           upstream_status  = coalesce(u.upstream_status, j.upstream_status),
-           landed_at        = CASE WHEN u.state = 'landed' THEN now() ELSE j.landed_at END,
-           updated_at       = now(),
-           leased_until     = NULL,
-           leased_by        = NULL
+       SET state             = u.state,
+           next_poll_at      = CASE WHEN u.state IN ('landed', 'failed') THEN NULL
+                                    ELSE now() + make_interval(secs => u.delay) END,
+           polls             = j.polls + u.polled,
+           last_status       = CASE WHEN u.keep_answer THEN j.last_status ELSE u.status END,
+           last_error        = CASE WHEN u.keep_answer THEN j.last_error ELSE u.error END,
+           attempt           = u.attempt,
+           consecutive_500s  = u.c500,
+           consecutive_403s  = u.c403,
+           failed_reason     = u.failed_reason,
+           next_step         = coalesce(u.step, j.next_step),
+           upstream_status   = coalesce(u.seen, j.upstream_status),
+           status_checks     = j.status_checks + (u.seen IS NOT NULL)::int,
+           status_checked_at = CASE WHEN u.seen IS NULL THEN j.status_checked_at ELSE now() END,
+           status_since      = CASE WHEN u.seen IS DISTINCT FROM j.upstream_status
+                                     AND u.seen IS NOT NULL THEN now()
+                                    ELSE j.status_since END,
+           finished_seen_at  = coalesce(j.finished_seen_at,
+                                        CASE WHEN u.seen IN ('extraction_done', 'completed')
+                                             THEN now() END),
+           landed_at         = CASE WHEN u.state = 'landed' THEN now() ELSE j.landed_at END,
+           updated_at        = now(),
+           leased_until      = NULL,
+           leased_by         = NULL
       FROM u
      WHERE j.job_id = u.job_id
        AND j.lease_seq = u.lease_seq
-    RETURNING j.job_id, j.state
+    RETURNING j.job_id, j.state, j.failed_reason
 ), r AS (
     SELECT r.*, r.payload_text::jsonb AS payload
-      FROM unnest($12::uuid[], $13::uuid[], $14::uuid[], $15::text[], $16::text[], $17::text[],
-                  $18::text[], $19::float8[], $20::float8[], $21::float8[], $22::int[],
-                  $23::timestamptz[], $24::timestamptz[], $25::text[])
-           AS r(job_id, id, org_id, domain, schema_id, data_type, raw_blob_key,
-                quality_completeness, quality_validation, quality_composite, latency_ms,
-                delivered_at, created_at, payload_text)
+      FROM {RESULT_COLUMNS.unnest()}
       JOIN fenced USING (job_id)
 ), mirrored AS (
     INSERT INTO harvester.extraction_results AS e
@@ -219,27 +279,33 @@ WITH u AS (
     RETURNING job_id
 ), resolved AS (
     UPDATE harvester.stuck_jobs AS s
-       SET resolved_at = now()
+       SET resolved_at = now(),
+           resolution  = CASE WHEN f.state = 'landed' THEN 'landed'
+                              WHEN f.failed_reason = 'expired' THEN 'expired'
+                              ELSE 'failed' END,
+           resolved_by = 'harvester'
       FROM fenced f
      WHERE s.job_id = f.job_id
-       AND f.state = 'landed'
+       AND f.state IN ('landed', 'failed')
        AND s.resolved_at IS NULL
     RETURNING s.job_id
 ), st AS (
     SELECT st.*
-      FROM unnest($26::uuid[], $27::int[], $28::text[], $29::bool[])
-           AS st(job_id, status, body, newly)
+      FROM {STUCK_COLUMNS.unnest()}
       JOIN fenced USING (job_id)
 ), stuck AS (
     INSERT INTO harvester.stuck_jobs AS s (job_id, last_status, last_body)
     SELECT job_id, status, body FROM st
     ON CONFLICT (job_id) DO UPDATE
-       SET last_seen_at  = now(),
-           times_seen    = s.times_seen + 1,
-           last_status   = excluded.last_status,
-           last_body     = excluded.last_body,
-           first_seen_at = CASE WHEN s.resolved_at IS NULL THEN s.first_seen_at ELSE now() END,
-           resolved_at   = NULL
+       SET last_seen_at    = now(),
+           times_seen      = s.times_seen + 1,
+           last_status     = excluded.last_status,
+           last_body       = excluded.last_body,
+           first_seen_at   = CASE WHEN s.resolved_at IS NULL THEN s.first_seen_at ELSE now() END,
+           resolved_at     = NULL,
+           resolution      = NULL,
+           resolved_by     = NULL,
+           resolution_note = NULL
     RETURNING job_id
 ), notified AS (
     SELECT pg_notify('harvester_landed', job_id::text) FROM mirrored
@@ -248,12 +314,12 @@ WITH u AS (
       FROM stuck JOIN st USING (job_id)
      WHERE st.newly
 )
-SELECT coalesce((SELECT array_agg(job_id) FROM fenced), '{}') AS written,
+SELECT coalesce((SELECT array_agg(job_id) FROM fenced), '{{}}') AS written,
        (SELECT count(*) FROM notified) AS notified,
        (SELECT count(*) FROM resolved) AS resolved
-"""
+"""  # noqa: S608 - only the fixed column lists above are interpolated
 
-RELEASE_SQL: Final = """
+RELEASE_SQL: Final = f"""
 UPDATE harvester.jobs AS j
    SET next_poll_at = now() + make_interval(secs => u.delay),
        polls        = j.polls + u.polled,
@@ -261,62 +327,54 @@ UPDATE harvester.jobs AS j
        last_error   = coalesce(u.error, j.last_error),
        leased_until = NULL,
        leased_by    = NULL
-  FROM unnest($1::uuid[], $2::bigint[], $3::float8[], $4::int[], $5::int[], $6::text[])
-       AS u(job_id, lease_seq, delay, polled, status, error)
+  FROM {RELEASE_COLUMNS.unnest()}
  WHERE j.job_id = u.job_id
    AND j.lease_seq = u.lease_seq
 RETURNING j.job_id
-"""
-
-Decided = Land | Retry | Stuck | Fail | Hold
+"""  # noqa: S608 - only the fixed column list above is interpolated
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A decision for one claimed job, ready to be written under its fence."""
-
-    job: Job
-    decision: Decided
-
-
-@dataclass(slots=True)
-class WriteReport:
-    """What a batch write did: which jobs were written, which were fenced off."""
-
-    written: set[UUID] = field(default_factory=set)
-    fenced: set[UUID] = field(default_factory=set)
-    rejected: dict[UUID, str] = field(default_factory=dict)
-    landed: int = 0
-
-
-def _job_row(outcome: Outcome) -> tuple[Any, ...]:
+def _job_row(outcome: Outcome) -> dict[str, Any]:
+    """The jobs-table columns an outcome writes (README "How upstream answers are handled")."""
     job, d = outcome.job, outcome.decision
+    row: dict[str, Any] = {
+        "job_id": job.job_id, "lease_seq": job.lease_seq, "polled": int(outcome.polled),
+        "seen": outcome.seen, "keep_answer": False, "attempt": job.attempt,
+        "c500": job.consecutive_500s, "c403": 0, "failed_reason": None, "step": None,
+        "delay": 0.0, "status": None, "error": None,
+    }
     if isinstance(d, Land):
-        return (job.job_id, job.lease_seq, "landed", 0.0, d.status, None, 0, 0, None, None, 1)
-    if isinstance(d, Retry):
-        return (job.job_id, job.lease_seq, d.state, d.delay, d.status, d.error, d.attempt,
-                d.consecutive_500s, None, d.upstream_status, 1)
-    if isinstance(d, Stuck):
-        return (job.job_id, job.lease_seq, "stuck", d.delay, d.status,
-                f"stuck: {d.consecutive_500s} consecutive 500s", d.attempt,
-                d.consecutive_500s, None, None, 1)
-    if isinstance(d, Fail):
-        return (job.job_id, job.lease_seq, "failed", 0.0, d.status, d.error, job.attempt,
-                job.consecutive_500s, d.reason, d.upstream_status, 1)
-    # Hold: no attempt charged, state unchanged; the request still counts as a poll.
-    return (job.job_id, job.lease_seq, job.state, d.delay, d.status, d.error, job.attempt,
-            job.consecutive_500s, None, None, 1)
+        row.update(state="landed", status=d.status, attempt=0, c500=0)
+    elif isinstance(d, Retry):
+        row.update(state=d.state, delay=d.delay, status=d.status, error=d.error,
+                   keep_answer=d.keep_last_answer, attempt=d.attempt, c500=d.consecutive_500s,
+                   step=d.step)
+    elif isinstance(d, Stuck):
+        row.update(state="stuck", delay=d.delay, status=d.status, step="result",
+                   error=f"stuck: {d.consecutive_500s} consecutive 500s", attempt=d.attempt,
+                   c500=d.consecutive_500s)
+    elif isinstance(d, Fail):
+        row.update(state="failed", status=d.status, error=d.error, failed_reason=d.reason,
+                   c403=job.consecutive_403s)
+    else:  # Hold: no attempt charged, state unchanged; the request still counts as a poll.
+        row.update(state=job.state, delay=d.delay, status=d.status, error=d.error,
+                   c403=d.consecutive_403s)
+    return row
 
 
-def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    return [[row[i] for row in rows] for i in range(width)]
-
-
-def _result_row(job_id: UUID, land: Land) -> tuple[Any, ...]:
+def _result_row(job_id: UUID, land: Land) -> dict[str, Any]:
     r = land.result
-    return (job_id, r.id, r.org_id, r.domain, r.schema_id, r.data_type, r.raw_blob_key,
-            r.quality_completeness, r.quality_validation, r.quality_composite, r.latency_ms,
-            r.delivered_at, r.created_at, land.payload)
+    return {"job_id": job_id, "id": r.id, "org_id": r.org_id, "domain": r.domain,
+            "schema_id": r.schema_id, "data_type": r.data_type, "raw_blob_key": r.raw_blob_key,
+            "quality_completeness": r.quality_completeness,
+            "quality_validation": r.quality_validation,
+            "quality_composite": r.quality_composite, "latency_ms": r.latency_ms,
+            "delivered_at": r.delivered_at, "created_at": r.created_at,
+            "payload_text": land.payload}
+
+
+def _stuck_row(job_id: UUID, stuck: Stuck) -> dict[str, Any]:
+    return {"job_id": job_id, "status": stuck.status, "body": stuck.body, "newly": stuck.newly}
 
 
 @dataclass(slots=True)
@@ -328,20 +386,14 @@ class RequeueReport:
     unknown: list[UUID] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class ReleaseRow:
-    job: Job
-    delay: float
-    polled: bool = False
-    status: int | None = None
-    error: str | None = None
-
-
 class Store:
-    """The database as the engine and the CLI see it."""
+    """The database as the engine and the CLI see it.
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    ``dsn`` is needed only to LISTEN (a dedicated connection outside the pool)."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str | None = None) -> None:
         self.pool = pool
+        self.dsn = dsn
 
     # ------------------------------------------------------------ claim path
 
@@ -351,7 +403,9 @@ class Store:
         return [
             Job(job_id=r["job_id"], state=r["state"], age_origin=r["age_origin"],
                 polls=r["polls"], attempt=r["attempt"], consecutive_500s=r["consecutive_500s"],
-                lease_seq=r["lease_seq"])
+                lease_seq=r["lease_seq"], next_step=r["next_step"],
+                upstream_status=r["upstream_status"], status_since=r["status_since"],
+                finished_seen_at=r["finished_seen_at"], consecutive_403s=r["consecutive_403s"])
             for r in rows
         ]
 
@@ -391,30 +445,26 @@ class Store:
 
     async def _write(self, conn: Connection, outcomes: Sequence[Outcome],
                      report: WriteReport) -> None:
-        rows = [_job_row(o) for o in outcomes]
-        lands = [(o.job.job_id, o.decision) for o in outcomes if isinstance(o.decision, Land)]
-        stucks = [(o.job.job_id, o.decision) for o in outcomes if isinstance(o.decision, Stuck)]
-        result_rows = [_result_row(job_id, d) for job_id, d in lands]
-        stuck_rows = [(job_id, d.status, d.body, d.newly) for job_id, d in stucks]
-        row = await conn.fetchrow(WRITE_SQL, *_columns(rows, 11), *_columns(result_rows, 14),
-                                  *_columns(stuck_rows, 4))
+        results = [_result_row(o.job.job_id, o.decision) for o in outcomes
+                   if isinstance(o.decision, Land)]
+        stucks = [_stuck_row(o.job.job_id, o.decision) for o in outcomes
+                  if isinstance(o.decision, Stuck)]
+        row = await conn.fetchrow(WRITE_SQL, *JOB_COLUMNS.arrays([_job_row(o) for o in outcomes]),
+                                  *RESULT_COLUMNS.arrays(results), *STUCK_COLUMNS.arrays(stucks))
         assert row is not None
         written = set(row["written"])
         report.written |= written
         report.fenced |= {o.job.job_id for o in outcomes} - written
-        report.landed += sum(1 for job_id, _ in lands if job_id in written)
+        report.landed += sum(1 for r in results if r["job_id"] in written)
 
     async def release(self, rows: Sequence[ReleaseRow]) -> set[UUID]:
         """Give jobs back without charging an attempt (shutdown, auth circuit, pause)."""
         if not rows:
             return set()
+        values = [{"job_id": r.job.job_id, "lease_seq": r.job.lease_seq, "delay": r.delay,
+                   "polled": int(r.polled), "status": r.status, "error": r.error} for r in rows]
         async with translated():
-            result = await self.pool.fetch(
-                RELEASE_SQL,
-                [r.job.job_id for r in rows], [r.job.lease_seq for r in rows],
-                [r.delay for r in rows], [1 if r.polled else 0 for r in rows],
-                [r.status for r in rows], [r.error for r in rows],
-            )
+            result = await self.pool.fetch(RELEASE_SQL, *RELEASE_COLUMNS.arrays(values))
         return {r["job_id"] for r in result}
 
     # ------------------------------------------------------------ feeding
@@ -484,20 +534,24 @@ class Store:
 
     # ------------------------------------------------------------ daemons
 
-    async def heartbeat(self, worker_id: str, hostname: str, pid: int, version: str,
-                        auth_circuit: str, paused_until: datetime | None, in_flight: int
-                        ) -> None:
+    async def heartbeat(self, state: WorkerState) -> None:
         async with translated():
             await self.pool.execute(
                 """
                 INSERT INTO harvester.workers AS w
-                       (worker_id, hostname, pid, version, auth_circuit, paused_until, in_flight)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                       (worker_id, hostname, pid, version, auth_circuit, paused_until, in_flight,
+                        send_rate, permission_circuit, upstream_alarm)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                 ON CONFLICT (worker_id) DO UPDATE
                    SET heartbeat_at = now(), auth_circuit = excluded.auth_circuit,
-                       paused_until = excluded.paused_until, in_flight = excluded.in_flight
+                       paused_until = excluded.paused_until, in_flight = excluded.in_flight,
+                       send_rate = excluded.send_rate,
+                       permission_circuit = excluded.permission_circuit,
+                       upstream_alarm = excluded.upstream_alarm
                 """,
-                worker_id, hostname, pid, version, auth_circuit, paused_until, in_flight,
+                state.worker_id, state.hostname, state.pid, state.version, state.auth_circuit,
+                state.paused_until, state.in_flight, state.send_rate, state.permission_circuit,
+                state.upstream_alarm,
             )
 
     async def forget_worker(self, worker_id: str) -> None:
@@ -649,22 +703,58 @@ class Store:
             await self.pool.fetchval("SELECT 1")
 
 
+    # ------------------------------------------------------------ notifications
+
+    async def listen_for_jobs(self, on_fed: Callable[[], None],
+                              on_listening: Callable[[bool], None]) -> None:
+        """LISTEN for fed jobs until cancelled (README "Feeding jobs": picked up within
+        milliseconds). A dedicated connection, checked every 10 s with a query (a silent
+        network drop sends no termination), reconnected with backoff when lost; while it
+        is away ``on_listening(False)`` tells the engine to poll instead."""
+        failures = 0
+        while self.dsn is None:  # nothing to listen with: the engine polls
+            on_listening(False)
+            await asyncio.Event().wait()
+        while True:
+            lost = asyncio.Event()
+            conn: asyncpg.Connection | None = None
+            try:
+                async with translated():
+                    conn = await asyncpg.connect(
+                        self.dsn, server_settings={"application_name": "harvester-listen"})
+                    await conn.add_listener(CHANNEL_JOBS, lambda *_args: on_fed())
+                    conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                if failures:
+                    log.info("listen.reconnected", after_failures=failures)
+                else:
+                    log.info("listen.started", channel=CHANNEL_JOBS)
+                failures = 0
+                on_listening(True)
+                on_fed()  # anything fed while nobody listened
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), LISTEN_KEEPALIVE)
+                    if not lost.is_set():
+                        async with translated():
+                            await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=5.0)
+                failures = 1
+                log.warning("listen.lost", error="connection closed",
+                            fallback="polling every second")
+            except StoreError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("listen.lost", error=str(exc), fallback="polling every second")
+            finally:
+                on_listening(False)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), timeout=2.0)
+            await asyncio.sleep(min(LISTEN_RETRY_CAP, 0.5 * 2 ** min(failures, 6)))
+
+
 async def _one(conn: Connection, sql: str, *args: Any) -> asyncpg.Record:
     """fetchrow for statements that always return exactly one row (aggregates)."""
     row = await conn.fetchrow(sql, *args)
     if row is None:  # pragma: no cover - an aggregate always returns a row
         raise StoreError("expected one row")
     return row
-
-
-async def listen(dsn: str, channels: Iterable[str],
-                 on_notify: Callable[[str, str], None],
-                 on_lost: Callable[[], None]) -> asyncpg.Connection:
-    """A dedicated connection LISTENing on ``channels``; ``on_lost`` fires if it drops."""
-    async with translated():
-        conn = await asyncpg.connect(dsn, server_settings={"application_name": "harvester-listen"})
-        for channel in channels:
-            await conn.add_listener(
-                channel, lambda _c, _pid, ch, payload: on_notify(ch, payload))
-        conn.add_termination_listener(lambda _c: on_lost())
-    return conn

@@ -5,13 +5,13 @@ request, no redirects (a redirect could carry the token to another host), and a 
 limit enforced while reading: a body larger than ``MAX_BODY_BYTES`` is refused after at
 most that many bytes, never held whole. aiohttp's exceptions stop here; what comes out
 is a :class:`~harvester.policy.Response`, a :class:`~harvester.policy.TransportFailure`
-or, for batch-status, an :class:`~harvester.errors.UpstreamError`.
+or, for batch-status, a :class:`~harvester.policy.StatusAnswer`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Final, Self
 from uuid import UUID
@@ -20,8 +20,14 @@ import aiohttp
 
 from harvester import __version__
 from harvester.api import BATCH_STATUS_LIMIT, BATCH_STATUS_PATH, RESULT_PATH
-from harvester.errors import UpstreamError
-from harvester.policy import Answer, Response, TransportFailure, parse_batch_status
+from harvester.policy import (
+    Answer,
+    Response,
+    StatusAnswer,
+    TransportFailure,
+    looks_like_html,
+    parse_batch_status,
+)
 from harvester.settings import Settings
 
 _CHUNK: Final = 64 * 1024
@@ -127,16 +133,14 @@ class Upstream:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def batch_status(self, job_ids: Sequence[UUID]) -> Mapping[UUID, str]:
-        """POST batch-status for at most 100 IDs: {job_id: upstream status}.
-
-        IDs upstream does not know are absent. Raises UpstreamError when the call fails
-        as a whole; the caller then applies the timeout rule alone.
-        """
+    async def batch_status(self, job_ids: Sequence[UUID]) -> StatusAnswer:
+        """POST batch-status for at most 100 IDs. Never raises for network or HTTP trouble:
+        the answer says what came back, and the policy judges it
+        (:func:`~harvester.policy.judge_status_call`)."""
         if len(job_ids) > BATCH_STATUS_LIMIT:
             raise ValueError(f"batch-status takes at most {BATCH_STATUS_LIMIT} IDs")
         if not job_ids:
-            return {}
+            return StatusAnswer({})
         payload = json.dumps({"jobIds": [str(j) for j in job_ids]})
         try:
             async with self.session.post(
@@ -144,18 +148,22 @@ class Upstream:
                 headers={"Content-Type": "application/json"},
             ) as resp:
                 body = await self._read_limited(resp)
-                if resp.status != 200:
-                    raise UpstreamError(f"batch-status answered HTTP {resp.status}")
+                status, content_type = resp.status, resp.headers.get("Content-Type")
+                retry_after = resp.headers.get("Retry-After")
         except BodyTooLarge as exc:
-            raise UpstreamError(f"batch-status: {exc}") from None
+            return StatusAnswer(None, None, f"batch-status: {exc}")
         except TimeoutError:
-            raise UpstreamError("batch-status timed out") from None
+            return StatusAnswer(None, None, "batch-status timed out")
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"batch-status failed: {_brief(exc)}") from None
+            return StatusAnswer(None, None, f"batch-status failed: {_brief(exc)}")
+        html = looks_like_html(Response(status, body, content_type))
+        if status != 200 or html:
+            return StatusAnswer(None, status, f"batch-status answered HTTP {status}"
+                                + (" with a web page" if html else ""), retry_after, html)
         try:
-            return parse_batch_status(body)
+            return StatusAnswer(parse_batch_status(body))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise UpstreamError(f"batch-status answer not understood: {_brief(exc)}") from None
+            return StatusAnswer(None, status, f"batch-status answer not understood: {_brief(exc)}")
 
 
 def _brief(exc: BaseException) -> str:

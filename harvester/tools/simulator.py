@@ -3,9 +3,15 @@
 Each job's fate is drawn deterministically from its ID and a seed according to a
 :class:`Mix` (how many 202s before landing, the Retry-After style, shares of stuck,
 404, 403, malformed, slow and faulting jobs), or scripted step by step through the
-control API. Windows of 401 (a revoked token), 429 (rate limit) and outage can be opened
-while it runs. It records what it served and checks the client's manners as it goes:
-polls earlier than the Retry-After it gave, two requests in flight for one job at once.
+control API. Jobs can also live a timeline, as jobs fed when their crawl starts do:
+from the first time the simulator hears of a job it runs for a drawn time (404, and
+``running`` in batch-status), then indexes (202 + Retry-After, ``extraction_done``),
+then has its row (``completed``); batch-status answers from the same timeline. A gateway
+limit (a token bucket over every request, 429 + Retry-After beyond it) can sit in
+front, and windows of 401 (a revoked token), 429 and outage can be opened while it runs.
+It records what it served and checks the client's manners as it goes: polls earlier
+than the Retry-After it gave, two requests in flight for one job at once, requests
+sent while it had just asked for a pause.
 The tests, the demo and the benchmark use it; so can anyone trying the daemon without
 a token.
 """
@@ -51,8 +57,7 @@ class Mix:
     stuck_then_land: float = 0.0      # 500 × stuck_streak, then the row
     stuck_streak: int = 4
     not_found_failed: float = 0.0     # 404; batch-status says failed
-    not_found_running: float = 0.0    # 404 × not_found_polls while running, then the row
-    not_found_polls: int = 1
+    not_found_running: float = 0.0    # 404 and "running" for not_found_seconds, then the row
     not_found_unknown: float = 0.0    # 404; absent from batch-status
     forbidden: float = 0.0            # 403 with missing permissions
     gone: float = 0.0                 # 410 (another 4xx)
@@ -65,14 +70,27 @@ class Mix:
     huge: float = 0.0                 # a 50 MB body, then the row
     huge_bytes: int = 50 * 1024 * 1024
     latency: float = 0.0              # added to every answer
+    done_share: float = 1.0           # timelines: share of jobs already finished when first heard of
+    run_min: float = 0.0              # timelines: the others run this long (uniform draw) …
+    run_max: float = 0.0              # … 404 and "running"; 0 means no timelines
+    index_seconds: float = 0.0        # … then index this long: 202 + Retry-After, "extraction_done"
+    not_found_seconds: float = 2.0    # not_found_running jobs: 404 and "running" this long
+    rate_limit: float = 0.0           # gateway: requests/s over all clients (0: none)
+    rate_burst: float = 30.0          # gateway: bucket size
+    rate_retry_after: float = 1.0     # gateway: Retry-After of its 429s
     seed: int = 1
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> Mix:
         presets: dict[str, dict[str, Any]] = {
             "first-poll": {},
+            # Fed when the crawl starts: a quarter already finished, the rest finishing
+            # 2–120 s later, then 4 s of indexing behind 202s (Retry-After 5).
+            "lifecycle": {"done_share": 0.25, "run_min": 2.0, "run_max": 120.0,
+                          "index_seconds": 4.0, "retry_after": 5.0},
             "pending": {"pending_min": 0, "pending_max": 5, "retry_after": 1.0},
-            "demo": {"pending_min": 1, "pending_max": 3, "retry_after": 1.0,
+            "demo": {"done_share": 0.3, "run_min": 1.0, "run_max": 12.0, "index_seconds": 2.0,
+                     "pending_min": 0, "pending_max": 1, "retry_after": 1.0,
                      "retry_after_style": "mixed", "stuck": 0.03, "stuck_then_land": 0.01,
                      "not_found_failed": 0.02, "not_found_running": 0.03,
                      "not_found_unknown": 0.0, "forbidden": 0.005, "malformed": 0.01,
@@ -151,8 +169,15 @@ class Step:
 class Plan:
     steps: list[Step]
     batch_status: str | None = "completed"
-    """What batch-status says while the job answers 404 (None: absent)."""
+    """What batch-status says once the timeline is over (None: the job is left out)."""
     fate: str = "plain"
+    run: float = 0.0
+    """Seconds the job runs after the simulator first hears of it (404, ``running``)."""
+    index: float = 0.0
+    """Then seconds of indexing (202 + Retry-After, ``extraction_done``)."""
+    statuses: list[str | None] | None = None
+    """Scripted batch-status answers, one per call that asks about the job (the last
+    repeats; None: left out); overrides the timeline and ``batch_status``."""
 
 
 def _draw(job_id: UUID, seed: int, salt: int) -> float:
@@ -188,6 +213,7 @@ def plan_for(job_id: UUID, mix: Mix) -> Plan:
             fate = name
             break
 
+    run, index = _timeline(job_id, mix)
     if fate == "stuck":
         return Plan([*waits, Step("500")], fate=fate)
     if fate == "stuck_then_land":
@@ -195,8 +221,7 @@ def plan_for(job_id: UUID, mix: Mix) -> Plan:
     if fate == "not_found_failed":
         return Plan([Step("404")], batch_status="failed", fate=fate)
     if fate == "not_found_running":
-        return Plan([*[Step("404")] * mix.not_found_polls, *waits, row],
-                    batch_status="running", fate=fate)
+        return Plan([*waits, row], fate=fate, run=mix.not_found_seconds)
     if fate == "not_found_unknown":
         return Plan([Step("404")], batch_status=None, fate=fate)
     if fate == "forbidden":
@@ -205,24 +230,60 @@ def plan_for(job_id: UUID, mix: Mix) -> Plan:
         return Plan([Step("410")], fate=fate)
     if fate == "malformed":
         bad = ("html", "badjson", "mismatch", "badfield", "textplain")[variant % 5]
-        return Plan([*waits, Step(bad), row], fate=f"malformed:{bad}")
+        return Plan([*waits, Step(bad), row], fate=f"malformed:{bad}", run=run, index=index)
     if fate == "fault":
         kind = ("502", "503", "504", "reset")[variant % 4]
-        return Plan([*[Step(kind)] * mix.fault_polls, *waits, row], fate=f"fault:{kind}")
+        return Plan([*[Step(kind)] * mix.fault_polls, *waits, row], fate=f"fault:{kind}",
+                    run=run, index=index)
     if fate == "slow":
-        return Plan([Step("slow", mix.slow_seconds), *waits, row], fate=fate)
+        return Plan([Step("slow", mix.slow_seconds), *waits, row], fate=fate, run=run,
+                    index=index)
     if fate == "truncated":
-        return Plan([*waits, Step("truncated"), row], fate=fate)
+        return Plan([*waits, Step("truncated"), row], fate=fate, run=run, index=index)
     if fate == "huge":
-        return Plan([*waits, Step("huge"), row], fate=fate)
-    return Plan([*waits, row], fate=fate)
+        return Plan([*waits, Step("huge"), row], fate=fate, run=run, index=index)
+    return Plan([*waits, row], fate=fate, run=run, index=index)
+
+
+def _timeline(job_id: UUID, mix: Mix) -> tuple[float, float]:
+    """(running, indexing) seconds of a job under ``mix``; (0, 0) when already finished."""
+    if mix.run_max <= 0 or _draw(job_id, mix.seed, 4) < mix.done_share:
+        return 0.0, 0.0
+    span = max(0.0, mix.run_max - mix.run_min)
+    return mix.run_min + _draw(job_id, mix.seed, 5) * span, mix.index_seconds
 
 
 # ---------------------------------------------------------------- state
 
 
 @dataclass(slots=True)
+class Gateway:
+    """A token bucket over every request, as an API gateway in front of upstream: ``rate``
+    requests/s on average, ``burst`` at once; beyond it, 429 + Retry-After."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    at: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.burst
+
+    def admit(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(slots=True)
 class JobRecord:
+    first_seen: float = field(default_factory=time.monotonic)
+    first_seen_wall: float = field(default_factory=time.time)
+    status_asks: int = 0
     polls: int = 0
     in_flight: int = 0
     not_before: float = 0.0
@@ -260,6 +321,11 @@ class SimulatorState:
     early_polls: int = 0
     early_examples: list[dict[str, Any]] = field(default_factory=list)
     unauthorized_until: float = 0.0
+    forbidden_until: float = 0.0
+    """Until then every request is refused 403 (a token that lost jobs:read)."""
+    status_outage_until: float = 0.0
+    status_outage_status: int = 500
+    """Until then batch-status itself answers this status (result GETs are unaffected)."""
     rate_limited_until: float = 0.0
     rate_limit_retry_after: float = 1.0
     outage_until: float = 0.0
@@ -267,15 +333,45 @@ class SimulatorState:
     pauses: list[tuple[float, float]] = field(default_factory=list)
     """Wall-clock windows a 429/503 Retry-After asked every client to hold off."""
     started_at: float = field(default_factory=time.monotonic)
+    batch_ids: int = 0
+    gateway: Gateway | None = None
+    rate_limited: int = 0
+    """Requests the gateway limit answered with 429."""
+    during_pause: int = 0
+    """Requests that arrived while a 429/503 the simulator had just sent asked to wait."""
+    pause_until: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mix.rate_limit > 0:
+            self.gateway = Gateway(self.mix.rate_limit, self.mix.rate_burst)
 
     def plan(self, job_id: UUID) -> Plan:
         scripted = self.scripts.get(job_id)
         return scripted if scripted is not None else plan_for(job_id, self.mix)
 
+    def record_for(self, job_id: UUID) -> JobRecord:
+        """The job's record; the first time the simulator hears of it starts its timeline."""
+        record = self.jobs.get(job_id)
+        if record is None:
+            record = self.jobs[job_id] = JobRecord()
+        return record
+
+    def phase(self, plan: Plan, record: JobRecord, now: float) -> str:
+        """Where the job's timeline is: running, indexing or done."""
+        elapsed = max(0.0, now - record.first_seen)
+        if elapsed < plan.run:
+            return "running"
+        if elapsed < plan.run + plan.index:
+            return "indexing"
+        return "done"
+
     def stats(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "batch_requests": self.batch_requests,
+            "batch_ids": self.batch_ids,
+            "rate_limited": self.rate_limited,
+            "during_pause": self.during_pause,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "jobs_seen": len(self.jobs),
             "rows_served": sum(r.served_rows for r in self.jobs.values()),
@@ -343,6 +439,11 @@ class Simulator:
             self.set_token(document["token"])
         if "unauthorized_for" in document:
             self.state.unauthorized_until = now + float(document["unauthorized_for"])
+        if "forbidden_for" in document:
+            self.state.forbidden_until = now + float(document["forbidden_for"])
+        if "status_outage_for" in document:
+            self.state.status_outage_until = now + float(document["status_outage_for"])
+            self.state.status_outage_status = int(document.get("status", 500))
         if "rate_limit_for" in document:
             self.state.rate_limited_until = now + float(document["rate_limit_for"])
             self.state.rate_limit_retry_after = float(document.get("retry_after", 1.0))
@@ -351,14 +452,27 @@ class Simulator:
             self.state.outage_status = int(document.get("status", 502))
         if "record" in document:
             self.state.record = bool(document["record"])
+        if "rate_limit" in document:
+            # The gateway limit changes (0 removes it); a fresh bucket at the new rate.
+            rate = float(document["rate_limit"])
+            burst = float(document.get("rate_burst", self.state.mix.rate_burst))
+            self.state.gateway = Gateway(rate, burst) if rate > 0 else None
 
     def apply_script(self, document: dict[str, Any]) -> None:
-        statuses = document.get("batch_status", {})
+        """Jobs scripted step by step: ``jobs`` {id: [result steps]}, and optionally
+        ``batch_status`` {id: status or null}, ``status`` {id: [one status per batch-status
+        call]}, ``run`` / ``index`` {id: seconds of running / indexing}."""
+        single = document.get("batch_status", {})
+        sequences = document.get("status", {})
+        runs, indexes = document.get("run", {}), document.get("index", {})
         for raw_id, steps in document.get("jobs", {}).items():
             job_id = UUID(raw_id)
+            sequence = sequences.get(raw_id)
             self.state.scripts[job_id] = Plan(
                 [Step.parse(s) for s in steps],
-                batch_status=statuses.get(raw_id, "completed"), fate="scripted")
+                batch_status=single.get(raw_id, "completed"), fate="scripted",
+                run=float(runs.get(raw_id, 0.0)), index=float(indexes.get(raw_id, 0.0)),
+                statuses=list(sequence) if sequence is not None else None)
 
     async def control(self, request: web.Request) -> web.Response:
         self.apply_control(await request.json())
@@ -372,9 +486,17 @@ class Simulator:
         return _json(self.state.stats(), 200)
 
     async def ready_times(self, request: web.Request) -> web.Response:
-        """{job_id: wall-clock time its row could first be polled} for jobs that got 202s."""
-        ready = {str(k): self._effective_ready(r.ready_wall) for k, r in self.state.jobs.items()
-                 if r.ready_wall is not None and r.served_rows}
+        """{job_id: wall-clock time upstream first had its row} for jobs whose row was
+        served: the end of the job's timeline, or when the last 202 allowed the poll."""
+        ready: dict[str, float] = {}
+        for job_id, record in self.state.jobs.items():
+            if not record.served_rows:
+                continue
+            plan = self.state.plan(job_id)
+            if plan.run + plan.index > 0:
+                ready[str(job_id)] = record.first_seen_wall + plan.run + plan.index
+            elif record.ready_wall is not None:
+                ready[str(job_id)] = self._effective_ready(record.ready_wall)
         return _json(ready, 200)
 
     def _effective_ready(self, ready: float) -> float:
@@ -408,9 +530,7 @@ class Simulator:
         except ValueError:
             state.statuses[400] += 1
             return _json({"error": "invalid job id"}, 400)
-        record = state.jobs.get(job_id)
-        if record is None:
-            record = state.jobs[job_id] = JobRecord()
+        record = state.record_for(job_id)
         if record.in_flight:
             state.overlaps += 1
         if started + EARLY_TOLERANCE < record.not_before:
@@ -432,8 +552,7 @@ class Simulator:
             if announced is not None:
                 record.not_before = finished + announced
                 if kind in ("429", "503"):
-                    wall = time.time()
-                    state.pauses.append((wall, wall + announced))
+                    self._announce_pause(announced)
                 if kind == "202":
                     record.ready_wall = time.time() + announced
             elif kind != "200":
@@ -446,20 +565,50 @@ class Simulator:
                 state.log.append(Served(str(job_id), started, finished, status, kind, announced,
                                         status != 401))
 
+    def _announce_pause(self, seconds: float) -> None:
+        wall = time.time()
+        self.state.pauses.append((wall, wall + seconds))
+        self.state.pause_until = max(self.state.pause_until, time.monotonic() + seconds)
+
+    def _limited(self, now: float) -> tuple[web.Response, float] | None:
+        """The gateway's (or a 429 window's) answer, if this request is refused."""
+        state = self.state
+        if now < state.pause_until:
+            state.during_pause += 1
+        if now < state.rate_limited_until:
+            wait = float(math.ceil(state.rate_limit_retry_after))
+        elif state.gateway is not None and not state.gateway.admit(now):
+            state.rate_limited += 1
+            wait = float(math.ceil(state.mix.rate_retry_after))
+        else:
+            return None
+        return _json({"error": "rate limited"}, 429, {"Retry-After": str(int(wait))}), wait
+
     async def _answer(self, request: web.Request, job_id: UUID, record: JobRecord
                       ) -> tuple[web.StreamResponse, str, float | None]:
         state = self.state
         now = time.monotonic()
         if not self._authorized(request):
             return _json({"error": "invalid or missing API token"}, 401), "401", None
-        if now < state.rate_limited_until:
-            wait = state.rate_limit_retry_after
-            return (_json({"error": "rate limited"}, 429,
-                          {"Retry-After": str(math.ceil(wait))}), "429", float(math.ceil(wait)))
+        if now < state.forbidden_until:
+            return _json({"error": "insufficient permissions", "missing": ["jobs:read"]},
+                         403), "403", None
+        limited = self._limited(now)
+        if limited is not None:
+            return limited[0], "429", limited[1]
         if now < state.outage_until:
             return _json({"error": "upstream outage"}, state.outage_status), "outage", None
 
         plan = state.plan(job_id)
+        phase = state.phase(plan, record, now)
+        if phase == "running":
+            return _json({"error": "job not found"}, 404), "404", None
+        if phase == "indexing":
+            seconds = state.mix.retry_after
+            headers, wait = _retry_after(seconds, "header", self.default_retry_after)
+            return _json({"indexingPending": True, "status": "extraction_done",
+                          "retryAfterSeconds": seconds, "message": "result is being indexed"},
+                         202, headers), "202", wait
         step = plan.steps[min(record.polls, len(plan.steps) - 1)]
         record.polls += 1
         kind = step.kind
@@ -535,8 +684,19 @@ class Simulator:
     async def batch_status(self, request: web.Request) -> web.Response:
         state = self.state
         state.batch_requests += 1
+        now = time.monotonic()
         if not self._authorized(request):
             return _json({"error": "invalid or missing API token"}, 401)
+        if now < state.forbidden_until:
+            return _json({"error": "insufficient permissions", "missing": ["jobs:read"]}, 403)
+        limited = self._limited(now)
+        if limited is not None:
+            self._announce_pause(limited[1])
+            return limited[0]
+        if now < state.outage_until:
+            return _json({"error": "upstream outage"}, state.outage_status)
+        if now < state.status_outage_until:
+            return _json({"error": "batch-status unavailable"}, state.status_outage_status)
         try:
             document = await request.json()
             ids = [UUID(i) for i in document["jobIds"]]
@@ -544,20 +704,30 @@ class Simulator:
             return _json({"error": "body must be {\"jobIds\": [uuid, ...]}"}, 400)
         if len(ids) > BATCH_STATUS_LIMIT:
             return _json({"error": f"at most {BATCH_STATUS_LIMIT} jobIds"}, 400)
+        state.batch_ids += len(ids)
         answer = []
         for job_id in ids:
-            plan = state.plan(job_id)
-            record = state.jobs.get(job_id)
-            polls = record.polls if record else 0
-            status = plan.batch_status
+            status = self._status_of(job_id, now)
             if status is None:
                 continue
-            if plan.fate == "not_found_running" and polls >= sum(
-                    1 for s in plan.steps if s.kind == "404"):
-                status = "extraction_done"
             answer.append({"id": str(job_id), "status": status, "currentNodeId": "extract",
                            "updatedAt": datetime.now(UTC).isoformat()})
         return _json(answer, 200)
+
+    def _status_of(self, job_id: UUID, now: float) -> str | None:
+        """What batch-status says about a job right now (None: left out)."""
+        state = self.state
+        plan = state.plan(job_id)
+        record = state.record_for(job_id)
+        record.status_asks += 1
+        if plan.statuses is not None:
+            return plan.statuses[min(record.status_asks, len(plan.statuses)) - 1]
+        phase = state.phase(plan, record, now)
+        if phase == "running":
+            return "running"
+        if phase == "indexing":
+            return "extraction_done"
+        return plan.batch_status
 
 
 async def serve(simulator: Simulator, host: str, port: int) -> tuple[web.AppRunner, int]:

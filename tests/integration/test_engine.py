@@ -100,17 +100,18 @@ async def test_stuck_after_three_500s_then_landing_resolves_the_record(
     assert (row["state"], row["polls"]) == ("landed", 3)
 
 
-async def test_403_fails_without_retrying_and_other_4xx_fail_with_their_status(
+async def test_a_refused_job_fails_forbidden_only_after_refusals_while_others_land(
     db_url: str, pool: asyncpg.Pool, tmp_path: Path, upstream: SimulatedUpstream
 ) -> None:
+    """README "How upstream answers are handled": a 403 is about the token until other
+    jobs are answered while this one keeps being refused; other 4xx fail at once."""
     forbidden, gone = uuid.uuid4(), uuid.uuid4()
-    upstream.script({forbidden: ["403"], gone: ["410"]})
-    await enqueue(pool, [forbidden, gone])
+    others = [uuid.uuid4() for _ in range(20)]
+    upstream.script({forbidden: ["403"], gone: ["410"], **{o: ["202:1", "200"] for o in others}})
+    await enqueue(pool, [forbidden, gone, *others])
     daemon = await _run_scripted(db_url, tmp_path, upstream)
     try:
-        await wait_for_states(pool, 30, failed=2)
-        # Give it a moment in which a retry would have happened.
-        await wait_for_states(pool, 2, failed=2)
+        await wait_for_states(pool, 60, failed=2, landed=20)
     finally:
         assert await daemon.stop() == 0
     rows = {r["job_id"]: r for r in await pool.fetch(
@@ -118,39 +119,73 @@ async def test_403_fails_without_retrying_and_other_4xx_fail_with_their_status(
         "FROM harvester.jobs")}
     assert rows[forbidden]["failed_reason"] == "forbidden"
     assert "jobs:read" in rows[forbidden]["last_error"]
+    assert rows[forbidden]["polls"] == 3
     assert rows[gone]["failed_reason"] == "http_410"
+    assert rows[gone]["polls"] == 1
+    assert len(upstream.requests_for(gone)) == 1
     for job in (forbidden, gone):
-        assert rows[job]["polls"] == 1
         assert rows[job]["next_poll_at"] is None
-        assert len(upstream.requests_for(job)) == 1
+    # One refused job is not a refused token: the permission circuit never opened.
+    assert daemon.events("permission.circuit_open") == []
 
 
-async def test_404s_are_resolved_through_batch_status(
+async def test_a_token_without_jobs_read_fails_nothing_and_opens_the_permission_circuit(
     db_url: str, pool: asyncpg.Pool, tmp_path: Path, upstream: SimulatedUpstream
 ) -> None:
-    failed_upstream, running, unknown = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    upstream.script({failed_upstream: ["404"], running: ["404", "200"], unknown: ["404"]},
-                    batch_status={failed_upstream: "failed", running: "running", unknown: None})
-    await enqueue(pool, [failed_upstream, running, unknown])
-    daemon = await _run_scripted(db_url, tmp_path, upstream,
-                                 {"HARVESTER_NOT_FOUND_TIMEOUT": "3"})
+    ids = [uuid.uuid4() for _ in range(40)]
+    upstream.script({i: ["202:1", "202:1", "200"] for i in ids})
+    await enqueue(pool, ids)
+    daemon = await _run_scripted(db_url, tmp_path, upstream)
     try:
-        await wait_for_states(pool, 40, landed=1, failed=2)
+        upstream.simulator.apply_control({"forbidden_for": 3})
+        opened = await daemon.wait_for_event("permission.circuit_open", 20)
+        status, body = await daemon.get("/readyz")
+        await daemon.wait_for_event("permission.circuit_closed", 30)
+        await wait_for_states(pool, 60, landed=40)
+    finally:
+        assert await daemon.stop() == 0
+    assert opened["level"] == "error"
+    assert status == 503
+    assert body["checks"]["permission_circuit_closed"] is False
+    assert await pool.fetchval("SELECT max(attempt) FROM harvester.jobs") == 0
+    assert await pool.fetchval("SELECT count(*) FROM harvester.jobs WHERE state = 'failed'") == 0
+
+
+async def test_jobs_are_followed_through_batch_status_before_any_get(
+    db_url: str, pool: asyncpg.Pool, tmp_path: Path, upstream: SimulatedUpstream
+) -> None:
+    """README "How a job is followed": failed upstream → failed with no GET; running →
+    followed by status, one GET once completed; unknown → one GET, then followed until
+    NOT_FOUND_TIMEOUT; a 404 although batch-status said completed → followed again."""
+    failed_upstream, running, unknown, racing = (uuid.uuid4() for _ in range(4))
+    upstream.simulator.apply_script({
+        "jobs": {str(failed_upstream): ["404"], str(running): ["200"], str(unknown): ["404"],
+                 str(racing): ["404", "200"]},
+        "batch_status": {str(failed_upstream): "failed", str(unknown): None},
+        "status": {str(running): ["running", "running", "completed"]}})
+    await enqueue(pool, [failed_upstream, running, unknown, racing])
+    daemon = await _run_scripted(db_url, tmp_path, upstream,
+                                 {"HARVESTER_NOT_FOUND_TIMEOUT": "6"})
+    try:
+        await wait_for_states(pool, 40, landed=2, failed=2)
     finally:
         assert await daemon.stop() == 0
     rows = {r["job_id"]: r for r in await pool.fetch(
-        "SELECT job_id, state, failed_reason, upstream_status, polls FROM harvester.jobs")}
+        "SELECT job_id, state, failed_reason, upstream_status, polls, status_checks "
+        "FROM harvester.jobs")}
     assert (rows[failed_upstream]["state"], rows[failed_upstream]["failed_reason"]) == (
         "failed", "upstream_failed")
-    assert rows[failed_upstream]["polls"] == 1
+    assert upstream.requests_for(failed_upstream) == []
+    assert rows[failed_upstream]["polls"] == 0
     assert rows[running]["state"] == "landed"
-    assert rows[running]["upstream_status"] == "running"
+    assert rows[running]["status_checks"] == 3
+    assert len(upstream.requests_for(running)) == 1
     assert (rows[unknown]["state"], rows[unknown]["failed_reason"]) == ("failed", "not_found")
-    assert rows[unknown]["polls"] >= 2
-    assert upstream.state.batch_requests >= 2
-    # The in-progress 404 waited the 5 s backoff before it was polled again.
-    polls = upstream.requests_for(running)
-    assert polls[1].started - polls[0].finished >= 5.0
+    assert rows[unknown]["upstream_status"] == "unknown"
+    assert len(upstream.requests_for(unknown)) == 1
+    assert rows[unknown]["status_checks"] >= 2
+    assert rows[racing]["state"] == "landed"
+    assert len(upstream.requests_for(racing)) == 2
 
 
 async def test_a_401_window_pauses_and_recovers_with_no_job_failed(

@@ -12,7 +12,8 @@ import asyncpg
 
 from harvester.model import ExtractionResult
 from harvester.policy import Fail, Hold, Land, Retry, Stuck
-from harvester.store import CLAIM_SQL, Outcome, ReleaseRow, Store, create_pool
+from harvester.ports import Outcome, ReleaseRow
+from harvester.store import CLAIM_SQL, Store, create_pool
 from harvester.tools.simulator import result_row
 from tests.helpers import enqueue
 
@@ -127,10 +128,13 @@ async def test_each_decision_writes_its_state(store: Store, pool: asyncpg.Pool) 
         land_for(ids[0]),
         Retry(delay=30, status=202, error=None, attempt=0, consecutive_500s=0),
         Stuck(delay=900, status=500, body="no row", consecutive_500s=3, attempt=3, newly=True),
-        Fail("upstream_failed", "404; upstream reports the job failed", 404, "failed"),
+        Fail("upstream_failed", "upstream reports the job failed", None),
         Hold(delay=0, status=401, error="token rejected", auth_failed=True),
     ]
-    report = await store.write([Outcome(j, d) for j, d in zip(jobs, decisions, strict=True)])
+    seen: list[str | None] = [None, None, None, "failed", None]
+    polled = [True, True, True, False, True]
+    report = await store.write([Outcome(j, d, seen=s, polled=p) for j, d, s, p
+                                in zip(jobs, decisions, seen, polled, strict=True)])
     assert report.written == set(ids)
     rows = {r["job_id"]: r for r in await pool.fetch(
         "SELECT *, extract(epoch FROM next_poll_at - now()) AS due_in FROM harvester.jobs")}
@@ -141,7 +145,9 @@ async def test_each_decision_writes_its_state(store: Store, pool: asyncpg.Pool) 
     assert rows[ids[3]]["upstream_status"] == "failed"
     assert rows[ids[4]]["state"] == "pending" and rows[ids[4]]["last_status"] == 401
     assert rows[ids[4]]["attempt"] == 0
-    assert all(r["polls"] == 1 and r["leased_until"] is None for r in rows.values())
+    assert rows[ids[3]]["status_checks"] == 1 and rows[ids[3]]["polls"] == 0
+    assert all(r["polls"] == 1 for k, r in rows.items() if k != ids[3])
+    assert all(r["leased_until"] is None for r in rows.values())
     stuck = await pool.fetch("SELECT job_id FROM harvester.open_stuck_jobs")
     assert [r["job_id"] for r in stuck] == [ids[2]]
 

@@ -1,4 +1,4 @@
-"""Manners towards upstream, with time as an argument or an injected clock.
+"""Manners towards upstream (README "Pace"), with time as an argument or an injected clock.
 
 Nothing here measures wall-clock time: where the gate would make a request wait, the
 test shows that it waits (the task is still pending with a spacing of many minutes) and
@@ -10,12 +10,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harvester.pacing import AuthCircuit, FaultThrottle, Gate, Released
+from harvester.pacing import (
+    BURST,
+    CUT,
+    EPISODE_QUIET,
+    HOLD,
+    MIN_RATE,
+    PLATEAU,
+    RAMP_EXIT,
+    RAMP_START,
+    Circuit,
+    FaultThrottle,
+    Gate,
+    Released,
+    SendRate,
+)
 
 
 class Clock:
@@ -31,49 +47,59 @@ class Clock:
         self.now += seconds
 
 
-async def still_waiting(task: asyncio.Task[None]) -> bool:
+async def still_waiting(task: asyncio.Task[Any]) -> bool:
     """True if ``task`` has not finished after the loop ran everything else that was ready."""
     for _ in range(5):
         await asyncio.sleep(0)
     return not task.done()
 
 
-async def cancel(task: asyncio.Task[None]) -> None:
+async def cancel(task: asyncio.Task[Any]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
 
 
-# ---------------------------------------------------------------- auth circuit
+# ---------------------------------------------------------------- circuits
 
 
 def test_circuit_closed_lets_everyone_through() -> None:
-    circuit = AuthCircuit(probe_interval=30.0)
+    circuit = Circuit(probe_interval=30.0)
     assert not circuit.is_open
     assert all(circuit.try_probe(t) for t in (0.0, 0.0, 0.1, 5.0))
-    assert circuit.on_authorized(1.0) is False  # already closed: no transition to log
+    assert circuit.on_success(1.0) is False  # already closed: no transition to log
 
 
 def test_circuit_opens_once() -> None:
-    circuit = AuthCircuit(probe_interval=30.0)
-    assert circuit.on_unauthorized(100.0) is True
+    circuit = Circuit(probe_interval=30.0)
+    assert circuit.on_failure(100.0) is True
     assert circuit.is_open
     assert circuit.opened_at == 100.0
     # Every other 401 from requests already in flight is the same outage: no new transition.
-    assert [circuit.on_unauthorized(t) for t in (100.0, 100.5, 129.0)] == [False, False, False]
+    assert [circuit.on_failure(t) for t in (100.0, 100.5, 129.0)] == [False, False, False]
     assert circuit.opened_at == 100.0
 
 
+def test_circuit_with_a_threshold_opens_on_a_run_of_failures_only() -> None:
+    """The permission circuit: one refused job is about the job, a run is about the token."""
+    circuit = Circuit(probe_interval=30.0, threshold=5)
+    for _ in range(4):
+        assert circuit.on_failure(10.0) is False
+    circuit.on_success(11.0)  # another job was answered: the run is broken
+    assert [circuit.on_failure(12.0) for _ in range(5)] == [False] * 4 + [True]
+    assert circuit.is_open
+
+
 def test_circuit_lets_one_probe_through_per_interval() -> None:
-    circuit = AuthCircuit(probe_interval=30.0)
-    circuit.on_unauthorized(100.0)
+    circuit = Circuit(probe_interval=30.0)
+    circuit.on_failure(100.0)
     assert not circuit.try_probe(100.0)
     assert not circuit.try_probe(129.999)
     assert circuit.try_probe(130.0)
     assert not circuit.try_probe(130.0)  # a second caller at the same instant waits
     assert not circuit.try_probe(159.0)
-    # The probe was refused again (401): still open, nothing to log, next probe 30 s on.
-    assert circuit.on_unauthorized(130.2) is False
+    # The probe was refused again: still open, nothing to log, next probe 30 s on.
+    assert circuit.on_failure(130.2) is False
     assert circuit.is_open
     assert circuit.try_probe(160.0)
     # A late caller long after the slot gets one probe, and the next one is 30 s after it.
@@ -82,41 +108,53 @@ def test_circuit_lets_one_probe_through_per_interval() -> None:
     assert circuit.try_probe(530.0)
 
 
-def test_circuit_closes_on_first_non_401_and_says_so_once() -> None:
-    circuit = AuthCircuit(probe_interval=30.0)
-    circuit.on_unauthorized(100.0)
-    assert circuit.on_authorized(101.0) is True  # any answer but 401, even before the probe
+def test_circuit_closes_on_the_first_success_and_says_so_once() -> None:
+    circuit = Circuit(probe_interval=30.0)
+    circuit.on_failure(100.0)
+    assert circuit.on_success(101.0) is True  # any answer but the failure, even before the probe
     assert not circuit.is_open
     assert circuit.opened_at is None
-    assert circuit.on_authorized(102.0) is False
+    assert circuit.on_success(102.0) is False
     assert circuit.try_probe(102.0)
 
 
 def test_circuit_reopens_with_a_fresh_probe_schedule() -> None:
-    circuit = AuthCircuit(probe_interval=30.0)
-    circuit.on_unauthorized(100.0)
-    circuit.on_authorized(110.0)
-    assert circuit.on_unauthorized(200.0) is True
+    circuit = Circuit(probe_interval=30.0)
+    circuit.on_failure(100.0)
+    circuit.on_success(110.0)
+    assert circuit.on_failure(200.0) is True
     assert circuit.opened_at == 200.0
     assert not circuit.try_probe(229.0)
     assert circuit.try_probe(230.0)
 
 
-@given(st.lists(st.tuples(st.sampled_from(["401", "ok", "probe"]),
+def test_circuit_remembers_when_something_last_succeeded() -> None:
+    circuit = Circuit(probe_interval=30.0, threshold=5)
+    assert not circuit.succeeded_within(60.0, 0.0)
+    circuit.on_success(100.0)
+    assert circuit.succeeded_within(60.0, 150.0)
+    assert not circuit.succeeded_within(60.0, 161.0)
+    for _ in range(5):
+        circuit.on_failure(120.0)
+    assert not circuit.succeeded_within(60.0, 121.0)  # open: nothing is being answered
+
+
+@given(st.integers(min_value=1, max_value=5),
+       st.lists(st.tuples(st.sampled_from(["fail", "ok", "probe"]),
                           st.floats(min_value=0.0, max_value=100.0)), max_size=60))
-def test_circuit_transitions_alternate(events: list[tuple[str, float]]) -> None:
+def test_circuit_transitions_alternate(threshold: int, events: list[tuple[str, float]]) -> None:
     """Whatever happens, the logged transitions alternate open, closed, open, …; and while
     open, granted probes are at least one interval apart."""
-    circuit = AuthCircuit(probe_interval=30.0)
+    circuit = Circuit(probe_interval=30.0, threshold=threshold)
     now = 0.0
     transitions: list[str] = []
     last_probe: float | None = None
     for what, dt in events:
         now += dt
-        if what == "401" and circuit.on_unauthorized(now):
+        if what == "fail" and circuit.on_failure(now):
             transitions.append("open")
-            last_probe = now  # the opening 401 was the last request through
-        elif what == "ok" and circuit.on_authorized(now):
+            last_probe = now  # the opening failure was the last request through
+        elif what == "ok" and circuit.on_success(now):
             transitions.append("closed")
         elif what == "probe" and circuit.is_open and circuit.try_probe(now):
             assert last_probe is not None
@@ -204,42 +242,249 @@ def test_throttle_invariants(threshold: int, answers: list[tuple[bool, float]]) 
     assert all(b - a >= 1.0 for a, b in itertools.pairwise(raises))
 
 
+# ---------------------------------------------------------------- the send rate
+
+
+def busy(rate: SendRate, start: float, seconds: float, *, limited_after: float | None = None,
+         rtt: float = 0.005) -> tuple[float, int]:
+    """Drive ``rate`` as a daemon with more work than it may send would: every departure
+    taken as soon as it is allowed, every answer one ``rtt`` later (a 429 for departures
+    after ``limited_after``). Returns the time reached and the departures made."""
+    now, sent = start, 0
+    while now < start + seconds:
+        now += rate.reserve(now)
+        rate.sent(now)
+        sent += 1
+        refused = limited_after is not None and now >= limited_after
+        rate.observe(now + rtt, limited=refused, sent_at=now)
+        if refused:
+            break
+    return now, sent
+
+
+def test_a_new_rate_ramps_to_thousands_within_a_fraction_of_a_second() -> None:
+    """No limit known: as fast as before, reached within ~0.2 s (README "Pace")."""
+    rate = SendRate()
+    assert rate.allowed == RAMP_START
+    _, sent = busy(rate, 0.0, 0.25)
+    assert rate.allowed > 5000
+    assert rate.ramping
+    assert sent > 300
+
+
+def test_an_idle_rate_does_not_grow() -> None:
+    """Growth needs requests waiting for their slots: a rate never used is not banked."""
+    rate = SendRate()
+    now = 0.0
+    for _ in range(1000):
+        now += 1.0  # one request a second, far below the rate
+        assert rate.reserve(now) == 0.0
+        rate.sent(now)
+        rate.observe(now + 0.01, limited=False, sent_at=now)
+    assert rate.allowed == RAMP_START
+
+
+def test_a_rate_limit_met_while_ramping_halves_then_cuts() -> None:
+    rate = SendRate()
+    now, _ = busy(rate, 0.0, 0.1)
+    before = rate.rate
+    change = rate.observe(now + 0.001, limited=True, sent_at=now)
+    assert change is not None
+    assert change.kind == "limited"
+    assert rate.refused == pytest.approx(before * RAMP_EXIT)
+    assert rate.allowed == pytest.approx(before * RAMP_EXIT * CUT)
+    assert not rate.ramping
+
+
+def test_answers_to_requests_sent_before_the_cut_are_the_same_event() -> None:
+    rate = SendRate()
+    now, _ = busy(rate, 0.0, 0.1)
+    rate.observe(now, limited=True, sent_at=now - 0.001)
+    after_first = rate.allowed
+    for late in range(10):  # 429s for requests that were already in flight
+        assert rate.observe(now + 0.001 * late, limited=True, sent_at=now - 0.002) is None
+    assert rate.allowed == after_first
+
+
+def test_settled_it_holds_then_probes_then_settles_just_under_the_refusal() -> None:
+    rate = SendRate()
+    now, _ = busy(rate, 0.0, 0.1)
+    rate.observe(now, limited=True, sent_at=now)
+    settled = rate.allowed
+    rate.hold_until(now + 1.0)  # the Retry-After pause
+    busy(rate, now + 1.0, HOLD - 0.1)
+    assert rate.allowed == pytest.approx(settled)  # holds: no probing yet
+    end, _ = busy(rate, now + 1.0 + HOLD, 3.0)
+    assert rate.allowed > settled * 1.2  # probing beyond
+    probed = rate.allowed
+    rate.observe(end, limited=True, sent_at=end)
+    assert settled <= rate.allowed < probed
+    assert rate.allowed == pytest.approx(PLATEAU * rate.refused)  # type: ignore[operator]
+
+
+def test_refused_again_before_probing_cuts_again() -> None:
+    """The limit is below where the rate settled: multiplicative decrease, settle there."""
+    rate = SendRate()
+    now, _ = busy(rate, 0.0, 0.1)
+    rate.observe(now, limited=True, sent_at=now)
+    first = rate.allowed
+    rate.hold_until(now + 1.0)
+    again, _ = busy(rate, now + 1.0, 0.2, limited_after=now + 1.2)
+    assert again >= now + 1.2
+    assert rate.allowed == pytest.approx(first * CUT)
+
+
+def test_the_rate_never_exceeds_max_rps() -> None:
+    rate = SendRate.with_ceiling(50.0)
+    assert rate.allowed == 50.0
+    busy(rate, 0.0, 2.0)
+    assert rate.allowed == 50.0
+    assert rate.rate <= 50.0  # nothing banked above the ceiling either
+
+
+def test_departures_are_evenly_spaced_and_a_pause_does_not_end_in_a_burst() -> None:
+    rate = SendRate.with_ceiling(100.0)
+    now = 10.0
+    rate.hold_until(now + 5.0)  # a pause: everything waits for its end
+    departures = []
+    for _ in range(50):  # fifty workers all asking at once
+        departures.append(now + rate.reserve(now))
+    assert min(departures) == pytest.approx(now + 5.0)
+    gaps = [b - a for a, b in itertools.pairwise(departures)]
+    assert all(g == pytest.approx(0.01) for g in gaps)
+
+
+def test_the_rate_has_a_floor() -> None:
+    rate = SendRate()
+    now = 0.0
+    for _ in range(100):
+        now += 10.0
+        rate.observe(now, limited=True, sent_at=now)
+    assert rate.allowed == MIN_RATE
+
+
+def test_an_episode_is_one_line_when_it_begins_and_one_when_it_ends() -> None:
+    rate = SendRate()
+    now, _ = busy(rate, 0.0, 0.1)
+    kinds = []
+    for step in range(5):  # five refusals within a minute: one episode
+        at = now + step * 5.0
+        change = rate.observe(at, limited=True, sent_at=at)
+        kinds.append(change.kind if change else None)
+    assert kinds == ["limited", None, None, None, None]
+    quiet = now + 20.0 + EPISODE_QUIET
+    change = rate.observe(quiet, limited=False, sent_at=quiet)
+    assert change is not None
+    assert (change.kind, change.cuts) == ("recovered", 5)
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.floats(min_value=0.0, max_value=1000.0),
+       st.lists(st.tuples(st.floats(min_value=0.0, max_value=2.0),
+                          st.sampled_from(["send", "ok", "limited", "pause"])), max_size=300))
+def test_send_rate_invariants(ceiling: float, steps: list[tuple[float, str]]) -> None:
+    """Whatever the answers: the allowed rate stays within [MIN_RATE, MAX_RPS], waits are
+    never negative, and no departure comes before a pause ends."""
+    rate = SendRate.with_ceiling(ceiling)
+    now = 100.0
+    paused_until = 0.0
+    for dt, what in steps:
+        now += dt
+        if what == "send":
+            wait = rate.reserve(now)
+            assert wait >= 0.0
+            assert now + wait >= paused_until - 1e-9
+            rate.sent(now + wait)
+        elif what == "pause":
+            paused_until = now + 1.0
+            rate.hold_until(paused_until)
+        else:
+            rate.observe(now, limited=what == "limited", sent_at=now - dt / 2)
+        limit = ceiling if ceiling > 0 else math.inf
+        assert min(MIN_RATE, limit) <= rate.allowed <= limit
+
+
+def test_three_senders_behind_one_gateway_share_it_without_a_storm() -> None:
+    """A token-bucket gateway (300/s, burst 30, 429 + Retry-After 1) and three senders with
+    a full queue each, each adapting on its own: a fair share each, few 429s, most of the
+    limit used. (A model with instant answers; the bench's gateway phase measures the
+    daemon itself.)"""
+    limit, burst, rtt = 300.0, 30.0, 0.004
+    tokens, at = burst, 0.0
+    rates = [SendRate() for _ in range(3)]
+    clocks = [0.001 * i for i in range(3)]
+    paused = [0.0, 0.0, 0.0]
+    sent, refused, accepted = [0, 0, 0], 0, 0
+    while min(clocks) < 30.0:
+        i = clocks.index(min(clocks))
+        now = max(clocks[i], paused[i])
+        now += rates[i].reserve(now)
+        rates[i].sent(now)
+        sent[i] += 1
+        tokens = min(burst, tokens + (now - at) * limit)
+        at = now
+        ok = tokens >= 1.0
+        tokens -= 1.0 if ok else 0.0
+        accepted += ok
+        refused += not ok
+        if not ok:
+            paused[i] = now + rtt + 1.0
+            rates[i].hold_until(paused[i])
+        rates[i].observe(now + rtt, limited=not ok, sent_at=now)
+        clocks[i] = now
+    total = sum(sent)
+    assert accepted / 30.0 >= 0.7 * limit
+    assert refused / total <= 0.03
+    assert min(sent) / total >= 0.2
+
+
 # ---------------------------------------------------------------- the gate
 
 
 async def test_gate_without_limits_admits_at_once() -> None:
     clock = Clock()
     gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
-    for _ in range(100):
-        await gate.admit()
-    assert gate.backlog() == 0.0
+    for _ in range(3):  # within the burst the ramp allows
+        await asyncio.wait_for(gate.admit(), timeout=5)
     assert gate.blocked_for() == 0.0
 
 
-async def test_gate_pause_releases_jobs_until_it_ends() -> None:
+async def test_gate_pause_releases_a_job_whose_lease_cannot_wait() -> None:
     clock = Clock()
     gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
     assert gate.pause(10.0) is True
     assert gate.pause(5.0) is False  # inside the current pause: nothing changes
     with pytest.raises(Released) as released:
-        await gate.admit()
+        await gate.admit(patience=9.0)
     assert released.value.delay == 10.0
     assert gate.blocked_for() == 10.0
     clock.advance(4.0)
     assert gate.pause(20.0) is False  # extends the pause already logged
     with pytest.raises(Released) as released:
-        await gate.admit()
+        await gate.admit(patience=5.0)
     assert released.value.delay == 20.0
     clock.advance(20.0)
     assert gate.blocked_for() == 0.0
     await gate.admit()
     assert gate.pause(1.0) is True  # a new pause after the old one ended
+    assert gate.paused_total == pytest.approx(25.0)
+
+
+async def test_gate_pause_keeps_a_job_whose_lease_can_wait() -> None:
+    clock = Clock()
+    gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
+    gate.pause(600.0)
+    waiting = asyncio.create_task(gate.admit(patience=900.0))
+    try:
+        assert await still_waiting(waiting)
+    finally:
+        await cancel(waiting)
 
 
 async def test_gate_circuit_open_releases_all_but_the_probe() -> None:
     clock = Clock(100.0)
     gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
-    assert gate.circuit.on_unauthorized(clock())
+    assert [t.event for t in gate.observe(401, clock())] == ["auth.circuit_open"]
     with pytest.raises(Released) as released:
         await gate.admit()
     assert released.value.delay == 0.0
@@ -253,45 +498,70 @@ async def test_gate_circuit_open_releases_all_but_the_probe() -> None:
         with pytest.raises(Released):
             await gate.admit()
     assert gate.blocked_for() == 30.0
-    gate.circuit.on_authorized(clock())
+    assert [t.event for t in gate.observe(200, clock())] == ["auth.circuit_closed"]
     for _ in range(3):
         await gate.admit()
+
+
+async def test_gate_permission_circuit_opens_on_a_run_of_403s() -> None:
+    clock = Clock(100.0)
+    gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
+    gate.observe(200, clock())
+    assert gate.others_answered()
+    events = [t.event for n in range(5) for t in gate.observe(403, clock())]
+    assert events == ["permission.circuit_open"]
+    assert not gate.others_answered()
+    with pytest.raises(Released) as released:
+        await gate.admit()
+    assert "permission" in released.value.why
+    assert [t.event for t in gate.observe(202, clock())] == ["permission.circuit_closed"]
 
 
 async def test_gate_pause_wins_over_the_probe() -> None:
     clock = Clock(100.0)
     gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
-    gate.circuit.on_unauthorized(clock())
+    gate.observe(401, clock())
     clock.advance(30.0)
     gate.pause(60.0)
     with pytest.raises(Released) as released:
-        await gate.admit()
+        await gate.admit(patience=10.0)
     assert released.value.delay == 60.0
     assert gate.blocked_for() == 60.0
     clock.advance(60.0)
     await gate.admit()  # the probe is still there once the pause is over
 
 
-async def test_gate_spaces_requests_at_max_rps() -> None:
+async def test_a_429_pauses_cuts_the_rate_and_says_so_once() -> None:
     clock = Clock()
-    gate = Gate(max_rps=10, probe_interval=30.0, clock=clock)
-    for _ in range(5):
-        await asyncio.wait_for(gate.admit(), timeout=5)  # each exactly on its slot: no wait
-        assert gate.backlog() == pytest.approx(0.1)
-        clock.advance(0.1)
+    gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
+    sent = await gate.admit()
+    events = [t.event for t in gate.observe(429, sent, pause_for=3600.0)]
+    assert events == ["upstream.paused", "rate.limited"]
+    assert gate.blocked_for() == 3600.0  # an absurd Retry-After is clamped by the policy, not here
+    assert gate.rate.allowed < RAMP_START
+    # The other requests of the same moment: same pause, same event, nothing new to say.
+    assert gate.observe(429, sent, pause_for=3600.0) == []
 
 
-async def test_gate_makes_an_early_request_wait_for_its_slot() -> None:
+async def test_gate_spaces_requests_at_max_rps() -> None:
     clock = Clock()
     gate = Gate(max_rps=1 / 600, probe_interval=30.0, clock=clock)  # one request per 10 min
     await asyncio.wait_for(gate.admit(), timeout=5)
-    assert gate.backlog() == pytest.approx(600.0)
     second = asyncio.create_task(gate.admit())
     try:
         assert await still_waiting(second)
-        assert gate.backlog() == pytest.approx(1200.0)  # the second request holds the next slot
+        assert gate.rate.tat == pytest.approx(1000.0 + 1200.0)  # it holds the next slot
     finally:
         await cancel(second)
+
+
+async def test_gate_refuses_a_slot_the_lease_would_not_cover() -> None:
+    clock = Clock()
+    gate = Gate(max_rps=1 / 600, probe_interval=30.0, clock=clock)
+    await gate.admit()
+    with pytest.raises(Released) as released:
+        await gate.admit(patience=30.0)
+    assert released.value.delay == pytest.approx(600.0, abs=BURST)
 
 
 async def test_gate_does_not_bank_idle_time_into_a_burst() -> None:
@@ -300,10 +570,9 @@ async def test_gate_does_not_bank_idle_time_into_a_burst() -> None:
     await asyncio.wait_for(gate.admit(), timeout=5)
     clock.advance(3600.0)  # an hour without requests
     await asyncio.wait_for(gate.admit(), timeout=5)
-    assert gate.backlog() == pytest.approx(600.0)  # the next request still waits a full interval
     third = asyncio.create_task(gate.admit())
     try:
-        assert await still_waiting(third)
+        assert await still_waiting(third)  # the next request still waits a full interval
     finally:
         await cancel(third)
 
@@ -312,35 +581,9 @@ async def test_gate_uses_the_throttle_when_it_is_slower_than_max_rps() -> None:
     clock = Clock()
     gate = Gate(max_rps=100, probe_interval=30.0, clock=clock)
     await gate.admit()
-    assert gate.backlog() == pytest.approx(0.01)
     for _ in range(gate.throttle.threshold):
-        gate.throttle.observe(True, clock())
+        gate.observe(502, clock(), fault=True)
     assert gate.throttle.spacing == 0.05
     clock.advance(1.0)
     await gate.admit()
-    assert gate.backlog() == pytest.approx(0.05)
-
-
-async def test_wait_turn_waits_through_a_pause_instead_of_releasing() -> None:
-    clock = Clock()
-    gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
-    gate.pause(600.0)
-    waiting = asyncio.create_task(gate.wait_turn())
-    try:
-        assert await still_waiting(waiting)
-    finally:
-        await cancel(waiting)
-    clock.advance(600.0)
-    await asyncio.wait_for(gate.wait_turn(), timeout=5)
-
-
-async def test_wait_turn_takes_a_slot_like_admit() -> None:
-    clock = Clock()
-    gate = Gate(max_rps=1 / 600, probe_interval=30.0, clock=clock)
-    await asyncio.wait_for(gate.wait_turn(), timeout=5)
-    assert gate.backlog() == pytest.approx(600.0)
-    waiting = asyncio.create_task(gate.admit())
-    try:
-        assert await still_waiting(waiting)
-    finally:
-        await cancel(waiting)
+    assert gate.rate.tat == pytest.approx(clock() + 0.05)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,13 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harvester.api import FINISHED, IN_PROGRESS
 from harvester.policy import (
     FAULT_BACKOFF_CAP,
-    IN_PROGRESS,
     JITTER,
-    NEARLY_READY,
     NOT_FOUND_BACKOFF_CAP,
-    CheckUpstream,
+    UNKNOWN,
+    Context,
     Decision,
     Fail,
     Hold,
@@ -39,7 +39,6 @@ from harvester.policy import (
     TransportFailure,
     backoff,
     decide,
-    decide_not_found,
     fault_delay,
     not_found_delay,
     parse_batch_status,
@@ -54,15 +53,17 @@ OTHER_ID = UUID("9a1e3f6c-2b7d-4e8a-8c05-1d4f7b2e6a90")
 CONFIG = PolicyConfig()
 RAND_MAX = 1.0 - 2.0**-53
 """The largest value ``random.random`` can return."""
-DECISION_TYPES = (Land, Retry, Stuck, Fail, Hold, CheckUpstream)
+DECISION_TYPES = (Land, Retry, Stuck, Fail, Hold)
 
 # ---------------------------------------------------------------- building answers
 
 
 def job(state: str = "pending", *, attempt: int = 3, streak: int = 0,
-        age: timedelta = timedelta(hours=1)) -> Job:
+        age: timedelta = timedelta(hours=1), upstream: str | None = None,
+        refusals: int = 0) -> Job:
     return Job(job_id=JOB_ID, state=state, age_origin=NOW - age, polls=attempt + streak,
-               attempt=attempt, consecutive_500s=streak)
+               attempt=attempt, consecutive_500s=streak, upstream_status=upstream,
+               consecutive_403s=refusals)
 
 
 def answer(status: int, document: Any = None, *, retry_after: str | None = None,
@@ -104,12 +105,9 @@ class Expect:
     says: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class NotFound:
-    """For a 404: what batch-status said (``asked`` False: batch-status failed)."""
-
-    upstream_status: str | None
-    asked: bool = True
+ASKED = Context()
+OTHERS_ANSWERED = Context(others_answered=True)
+STATUS_DOWN = Context(status_usable=False)
 
 
 def fault(lo: float = 1.0, hi: float = 8.0, *, status: int | None, state: str = "pending",
@@ -131,9 +129,10 @@ def waiting_202(lo: float, hi: float) -> Expect:
                           "error": None, "fault": False}, (lo, hi))
 
 
-def not_found_retry(lo: float, hi: float, upstream: str | None, *says: str, attempt: int = 4) -> Expect:
-    return Expect(Retry, {"status": 404, "state": "pending", "attempt": attempt, "consecutive_500s": 0,
-                          "upstream_status": upstream, "fault": False}, (lo, hi), says)
+def followed(lo: float, hi: float, *says: str, attempt: int = 4) -> Expect:
+    """A 404 not final: followed through batch-status from now on."""
+    return Expect(Retry, {"status": 404, "state": "pending", "attempt": attempt,
+                          "consecutive_500s": 0, "step": "status", "fault": False}, (lo, hi), says)
 
 
 def failed(reason: str, status: int | None, *says: str, **fields: object) -> Expect:
@@ -151,152 +150,172 @@ DAY = timedelta(hours=24)
 P = pytest.param
 TABLE = [
     # ------------------------------------------------------------ 200
-    P(answer(200, row()), job(), None,
+    P(answer(200, row()), job(), ASKED,
       Expect(Land, {"status": 200, "payload": VALID_ROW}), id="200-valid-row-lands"),
     P(answer(200, row(), content_type="application/json; charset=utf-8"), job("stuck", streak=5),
       None, Expect(Land, {"status": 200, "payload": VALID_ROW}), id="200-valid-row-lands-a-stuck-job"),
-    P(answer(200, row()), job(age=OLD), None, Expect(Land, {"status": 200}),
+    P(answer(200, row()), job(age=OLD), ASKED, Expect(Land, {"status": 200}),
       id="200-valid-row-lands-even-past-max-age"),
-    P(Response(200, b'{"id": "oops", ', "application/json"), job(), None,
+    P(Response(200, b'{"id": "oops", ', "application/json"), job(), ASKED,
       invalid_200("not a valid result", "json"), id="200-not-json"),
-    P(Response(200, b"\xff\xfe{}", "application/json"), job(), None,
+    P(Response(200, b"\xff\xfe{}", "application/json"), job(), ASKED,
       invalid_200("not utf-8"), id="200-not-utf8"),
-    P(Response(200, b"<!doctype html><html><body>dashboard</body></html>", "text/html"), job(), None,
+    P(Response(200, b"<!doctype html><html><body>dashboard</body></html>", "text/html"), job(), ASKED,
       invalid_200("html", "HARVESTER_API_BASE_URL"), id="200-text-html-dashboard"),
-    P(Response(200, b"<!DOCTYPE html><html></html>", "application/json"), job(), None,
+    P(Response(200, b"<!DOCTYPE html><html></html>", "application/json"), job(), ASKED,
       invalid_200("html"), id="200-html-page-labelled-json"),
-    P(Response(200, b"ok", "text/plain"), job(), None,
+    P(Response(200, b"ok", "text/plain"), job(), ASKED,
       invalid_200("text/plain", "not json"), id="200-text-plain"),
-    P(Response(200, VALID_ROW.encode(), None), job(), None,
+    P(Response(200, VALID_ROW.encode(), None), job(), ASKED,
       invalid_200("content-type none", "not json"), id="200-no-content-type"),
-    P(answer(200, row(createdAt=12345, qualityComposite="high")), job(), None,
+    P(answer(200, row(createdAt=12345, qualityComposite="high")), job(), ASKED,
       invalid_200("not a valid result", "qualityComposite", "+1 more"), id="200-wrong-types"),
-    P(answer(200, row(qualityValidation=True)), job(), None,
+    P(answer(200, row(qualityValidation=True)), job(), ASKED,
       invalid_200("not a valid result", "qualityValidation"), id="200-bool-for-float"),
-    P(answer(200, row(domain=_DROP)), job(), None,
+    P(answer(200, row(domain=_DROP)), job(), ASKED,
       invalid_200("not a valid result", "domain", "required"), id="200-missing-field"),
-    P(answer(200, [row()]), job(), None,
+    P(answer(200, [row()]), job(), ASKED,
       invalid_200("not a valid result"), id="200-array-not-object"),
-    P(answer(200, row(OTHER_ID)), job(), None,
+    P(answer(200, row(OTHER_ID)), job(), ASKED,
       invalid_200(f"for job {OTHER_ID}", f"not {JOB_ID}"), id="200-jobid-mismatch"),
-    P(answer(200, row(OTHER_ID)), job("stuck", streak=4), None,
+    P(answer(200, row(OTHER_ID)), job("stuck", streak=4), ASKED,
       invalid_200("for job", state="stuck", lo=900.0, hi=900.0, streak=4),
       id="200-jobid-mismatch-keeps-a-stuck-job-stuck"),
     # ------------------------------------------------------------ 202
-    P(answer(202, {**INDEXING, "retryAfterSeconds": 3}, retry_after="7"), job(), None,
+    P(answer(202, {**INDEXING, "retryAfterSeconds": 3}, retry_after="7"), job(), ASKED,
       waiting_202(7.0, 7.0 * (1 + JITTER)), id="202-retry-after-delta-wins-over-body"),
-    P(answer(202, INDEXING, retry_after=http_date(42)), job(), None,
+    P(answer(202, INDEXING, retry_after=http_date(42)), job(), ASKED,
       waiting_202(42.0, 42.0 * (1 + JITTER)), id="202-retry-after-http-date"),
-    P(answer(202, {**INDEXING, "retryAfterSeconds": 12}), job(), None,
+    P(answer(202, {**INDEXING, "retryAfterSeconds": 12}), job(), ASKED,
       waiting_202(12.0, 12.0 * (1 + JITTER)), id="202-body-retry-after-seconds"),
-    P(answer(202, {**INDEXING, "retryAfterSeconds": 12}, retry_after="soon"), job(), None,
+    P(answer(202, {**INDEXING, "retryAfterSeconds": 12}, retry_after="soon"), job(), ASKED,
       waiting_202(12.0, 12.0 * (1 + JITTER)), id="202-garbage-header-falls-back-to-body"),
-    P(answer(202, INDEXING), job(), None, waiting_202(5.0, 5.0 * (1 + JITTER)),
+    P(answer(202, INDEXING), job(), ASKED, waiting_202(5.0, 5.0 * (1 + JITTER)),
       id="202-no-delay-named-default"),
-    P(answer(202, None), job(), None, waiting_202(5.0, 5.0 * (1 + JITTER)), id="202-empty-body-default"),
-    P(answer(202, INDEXING, retry_after="1.5"), job(), None,
+    P(answer(202, None), job(), ASKED, waiting_202(5.0, 5.0 * (1 + JITTER)), id="202-empty-body-default"),
+    P(answer(202, INDEXING, retry_after="1.5"), job(), ASKED,
       waiting_202(1.5, 1.5 * (1 + JITTER)), id="202-decimal-retry-after"),
-    P(answer(202, INDEXING, retry_after="0"), job(), None,
+    P(answer(202, INDEXING, retry_after="0"), job(), ASKED,
       waiting_202(1.0, 1.0 * (1 + JITTER)), id="202-zero-clamped-to-min-poll-interval"),
-    P(answer(202, INDEXING, retry_after=http_date(-3600)), job(), None,
+    P(answer(202, INDEXING, retry_after=http_date(-3600)), job(), ASKED,
       waiting_202(1.0, 1.0 * (1 + JITTER)), id="202-past-date-clamped-to-min-poll-interval"),
-    P(answer(202, INDEXING, retry_after="86400"), job(), None,
+    P(answer(202, INDEXING, retry_after="86400"), job(), ASKED,
       waiting_202(3600.0, 3600.0 * (1 + JITTER)), id="202-day-clamped-to-max-poll-interval"),
-    P(answer(202, INDEXING, retry_after="9" * 10_000), job(), None,
+    P(answer(202, INDEXING, retry_after="9" * 10_000), job(), ASKED,
       waiting_202(3600.0, 3600.0 * (1 + JITTER)), id="202-10000-digits-waits-the-longest-not-the-default"),
-    P(answer(202, INDEXING, retry_after="7"), job("stuck", streak=4), None,
+    P(answer(202, INDEXING, retry_after="7"), job("stuck", streak=4), ASKED,
       waiting_202(7.0, 7.0 * (1 + JITTER)), id="202-for-a-stuck-job-is-pending-again"),
     # ------------------------------------------------------------ 401, 403
-    P(answer(401, {"error": "invalid token"}), job(), None,
+    P(answer(401, {"error": "invalid token"}), job(), ASKED,
       Expect(Hold, {"status": 401, "auth_failed": True, "pause_for": None}, (0.0, 0.0),
              ("invalid token",)), id="401-hold-auth-failed"),
-    P(answer(401, None), job(age=OLD), None,
+    P(answer(401, None), job(age=OLD), ASKED,
       Expect(Hold, {"status": 401, "auth_failed": True}, (0.0, 0.0), ("token",)),
       id="401-is-about-the-token-even-for-an-old-job"),
     P(answer(403, {"error": "insufficient permissions", "missing": ["jobs:read", "results:read"]}),
-      job(), None, failed("forbidden", 403, "insufficient permissions", "jobs:read", "results:read"),
-      id="403-fail-forbidden-with-missing"),
-    P(answer(403, None), job(), None, failed("forbidden", 403, "forbidden"), id="403-no-body"),
-    # ------------------------------------------------------------ 404 → batch-status
-    P(answer(404), job(), NotFound("failed"),
-      failed("upstream_failed", 404, "failed", upstream_status="failed"), id="404-upstream-failed"),
-    *[P(answer(404), job(), NotFound(status), not_found_retry(40.0, 40.0 * (1 + JITTER), status, status),
-        id=f"404-upstream-{status}") for status in sorted(IN_PROGRESS)],
-    P(answer(404), job(attempt=9), NotFound("running"),
-      not_found_retry(300.0, 300.0 * (1 + JITTER), "running", attempt=10),
-      id="404-in-progress-doubling-capped-at-5-min"),
-    *[P(answer(404), job(), NotFound(status), not_found_retry(1.0, 1.0, status, status),
-        id=f"404-upstream-{status}-repoll-in-1s") for status in sorted(NEARLY_READY)],
-    P(answer(404), job(age=DAY - timedelta(seconds=1)), NotFound(None),
-      not_found_retry(40.0, 40.0 * (1 + JITTER), None, "unknown upstream"), id="404-absent-before-timeout"),
-    P(answer(404), job(age=DAY), NotFound(None),
-      failed("not_found", 404, "absent from batch-status", "HARVESTER_NOT_FOUND_TIMEOUT"),
-      id="404-absent-after-timeout"),
-    P(answer(404), job(), NotFound(None, asked=False),
-      not_found_retry(40.0, 40.0 * (1 + JITTER), None, "batch-status unavailable"),
-      id="404-batch-status-unavailable-before-timeout"),
-    P(answer(404), job(age=DAY * 2), NotFound(None, asked=False),
+      job(), ASKED,
+      Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 0}, (0.0, 0.0),
+             ("insufficient permissions", "jobs:read", "results:read")),
+      id="403-while-nothing-else-is-answered-is-about-the-token"),
+    P(answer(403, None), job(), OTHERS_ANSWERED,
+      Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 1}, (1.0, 2.0),
+             ("forbidden",)), id="403-while-others-are-answered-counts-against-the-job"),
+    P(answer(403, {"error": "no", "missing": ["jobs:read"]}), job(refusals=2), OTHERS_ANSWERED,
+      failed("forbidden", 403, "jobs:read", "3 times"), id="403-third-refusal-fails-forbidden"),
+    P(answer(403, None), job(refusals=2, age=OLD), ASKED,
+      Expect(Hold, {"status": 403, "consecutive_403s": 2}, (0.0, 0.0)),
+      id="403-about-the-token-never-expires-a-job"),
+    # ------------------------------------------------------------ 404: followed by status
+    P(answer(404), job(), ASKED, followed(60.0, 60.0, "unknown to batch-status"),
+      id="404-followed-at-the-cadence-of-its-age"),
+    P(answer(404), job(upstream="running"), ASKED, followed(60.0, 60.0, "reports running"),
+      id="404-while-running-followed"),
+    P(answer(404), job(age=timedelta(seconds=32)), ASKED, followed(5.0, 5.0),
+      id="404-young-job-checked-soon"),
+    *[P(answer(404), job(), Context(seen=status), followed(8.0, 8.0, f"said {status}"),
+        id=f"404-although-{status}-a-race-backs-off") for status in sorted(FINISHED)],
+    P(answer(404), job(attempt=9, upstream="completed"), ASKED, followed(60.0, 60.0, attempt=10),
+      id="404-race-backoff-capped-at-status-max"),
+    P(answer(404), job(age=DAY - timedelta(seconds=1)), ASKED, followed(60.0, 60.0),
+      id="404-unknown-before-timeout"),
+    P(answer(404), job(age=DAY), ASKED,
+      failed("not_found", 404, "unknown to batch-status", "HARVESTER_NOT_FOUND_TIMEOUT"),
+      id="404-unknown-after-timeout"),
+    P(answer(404), job(age=DAY, upstream=UNKNOWN), Context(seen=UNKNOWN),
+      failed("not_found", 404, "unknown to batch-status"), id="404-absent-after-timeout"),
+    P(answer(404), job(age=DAY * 2, upstream="running"), ASKED,
+      followed(60.0, 60.0, "reports running"), id="404-running-never-times-out"),
+    P(answer(404), job(), STATUS_DOWN,
+      followed(40.0, 40.0 * (1 + JITTER), "batch-status unavailable"),
+      id="404-batch-status-unavailable-backs-off"),
+    P(answer(404), job(attempt=9), STATUS_DOWN,
+      followed(300.0, 300.0 * (1 + JITTER), attempt=10),
+      id="404-batch-status-unavailable-doubling-capped-at-5-min"),
+    P(answer(404), job(age=DAY * 2), STATUS_DOWN,
       failed("not_found", 404, "batch-status unavailable"),
       id="404-batch-status-unavailable-after-timeout"),
-    P(answer(404), job(age=OLD), NotFound("running"), failed("expired", 404, "MAX_AGE"),
+    P(answer(404), job(age=DAY * 2), Context(trust_not_found=False),
+      Expect(Hold, {"status": 404, "refused": False}, (1.0, 16.0), ("base url",)),
+      id="404-while-the-base-url-is-suspect-burns-nothing"),
+    P(answer(404), job(age=OLD, upstream="running"), ASKED, failed("expired", 404, "MAX_AGE"),
       id="404-in-progress-past-max-age-expires"),
     # ------------------------------------------------------------ 500
-    P(answer(500, {"error": "no row landed"}), job(), None,
+    P(answer(500, {"error": "no row landed"}), job(), ASKED,
       Expect(Retry, {"status": 500, "state": "pending", "attempt": 4, "consecutive_500s": 1,
                      "fault": False}, (1.0, 8.0), ("no row landed", "1 of 3")),
       id="500-first"),
-    P(answer(500, {"error": "no row landed"}), job(streak=1), None,
+    P(answer(500, {"error": "no row landed"}), job(streak=1), ASKED,
       Expect(Retry, {"status": 500, "state": "pending", "consecutive_500s": 2}, (1.0, 8.0),
              ("2 of 3",)), id="500-second"),
-    P(answer(500, {"error": "no row landed"}), job(streak=2), None,
+    P(answer(500, {"error": "no row landed"}), job(streak=2), ASKED,
       Expect(Stuck, {"status": 500, "consecutive_500s": 3, "attempt": 4, "newly": True},
              (900.0, 900.0), ("no row landed",)), id="500-at-stuck-after-newly-stuck"),
-    P(answer(500, {"error": "no row landed"}), job("stuck", streak=7), None,
+    P(answer(500, {"error": "no row landed"}), job("stuck", streak=7), ASKED,
       Expect(Stuck, {"status": 500, "consecutive_500s": 8, "newly": False}, (900.0, 900.0)),
       id="500-while-stuck-recheck"),
-    P(answer(500, {"error": "no row landed"}), job(streak=2, age=OLD), None,
+    P(answer(500, {"error": "no row landed"}), job(streak=2, age=OLD), ASKED,
       failed("expired", 500, "stuck"), id="500-stuck-past-max-age-expires"),
     # ------------------------------------------------------------ 429, 503
-    P(answer(429, {"error": "slow down"}, retry_after="30"), job(), None,
+    P(answer(429, {"error": "slow down"}, retry_after="30"), job(), ASKED,
       hold(30.0, 30.0 * (1 + JITTER), 429, "slow down"), id="429-retry-after-pauses"),
-    P(answer(503, None, retry_after="30"), job(), None,
+    P(answer(503, None, retry_after="30"), job(), ASKED,
       hold(30.0, 30.0 * (1 + JITTER), 503), id="503-retry-after-pauses"),
-    P(answer(503, None, retry_after=http_date(120)), job(), None,
+    P(answer(503, None, retry_after=http_date(120)), job(), ASKED,
       hold(120.0, 120.0 * (1 + JITTER), 503), id="503-retry-after-http-date-pauses"),
-    P(answer(429, None, retry_after="30"), job(age=OLD), None,
+    P(answer(429, None, retry_after="30"), job(age=OLD), ASKED,
       hold(30.0, 30.0 * (1 + JITTER), 429), id="429-charges-nothing-so-never-expires"),
-    P(answer(429, None), job(), None, hold(5.0, 5.0 * (1 + JITTER), 429),
+    P(answer(429, None), job(), ASKED, hold(5.0, 5.0 * (1 + JITTER), 429),
       id="429-without-retry-after-default"),
     # ------------------------------------------------------------ faults
-    P(answer(503, None), job(), None, fault(status=503, says=("503",)), id="503-no-retry-after"),
-    P(answer(503, None, retry_after="soon"), job(), None, fault(status=503),
+    P(answer(503, None), job(), ASKED, fault(status=503, says=("503",)), id="503-no-retry-after"),
+    P(answer(503, None, retry_after="soon"), job(), ASKED, fault(status=503),
       id="503-garbage-retry-after"),
-    *[P(answer(status, {"error": "boom"}), job(), None, fault(status=status, says=(str(status),)),
+    *[P(answer(status, {"error": "boom"}), job(), ASKED, fault(status=status, says=(str(status),)),
         id=f"{status}-fault") for status in (502, 504, 501, 507, 599)],
-    P(answer(502, None), job(streak=2), None, fault(status=502, streak=2),
+    P(answer(502, None), job(streak=2), ASKED, fault(status=502, streak=2),
       id="502-keeps-the-500-streak"),
-    P(answer(502, None), job("stuck", streak=4), None,
+    P(answer(502, None), job("stuck", streak=4), ASKED,
       fault(900.0, 900.0, status=502, state="stuck", streak=4), id="502-keeps-a-stuck-job-stuck"),
-    P(answer(502, None), job(attempt=0), None, fault(1.0, 1.0, status=502, attempt=1),
+    P(answer(502, None), job(attempt=0), ASKED, fault(1.0, 1.0, status=502, attempt=1),
       id="fault-first-attempt-1s"),
-    P(answer(502, None), job(attempt=10_000), None, fault(1.0, 300.0, status=502, attempt=10_001),
+    P(answer(502, None), job(attempt=10_000), ASKED, fault(1.0, 300.0, status=502, attempt=10_001),
       id="fault-attempt-10000-capped-at-5-min"),
-    *[P(TransportFailure(kind, "it broke"), job(), None, fault(status=None, says=(kind, "it broke")),
+    *[P(TransportFailure(kind, "it broke"), job(), ASKED, fault(status=None, says=(kind, "it broke")),
         id=f"transport-{kind}") for kind in ("timeout", "connection", "too_large", "protocol")],
-    *[P(answer(status, None), job(), None, fault(status=status, says=("unexpected",)),
+    *[P(answer(status, None), job(), ASKED, fault(status=status, says=("unexpected",)),
         id=f"{status}-unexpected-fault") for status in (100, 201, 204, 301, 304)],
-    P(answer(502, None), job(age=OLD), None, failed("expired", 502, "days"),
+    P(answer(502, None), job(age=OLD), ASKED, failed("expired", 502, "days"),
       id="fault-past-max-age-expires"),
-    P(TransportFailure("timeout", "read"), job(age=OLD), None, failed("expired", None, "timeout"),
+    P(TransportFailure("timeout", "read"), job(age=OLD), ASKED, failed("expired", None, "timeout"),
       id="transport-past-max-age-expires"),
     # ------------------------------------------------------------ other 4xx
-    *[P(answer(status, {"error": "nope"}), job(), None, failed(f"http_{status}", status, "nope"),
+    *[P(answer(status, {"error": "nope"}), job(), ASKED, failed(f"http_{status}", status, "nope"),
         id=f"{status}-fail") for status in (400, 405, 410, 422)],
-    P(answer(410, None), job(), None, failed("http_410", 410, "no body"), id="410-no-body"),
+    P(answer(410, None), job(), ASKED, failed("http_410", 410, "no body"), id="410-no-body"),
     # ------------------------------------------------------------ MAX_AGE
-    P(answer(202, INDEXING, retry_after="5"), job(age=OLD), None,
+    P(answer(202, INDEXING, retry_after="5"), job(age=OLD), ASKED,
       failed("expired", 202, "8.0 days", "HARVESTER_MAX_AGE"), id="202-past-max-age-expires"),
-    P(answer(200, row(OTHER_ID)), job(age=OLD), None, failed("expired", 200, "for job"),
+    P(answer(200, row(OTHER_ID)), job(age=OLD), ASKED, failed("expired", 200, "for job"),
       id="bad-200-past-max-age-expires"),
 ]
 
@@ -309,22 +328,17 @@ def _text(decision: Decision) -> str:
     return ""
 
 
-def _run(case_answer: Response | TransportFailure, case_job: Job, not_found: NotFound | None,
-         rand: float) -> Decision:
-    decision = decide(case_answer, case_job, CONFIG, NOW, lambda: rand)
-    if not_found is None:
-        return decision
-    assert decision == CheckUpstream(status=404)
-    return decide_not_found(case_job, not_found.upstream_status, not_found.asked, CONFIG, NOW,
-                            lambda: rand)
+def fixed(value: float) -> Callable[[], float]:
+    return lambda: value
 
 
-@pytest.mark.parametrize(("case_answer", "case_job", "not_found", "expect"), TABLE)
+@pytest.mark.parametrize(("case_answer", "case_job", "context", "expect"), TABLE)
 def test_each_upstream_answer(case_answer: Response | TransportFailure, case_job: Job,
-                              not_found: NotFound | None, expect: Expect) -> None:
-    """SPEC section 4, row by row, at both ends of the random range."""
+                              context: Context, expect: Expect) -> None:
+    """README "How upstream answers are handled", row by row, at both ends of the random
+    range."""
     for rand in (0.0, 0.5, RAND_MAX):
-        decision = _run(case_answer, case_job, not_found, rand)
+        decision = decide(case_answer, case_job, CONFIG, NOW, fixed(rand), context)
         assert type(decision) is expect.kind, decision
         for name, value in expect.fields.items():
             assert getattr(decision, name) == value, (name, decision)
@@ -332,7 +346,7 @@ def test_each_upstream_answer(case_answer: Response | TransportFailure, case_job
         for piece in expect.says:
             assert piece.lower() in text.lower(), (piece, text)
         assert "\n" not in text
-        if isinstance(decision, Hold) and not decision.auth_failed:
+        if isinstance(decision, Hold) and decision.status in (429, 503):
             assert decision.pause_for == decision.delay  # all dispatch waits as long
         if expect.delay is None:
             assert not hasattr(decision, "delay")
@@ -356,16 +370,13 @@ def test_landed_result_is_the_body() -> None:
     assert json.loads(decision.payload) == document  # unknown fields included
 
 
-def test_404_asks_upstream_even_past_every_limit() -> None:
-    """A 404 alone is never final: the batch-status answer decides."""
-    assert decide(answer(404), job(age=timedelta(days=400)), CONFIG, NOW, lambda: 0.5) == CheckUpstream()
-
-
-def test_unknown_upstream_status_is_treated_as_in_progress() -> None:
-    decision = decide_not_found(job(), "paused_by_operator", True, CONFIG, NOW, lambda: 0.0)
-    assert isinstance(decision, Retry)
-    assert decision.delay == 40.0
-    assert decision.upstream_status == "paused_by_operator"
+def test_a_404_for_a_job_upstream_runs_is_never_final_before_max_age() -> None:
+    """A 404 alone is never final: what batch-status says decides."""
+    for days in (1, 2, 6):
+        decision = decide(answer(404), job(age=timedelta(days=days), upstream="running"),
+                          CONFIG, NOW, lambda: 0.5)
+        assert isinstance(decision, Retry)
+        assert decision.step == "status"
 
 
 def test_stuck_after_is_read_from_the_config() -> None:
@@ -611,12 +622,16 @@ def _check(decision: Decision) -> None:
     assert "\n" not in text
 
 
+STATUSES = st.one_of(st.none(), st.sampled_from(sorted(IN_PROGRESS | FINISHED)),
+                     st.just("failed"), st.just(UNKNOWN), st.text(max_size=30))
+CONTEXTS = st.builds(Context, seen=STATUSES, status_usable=st.booleans(),
+                     others_answered=st.booleans(), trust_not_found=st.booleans())
+
+
 @settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(ANSWERS, JOBS, UNIT, st.one_of(st.none(), st.sampled_from(sorted(IN_PROGRESS | NEARLY_READY)),
-                                      st.just("failed"), st.text(max_size=30)), st.booleans())
+@given(ANSWERS, JOBS, UNIT, CONTEXTS, STATUSES)
 def test_decide_never_raises(answer: Response | TransportFailure, claimed: Job, rand: float,
-                             upstream: str | None, asked: bool) -> None:
-    decision = decide(answer, claimed, CONFIG, NOW, lambda: rand)
-    _check(decision)
-    if isinstance(decision, CheckUpstream):
-        _check(decide_not_found(claimed, upstream, asked, CONFIG, NOW, lambda: rand))
+                             context: Context, known: str | None) -> None:
+    claimed = Job(**{**{f: getattr(claimed, f) for f in Job.__dataclass_fields__},
+                     "upstream_status": known})
+    _check(decide(answer, claimed, CONFIG, NOW, lambda: rand, context))

@@ -129,7 +129,11 @@ def test_step_parse_refuses_a_bad_delay() -> None:
 def test_presets() -> None:
     assert Mix.preset("first-poll") == Mix()
     demo = Mix.preset("demo")
-    assert (demo.pending_min, demo.pending_max, demo.retry_after_style) == (1, 3, "mixed")
+    assert (demo.pending_min, demo.pending_max, demo.retry_after_style) == (0, 1, "mixed")
+    assert (demo.run_min, demo.run_max) == (1.0, 12.0)  # rows arrive as jobs finish
+    lifecycle = Mix.preset("lifecycle")
+    assert (lifecycle.done_share, lifecycle.run_min, lifecycle.run_max) == (0.25, 2.0, 120.0)
+    assert (lifecycle.index_seconds, lifecycle.retry_after) == (4.0, 5.0)
     chaos = Mix.preset("chaos", seed=9, fault=0.5)
     assert (chaos.seed, chaos.fault, chaos.malformed) == (9, 0.5, 0.06)
     assert Mix.preset("pending").pending_max == 5

@@ -1,0 +1,258 @@
+"""What the daemon tells people: metrics, logs and alarms, kept out of the engine's loops.
+
+The engine and the status follower report what happened (an answer, a batch-status
+call, a write, a transition of the gate); this module turns it into Prometheus metrics
+and structured log lines with stable event names (README "Operating"). Logs stay
+proportionate during incidents: repeated per-job warnings (a million jobs failing the
+same way) are logged individually a few times, then counted, and summarised once per
+:data:`DIGEST_EVERY` seconds with a few sample job IDs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from harvester.alarms import BaseUrlCheck, ResultKind, StatusEndpoint
+from harvester.logs import get_logger
+from harvester.metrics import Metrics, status_class
+from harvester.pacing import Gate, Transition
+from harvester.policy import (
+    Answer,
+    Decision,
+    Fail,
+    Hold,
+    Job,
+    Land,
+    Response,
+    Retry,
+    StatusCall,
+    Stuck,
+    TransportFailure,
+    looks_like_html,
+)
+from harvester.ports import Outcome, WriteReport
+
+log = get_logger("harvester.engine")
+
+DIGEST_EVERY: Final = 30.0
+DIGEST_SHOWN: Final = 5
+"""Per event and window: this many lines in full, then only counted."""
+DIGEST_SAMPLES: Final = 5
+
+
+@dataclass(slots=True)
+class _Tally:
+    shown: int = 0
+    suppressed: int = 0
+    samples: list[str] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+class WarningDigest:
+    """Per-job warnings, aggregated: the first few of each event per window in full, the
+    rest as one summary line per event at the end of the window."""
+
+    def __init__(self, every: float = DIGEST_EVERY, shown: int = DIGEST_SHOWN,
+                 clock: Any = time.monotonic) -> None:
+        self.every = every
+        self.shown = shown
+        self._clock = clock
+        self._window_start = clock()
+        self._tallies: dict[str, _Tally] = {}
+
+    def warn(self, event: str, job_id: str, kind: str, **fields: Any) -> None:
+        """``kind`` groups the summary (a failure reason, an error text)."""
+        tally = self._tallies.setdefault(event, _Tally())
+        if tally.shown < self.shown:
+            tally.shown += 1
+            log.warning(event, job_id=job_id, **fields)
+            return
+        tally.suppressed += 1
+        tally.reasons[kind[:120]] += 1
+        if len(tally.samples) < DIGEST_SAMPLES:
+            tally.samples.append(job_id)
+
+    def flush(self, force: bool = False) -> None:
+        """Log the summaries if the window is over (or ``force``), then start a new one."""
+        now = self._clock()
+        if not force and now - self._window_start < self.every:
+            return
+        for event, tally in sorted(self._tallies.items()):
+            if tally.suppressed:
+                log.warning("log.summary", summarised=event, more=tally.suppressed,
+                            window_seconds=round(now - self._window_start),
+                            sample_job_ids=tally.samples,
+                            by_reason=dict(tally.reasons.most_common(5)))
+        self._tallies.clear()
+        self._window_start = now
+
+
+def outcome_label(decision: Decision) -> str:
+    if isinstance(decision, Land):
+        return "landed"
+    if isinstance(decision, Stuck):
+        return "stuck"
+    if isinstance(decision, Fail):
+        return "failed"
+    if isinstance(decision, Hold):
+        return "held"
+    if decision.step == "status" and decision.status == 404:
+        return "not_found"
+    return "fault" if decision.fault else ("invalid" if decision.status == 200 else "pending")
+
+
+class Observer:
+    """Metrics, logs and alarms for one daemon."""
+
+    def __init__(self, metrics: Metrics, gate: Gate, endpoint: StatusEndpoint,
+                 base_url: BaseUrlCheck, api_base_url: str) -> None:
+        self.metrics = metrics
+        self.gate = gate
+        self.endpoint = endpoint
+        self.base_url = base_url
+        self.api_base_url = api_base_url
+        self.digest = WarningDigest()
+        self._request_counters: dict[tuple[str, str], Any] = {}
+        self._paused_counted = 0.0
+
+    # ------------------------------------------------------------ upstream answers
+
+    def result_answered(self, job: Job, answer: Answer, decision: Decision,
+                        changes: Iterable[Transition]) -> None:
+        status = answer.status if isinstance(answer, Response) else None
+        self.metrics.polls.inc()
+        key = (status_class(status), outcome_label(decision))
+        counter = self._request_counters.get(key)
+        if counter is None:  # prometheus-client's labels() lookup is costly per request
+            counter = self._request_counters[key] = self.metrics.requests.labels(*key)
+        counter.inc()
+        self.transitions(changes, job_id=str(job.job_id))
+        kind: ResultKind = (
+            "html" if _html(answer) else "answer" if status in (200, 202) else
+            "not_found" if status == 404 else "other")
+        if self.base_url.on_result(kind):
+            self._base_url_changed()
+        if isinstance(decision, Retry) and (isinstance(answer, TransportFailure)
+                                            or decision.status == 200):
+            self.digest.warn("job.poll_error", str(job.job_id), decision.error or "error",
+                             status=status, error=decision.error, polls=job.polls + 1)
+
+    def status_answered(self, ids: int, call: StatusCall, changes: Iterable[Transition]
+                        ) -> None:
+        self.metrics.batch_status.labels("ok" if call.kind == "ok" else "error").inc()
+        self.metrics.batch_status_ids.observe(ids)
+        self.transitions(changes)
+        if call.kind == "ok" and self.endpoint.on_ok():
+            log.info("upstream.batch_status_recovered", note="following jobs by status again")
+        failing = call.kind in ("missing", "failed")
+        if failing and self.endpoint.on_failure(self.gate.now(), call.error or call.kind):
+            log.warning("upstream.batch_status_failing", error=call.error, jobs=ids,
+                        fallback="polling results with backoff until it answers again")
+        changed = call.kind in ("ok", "missing") and self.base_url.on_status(call.kind == "missing")
+        if changed:
+            self._base_url_changed()
+
+    def _base_url_changed(self) -> None:
+        if self.base_url.suspect:
+            log.error("upstream.base_url_suspect", api_base_url=self.api_base_url,
+                      hint=self.base_url.reason,
+                      effect="readiness fails; no job is failed not_found meanwhile")
+            self.metrics.upstream_alarm.labels("base_url_suspect").set(1)
+        else:
+            log.info("upstream.base_url_ok", api_base_url=self.api_base_url)
+            self.metrics.upstream_alarm.labels("base_url_suspect").set(0)
+
+    def transitions(self, changes: Iterable[Transition], **context: str) -> None:
+        """Log what changed for the whole daemon, once per change."""
+        for change in changes:
+            detail = {**change.detail, **context}
+            if change.event == "auth.circuit_open":
+                log.error(change.event, probe_every=self.gate.auth.probe_interval,
+                          hint="check HARVESTER_API_TOKEN", **detail)
+                self.metrics.auth_circuit_open.set(1)
+            elif change.event == "auth.circuit_closed":
+                log.info(change.event, **detail)
+                self.metrics.auth_circuit_open.set(0)
+            elif change.event == "permission.circuit_open":
+                log.error(change.event, probe_every=self.gate.permission.probe_interval,
+                          hint="the API token lacks a permission (jobs:read); nothing is failed "
+                               "meanwhile", **detail)
+                self.metrics.permission_circuit_open.set(1)
+            elif change.event == "permission.circuit_closed":
+                log.info(change.event, **detail)
+                self.metrics.permission_circuit_open.set(0)
+            elif change.event == "upstream.paused":
+                log.warning(change.event, **detail)
+                self.metrics.paused_until.set(time.time() + float(change.detail["seconds"] or 0))
+            elif change.event == "rate.limited":
+                log.warning("upstream.rate_limited", note="sending slower; one line per episode",
+                            **detail)
+            elif change.event == "rate.recovered":
+                log.info("upstream.rate_recovered", **detail)
+            elif change.event == "upstream.throttled":
+                log.warning(change.event, reason="sustained upstream faults", **detail)
+                self.metrics.throttle_spacing.set(self.gate.throttle.spacing)
+            else:  # pragma: no cover - every transition the gate makes is listed above
+                log.info(change.event, **detail)
+
+    def rate_limited(self) -> None:
+        self.metrics.rate_limited.inc()
+
+    def tick(self) -> None:
+        """Periodic: gauges that drift (the send rate, the time paused), the digest."""
+        self.metrics.send_rate.set(self.gate.rate.allowed)
+        self.metrics.throttle_spacing.set(self.gate.throttle.spacing)
+        paused = self.gate.paused_total
+        if paused > self._paused_counted:
+            self.metrics.paused_seconds.inc(paused - self._paused_counted)
+            self._paused_counted = paused
+        self.digest.flush()
+
+    # ------------------------------------------------------------ writes
+
+    def written(self, batch: Sequence[Outcome], report: WriteReport) -> None:
+        """After a batch write: what landed, failed, got stuck; lags; fences; refusals.
+
+        The landing lag counts from the first status answer that said the job finished,
+        else from the GET that found the row."""
+        now = datetime.now(UTC)
+        wall = now.timestamp()
+        for outcome in batch:
+            job_id = outcome.job.job_id
+            d = outcome.decision
+            if job_id in report.rejected:
+                log.error("job.write_refused", job_id=str(job_id), error=report.rejected[job_id])
+                continue
+            if job_id in report.fenced:
+                self.metrics.fenced.inc()
+                log.info("job.fenced", job_id=str(job_id), lease_seq=outcome.job.lease_seq,
+                         note="lease taken over by another claim; this late answer is dropped")
+                continue
+            polls = outcome.job.polls + int(outcome.polled)
+            if isinstance(d, Land):
+                self.metrics.landed.inc()
+                origin = outcome.job.finished_seen_at
+                learned = origin.timestamp() if origin else outcome.answered_at
+                if learned is not None:
+                    self.metrics.landing_lag.observe(max(0.0, wall - learned))
+                self.metrics.enqueue_to_landed.observe(
+                    max(0.0, (now - outcome.job.age_origin).total_seconds()))
+                log.debug("job.landed", job_id=str(job_id), polls=polls)
+            elif isinstance(d, Fail):
+                self.metrics.failed.labels(d.reason).inc()
+                self.digest.warn("job.failed", str(job_id), d.reason, reason=d.reason,
+                                 status=d.status, error=d.error, polls=polls)
+            elif isinstance(d, Stuck) and d.newly:
+                self.metrics.stuck.inc()
+                self.digest.warn("job.stuck", str(job_id), "stuck", status=d.status,
+                                 consecutive_500s=d.consecutive_500s, polls=polls,
+                                 recheck_in=d.delay)
+
+
+def _html(answer: Answer) -> bool:
+    return isinstance(answer, Response) and answer.status == 200 and looks_like_html(answer)

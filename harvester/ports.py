@@ -1,0 +1,102 @@
+"""The engine's two ports and the values that cross them.
+
+The engine talks to the database and to upstream only through these protocols
+(implemented by :class:`harvester.store.Store` and :class:`harvester.upstream.Upstream`,
+and in the tests by in-memory fakes), so it imports neither asyncpg nor aiohttp and is
+tested in-process in seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+from uuid import UUID
+
+from harvester.policy import Answer, Decision, Job, StatusAnswer
+
+__all__ = ["Outcome", "ReleaseRow", "StatusAnswer", "StorePort", "UpstreamPort", "WorkerState",
+           "WriteReport"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A decision for one claimed job, ready to be written under its fence.
+
+    ``seen`` is what batch-status said about the job in this round (``unknown`` when it
+    left it out; None: not asked); ``polled`` is False when no result GET was made;
+    ``answered_at`` is the Unix time of the answer that decided it."""
+
+    job: Job
+    decision: Decision
+    seen: str | None = None
+    polled: bool = True
+    answered_at: float | None = None
+
+
+@dataclass(slots=True)
+class WriteReport:
+    """What a batch write did: which jobs were written, which were fenced off."""
+
+    written: set[UUID] = field(default_factory=set)
+    fenced: set[UUID] = field(default_factory=set)
+    rejected: dict[UUID, str] = field(default_factory=dict)
+    landed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRow:
+    """A job given back without a decision, due again after ``delay`` seconds."""
+
+    job: Job
+    delay: float
+    polled: bool = False
+    status: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """One daemon as ``harvester status`` shows it (the heartbeat)."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    version: str
+    auth_circuit: str
+    permission_circuit: str
+    paused_until: datetime | None
+    in_flight: int
+    send_rate: float | None
+    upstream_alarm: str | None
+
+
+class UpstreamPort(Protocol):
+    """What the engine needs of upstream."""
+
+    async def fetch_result(self, job_id: UUID) -> Answer: ...
+
+    async def batch_status(self, job_ids: Sequence[UUID]) -> StatusAnswer: ...
+
+
+class StorePort(Protocol):
+    """What the engine needs of the database."""
+
+    async def claim(self, limit: int, lease_seconds: float, worker_id: str) -> list[Job]: ...
+
+    async def next_due_at(self) -> datetime | None: ...
+
+    async def write(self, outcomes: Sequence[Outcome]) -> WriteReport: ...
+
+    async def release(self, rows: Sequence[ReleaseRow]) -> set[UUID]: ...
+
+    async def heartbeat(self, state: WorkerState) -> None: ...
+
+    async def forget_worker(self, worker_id: str) -> None: ...
+
+    async def listen_for_jobs(self, on_fed: Callable[[], None],
+                              on_listening: Callable[[bool], None]) -> None:
+        """Run until cancelled, calling ``on_fed`` when jobs are fed and ``on_listening``
+        when notifications start or stop arriving (the engine polls meanwhile)."""
+        ...
