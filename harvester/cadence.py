@@ -8,9 +8,10 @@ README "How a job is followed". Two curves, both clamped to
   maximum (60 s) after half an hour. A job of minutes is found within seconds of
   finishing; a job of hours never more than the maximum late; and the number of checks a
   job sees grows with the logarithm of its running time, not linearly.
-- **indexing** (``extraction_done``): the row is seconds away, so the minimum (1 s),
-  growing by a second for every 4 s the job stays there, so a stalled indexer does not
-  turn into a steady stream of checks.
+- **indexing** (``extraction_done``): the row is seconds away, so every 2 s, on the even
+  seconds of the clock, shared by all jobs that are indexing (one call asks about all of
+  them); growing by a second for every 4 s the job stays there, so a stalled indexer
+  does not turn into a steady stream of checks.
 
 Why these numbers: upstream indexes for about 4 s between ``extraction_done`` and
 ``completed``. Checked at most ~8 s apart, a job is seen in that window at least half of
@@ -35,6 +36,8 @@ FOLLOW_FIRST: Final = 4.0
 """Seconds between the first checks of a job (after the one at feed time)."""
 FOLLOW_GROWTH: Final = 32.0
 """The interval grows by one second per this many seconds the job has been followed."""
+INDEXING_EVERY: Final = 2.0
+"""In ``extraction_done``: checked on this grid of the clock, at least the minimum apart."""
 INDEXING_GROWTH: Final = 4.0
 """In ``extraction_done``: one more second per this many seconds spent there."""
 GRID_FRACTION: Final = 8.0
@@ -55,8 +58,13 @@ def follow_interval(age: float, config: Any, now: datetime) -> float:
 
 def indexing_interval(in_state: float, config: Any, now: datetime) -> float:
     """Seconds until the next check of a job ``in_state`` seconds into extraction_done."""
-    raw = config.status_min_interval + max(0.0, in_state) / INDEXING_GROWTH
-    return aligned(_clamp(raw, config), now)
+    raw = _clamp(INDEXING_EVERY + max(0.0, in_state) / INDEXING_GROWTH, config)
+    if raw > 2 * INDEXING_EVERY:
+        return aligned(raw, now)
+    # The next even grid point at least the minimum away: every job that is indexing is
+    # asked about at the same instants, in one call.
+    earliest: float = now.timestamp() + config.status_min_interval
+    return math.ceil(earliest / INDEXING_EVERY) * INDEXING_EVERY - now.timestamp()
 
 
 def grid(interval: float) -> float:

@@ -8,8 +8,17 @@ core with what is measured), then
   (c) the same after 1,000,000 jobs that are not due were added to the queue;
   (d) peak RSS of the daemon with 1,000 requests in flight (a slow simulator);
   (e) landing lag in the demo mix: from the moment upstream's Retry-After allowed the
-      poll that found the row to the moment the row was in the mirror.
-Figures are printed as a table (or ``--json``); nothing is asserted.
+      poll that found the row to the moment the row was in the mirror;
+  (f) the lifecycle mix (README "How a job is followed"): jobs fed when their crawl
+      starts, a quarter already finished, the rest finishing 2-120 s later, then 4 s of
+      indexing behind 202s: requests per landed job and the landing lag from the moment
+      upstream had the row;
+  (g) a gateway limit the daemon is not told (README "Pace"): 300 requests/s, burst 30,
+      429 + Retry-After 1, for one and for three daemons: landed rate as a share of the
+      limit, the share of requests answered 429, each daemon's share of the requests;
+      then the limit changing mid-run (300 → 100 → 300) and how long the rate takes to
+      follow.
+Figures are printed as tables (or ``--json``); nothing is asserted.
 """
 
 from __future__ import annotations
@@ -54,6 +63,12 @@ def add_parser(sub: Any) -> None:
                         help="requests in flight for the RSS phase (d) (0 skips)")
     parser.add_argument("--lag-jobs", type=int, default=2000,
                         help="jobs for the demo-mix landing-lag phase (e) (0 skips)")
+    parser.add_argument("--lifecycle-jobs", type=int, default=1200,
+                        help="jobs for the lifecycle phase (f) (0 skips; takes ~2.5 min)")
+    parser.add_argument("--gateway-jobs", type=int, default=6000,
+                        help="jobs per run of the gateway phase (g) (0 skips; ~2.5 min)")
+    parser.add_argument("--gateway-limit", type=float, default=300.0,
+                        help="the gateway's requests/s in phase (g) (default 300)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--data-dir", dest="data_dir", metavar="PATH")
     parser.set_defaults(handler=cmd_bench)
@@ -71,6 +86,8 @@ class Phase:
     note: str = ""
     cpu_us_per_job: dict[str, float] = field(default_factory=dict)
     """CPU time per job by process (Linux): where the time goes."""
+    figures: dict[str, float | str] = field(default_factory=dict)
+    """Phase-specific figures (requests per job, shares of a limit, …)."""
 
 
 @dataclass
@@ -154,9 +171,26 @@ class CpuMeter:
         return {role: (end[role] - self._start.get(role, 0.0)) / jobs * 1e6 for role in end}
 
 
+@dataclass(frozen=True)
+class Running:
+    pid: int
+    admin_url: str
+
+    async def counter(self, session: aiohttp.ClientSession, *names: str) -> float:
+        """The sum of every sample of these counters in the daemon's /metrics."""
+        async with session.get(self.admin_url + "/metrics") as resp:
+            text = await resp.text()
+        total = 0.0
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in names:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
 @asynccontextmanager
-async def daemon_process(dsn: str, api_url: str, concurrency: int) -> AsyncIterator[int]:
-    """``harvester run`` in a subprocess, ready to work; yields its pid."""
+async def daemon_process(dsn: str, api_url: str, concurrency: int) -> AsyncIterator[Running]:
+    """``harvester run`` in a subprocess, ready to work."""
     admin_port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(Path.home())),
@@ -170,7 +204,7 @@ async def daemon_process(dsn: str, api_url: str, concurrency: int) -> AsyncItera
         stdout=subprocess.DEVNULL)
     try:
         await wait_ready(f"http://127.0.0.1:{admin_port}/readyz", proc)
-        yield proc.pid
+        yield Running(proc.pid, f"http://127.0.0.1:{admin_port}")
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
@@ -313,7 +347,8 @@ async def run_bench(settings: Settings, args: argparse.Namespace,
                 phase = await raw_ceiling(api_url, args.jobs, args.concurrency)
                 phase.cpu_us_per_job = meter.per_job(phase.jobs)
                 report.phases.append(phase)
-                async with daemon_process(dsn, api_url, args.concurrency) as pid:
+                async with daemon_process(dsn, api_url, args.concurrency) as daemon:
+                    pid = daemon.pid
                     say(f"(b) daemon harvesting {args.jobs} jobs that land on the first poll")
                     meter = CpuMeter({"daemon": pid, "simulator": sim_pid})
                     phase = await harvest(pool, pid, args.jobs, "b", "daemon, empty queue")
@@ -332,19 +367,21 @@ async def run_bench(settings: Settings, args: argparse.Namespace,
                 latency = 0.5
                 say(f"(d) {args.inflight} requests in flight (simulator latency {latency}s)")
                 async with simulator_process("first-poll", f"latency={latency}") as (slow_url, _), \
-                        daemon_process(dsn, slow_url, args.inflight) as pid:
+                        daemon_process(dsn, slow_url, args.inflight) as daemon:
                     jobs = max(args.inflight * 4, 2000)
                     report.phases.append(await harvest(
-                        pool, pid, jobs, "d", f"concurrency {args.inflight}, 0.5 s per answer"))
+                        pool, daemon.pid, jobs, "d",
+                        f"concurrency {args.inflight}, 0.5 s per answer"))
             if args.lag_jobs:
                 say(f"(e) demo mix, {args.lag_jobs} jobs: lag after the Retry-After allowed it")
                 async with simulator_process("demo", "stuck=0", "stuck_then_land=0",
                                              "not_found_failed=0", "not_found_running=0",
-                                             "forbidden=0", "malformed=0",
-                                             "fault=0") as (demo_url, _), \
-                        daemon_process(dsn, demo_url, args.concurrency) as pid:
+                                             "forbidden=0", "malformed=0", "fault=0",
+                                             "run_max=0", "pending_min=1",
+                                             "pending_max=3") as (demo_url, _), \
+                        daemon_process(dsn, demo_url, args.concurrency) as daemon:
                     ready: dict[str, float] = {}
-                    phase = await harvest(pool, pid, args.lag_jobs, "e", "")
+                    phase = await harvest(pool, daemon.pid, args.lag_jobs, "e", "")
                     async with aiohttp.ClientSession() as session, \
                             session.get(demo_url + "/_sim/ready") as resp:
                         ready = await resp.json()
@@ -359,9 +396,166 @@ async def run_bench(settings: Settings, args: argparse.Namespace,
                     phase.note = (f"demo mix (1-3 × 202, Retry-After 1 s); lag measured on "
                                   f"{len(with_202)} jobs from when the last 202 allowed the poll")
                     report.phases.append(phase)
+            if args.lifecycle_jobs:
+                say(f"(f) lifecycle mix, {args.lifecycle_jobs} jobs fed as their crawls start")
+                report.phases.append(await lifecycle(pool, dsn, args.concurrency,
+                                                     args.lifecycle_jobs))
+            if args.gateway_jobs:
+                for daemons in (1, 3):
+                    say(f"(g) a gateway limit of {args.gateway_limit:g}/s, {daemons} daemon(s), "
+                        f"{args.gateway_jobs} jobs")
+                    report.phases.append(await gateway(pool, dsn, args.concurrency,
+                                                       args.gateway_jobs, daemons,
+                                                       args.gateway_limit))
+                say(f"(g) the limit changes mid-run: {args.gateway_limit:g} → "
+                    f"{args.gateway_limit / 3:g} → {args.gateway_limit:g} /s, three daemons")
+                report.phases.append(await limit_change(pool, dsn, args.concurrency,
+                                                        args.gateway_limit))
         finally:
             await pool.close()
     return report
+
+
+async def _sim_get(url: str, path: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(url + path) as resp:
+        return await resp.json()
+
+
+async def _feed_and_wait(pool: asyncpg.Pool, jobs: int, limit: float
+                         ) -> tuple[list[uuid.UUID], float]:
+    """Feed ``jobs`` new jobs in one statement; wait until none is open (or ``limit`` s)."""
+    ids = [uuid.uuid4() for _ in range(jobs)]
+    started = time.perf_counter()
+    await pool.execute("INSERT INTO harvester.jobs (job_id) SELECT unnest($1::uuid[])", ids)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        open_jobs = await pool.fetchval(
+            "SELECT count(*) FROM harvester.jobs WHERE job_id = ANY($1::uuid[]) "
+            "AND state IN ('pending', 'stuck')", ids)
+        if open_jobs == 0:
+            break
+        await asyncio.sleep(0.25)
+    return ids, time.perf_counter() - started
+
+
+async def _landed(pool: asyncpg.Pool, ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
+    return list(await pool.fetch(
+        "SELECT job_id, extract(epoch FROM landed_at)::float8 AS landed FROM harvester.jobs "
+        "WHERE job_id = ANY($1::uuid[]) AND state = 'landed'", ids))
+
+
+async def lifecycle(pool: asyncpg.Pool, dsn: str, concurrency: int, jobs: int) -> Phase:
+    """(f) Requests per landed job and the lag from the moment upstream had the row."""
+    async with simulator_process("lifecycle") as (url, _sim), \
+            daemon_process(dsn, url, concurrency) as daemon:
+        ids, seconds = await _feed_and_wait(pool, jobs, 400)
+        stats = await _sim_get(url, "/_sim/stats")
+        ready = await _sim_get(url, "/_sim/ready")
+        rows = await _landed(pool, ids)
+    lags = [r["landed"] - ready[str(r["job_id"])] for r in rows if str(r["job_id"]) in ready]
+    landed = len(rows)
+    gets, calls = stats["requests"], stats["batch_requests"]
+    phase = Phase("f", landed, seconds, landed / seconds, peak_rss_mib(daemon.pid),
+                  percentile(lags, 50), percentile(lags, 99),
+                  "lifecycle mix: fed as crawls start, 2-120 s running, 4 s indexing")
+    phase.figures = {
+        "requests per landed job": round((gets + calls) / max(landed, 1), 3),
+        "result GETs per landed job": round(gets / max(landed, 1), 3),
+        "batch-status calls per landed job": round(calls / max(landed, 1), 3),
+        "IDs per batch-status call": round(stats["batch_ids"] / max(calls, 1), 1),
+        "batch-status calls by IDs asked": " ".join(f"{k}:{v}"
+                                                    for k, v in stats["batch_sizes"].items()),
+        "landing lag p90 (s)": round(percentile(lags, 90) or 0.0, 3),
+        "early polls": stats["early_polls"],
+        "not landed": jobs - landed,
+    }
+    return phase
+
+
+@asynccontextmanager
+async def _daemons(dsn: str, url: str, concurrency: int, count: int
+                   ) -> AsyncIterator[list[Running]]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(daemon_process(dsn, url, concurrency))
+               for _ in range(count)]
+
+
+async def _request_shares(daemons: list[Running]) -> list[float]:
+    async with aiohttp.ClientSession() as session:
+        sent = [await d.counter(session, "harvester_polls_total",
+                                "harvester_batch_status_requests_total") for d in daemons]
+    return [s / max(sum(sent), 1.0) for s in sent]
+
+
+def _gateway_args(limit: float) -> tuple[str, ...]:
+    return (f"rate_limit={limit}", "rate_burst=30", "rate_retry_after=1")
+
+
+async def gateway(pool: asyncpg.Pool, dsn: str, concurrency: int, jobs: int, count: int,
+                  limit: float) -> Phase:
+    """(g) A gateway limit nobody told the daemons about."""
+    async with simulator_process("first-poll", *_gateway_args(limit)) as (url, _sim), \
+            _daemons(dsn, url, concurrency, count) as daemons:
+        ids, seconds = await _feed_and_wait(pool, jobs, 300)
+        stats = await _sim_get(url, "/_sim/stats")
+        shares = await _request_shares(daemons)
+        landed = len(await _landed(pool, ids))
+    requests = stats["requests"] + stats["batch_requests"]
+    phase = Phase("g", landed, seconds, landed / seconds, None, None, None,
+                  f"gateway {limit:g}/s burst 30, {count} daemon(s), not told")
+    phase.figures = {
+        "landed rate / limit": round(landed / seconds / limit, 3),
+        "429 share of requests": round(stats["rate_limited"] / max(requests, 1), 4),
+        "requests during a pause it asked for": stats["during_pause"],
+        "smallest daemon share of requests": round(min(shares), 3),
+        "early polls": stats["early_polls"],
+        "not landed": jobs - landed,
+    }
+    return phase
+
+
+async def limit_change(pool: asyncpg.Pool, dsn: str, concurrency: int, limit: float
+                       ) -> Phase:
+    """(g) The limit drops to a third at 20 s and comes back at 40 s: seconds until the
+    landed rate follows (within 15 % of the new limit for 3 s in a row)."""
+    low = limit / 3
+    async with simulator_process("first-poll", *_gateway_args(limit)) as (url, _sim), \
+            _daemons(dsn, url, concurrency, 3) as daemons:
+        ids = [uuid.uuid4() for _ in range(int(limit * 70))]
+        start = time.time()
+        await pool.execute("INSERT INTO harvester.jobs (job_id) SELECT unnest($1::uuid[])", ids)
+        async with aiohttp.ClientSession() as session:
+            for at, rate in ((20.0, low), (40.0, limit)):
+                await asyncio.sleep(max(0.0, start + at - time.time()))
+                async with session.post(url + "/_sim/control", json={"rate_limit": rate}):
+                    pass
+        await asyncio.sleep(max(0.0, start + 60.0 - time.time()))
+        stats = await _sim_get(url, "/_sim/stats")
+        rows = await _landed(pool, ids)
+        shares = await _request_shares(daemons)
+    per_second = [0] * 61
+    for r in rows:
+        second = int(r["landed"] - start)
+        if 0 <= second <= 60:
+            per_second[second] += 1
+
+    def follows(at: int, target: float) -> float | str:
+        for s in range(at, 58):
+            if all(abs(per_second[s + k] - target) <= 0.15 * target for k in range(3)):
+                return float(s - at)
+        return "not within the run"
+
+    requests = stats["requests"] + stats["batch_requests"]
+    phase = Phase("g", len(rows), 60.0, len(rows) / 60.0, None, None, None,
+                  f"three daemons, limit {limit:g} → {low:g} at 20 s → {limit:g} at 40 s")
+    phase.figures = {
+        "seconds to follow the drop": follows(20, low),
+        "seconds to follow the rise": follows(40, limit),
+        "landed per second, 15-60 s": " ".join(str(n) for n in per_second[15:60]),
+        "429 share of requests": round(stats["rate_limited"] / max(requests, 1), 4),
+        "smallest daemon share of requests": round(min(shares), 3),
+    }
+    return phase
 
 
 def _machine() -> dict[str, Any]:
@@ -399,6 +593,14 @@ def render(report: Report, out: TextIO) -> None:
             cells = [f"{p.cpu_us_per_job[r]:.0f}" if r in p.cpu_us_per_job else "-" for r in roles]
             cpu.add_row(p.name, *cells, f"{sum(p.cpu_us_per_job.values()):.0f}")
         console.print(cpu)
+    for p in report.phases:
+        if p.figures:
+            figures = Table(title=f"phase {p.name}: {p.note}")
+            figures.add_column("figure")
+            figures.add_column("value", justify="right")
+            for name, figure in p.figures.items():
+                figures.add_row(name, str(figure))
+            console.print(figures)
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:

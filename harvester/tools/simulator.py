@@ -334,6 +334,8 @@ class SimulatorState:
     """Wall-clock windows a 429/503 Retry-After asked every client to hold off."""
     started_at: float = field(default_factory=time.monotonic)
     batch_ids: int = 0
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+    """batch-status calls by IDs asked about, in buckets of ten (0: 1-10, …)."""
     gateway: Gateway | None = None
     rate_limited: int = 0
     """Requests the gateway limit answered with 429."""
@@ -370,6 +372,8 @@ class SimulatorState:
             "requests": self.requests,
             "batch_requests": self.batch_requests,
             "batch_ids": self.batch_ids,
+            "batch_sizes": {f"{k * 10 + 1}-{k * 10 + 10}": v
+                            for k, v in sorted(self.batch_sizes.items())},
             "rate_limited": self.rate_limited,
             "during_pause": self.during_pause,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
@@ -705,6 +709,7 @@ class Simulator:
         if len(ids) > BATCH_STATUS_LIMIT:
             return _json({"error": f"at most {BATCH_STATUS_LIMIT} jobIds"}, 400)
         state.batch_ids += len(ids)
+        state.batch_sizes[max(0, len(ids) - 1) // 10] += 1
         answer = []
         for job_id in ids:
             status = self._status_of(job_id, now)
