@@ -3,13 +3,16 @@
 Small on purpose: aiohttp.web, JSON errors ``{"error": "..."}``, a body limit, bearer
 auth compared in constant time. Write endpoints exist only when ``HARVESTER_ADMIN_TOKEN``
 is set. It holds no logic the engine needs: it reads the store and the engine's state.
+An address it cannot listen on is a configuration error, one line naming the setting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -18,7 +21,7 @@ from uuid import UUID
 
 from aiohttp import web
 
-from harvester.errors import StoreError
+from harvester.errors import ConfigError, StoreError
 from harvester.feed import InvalidJobId, parse_job_id, shorten_for_display
 from harvester.logs import get_logger
 from harvester.metrics import CONTENT_TYPE, Metrics
@@ -126,15 +129,37 @@ class Admin:
         return app
 
     async def start(self) -> None:
+        """Listen, or raise ConfigError naming the setting that makes it impossible."""
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.admin_host, self.settings.admin_port,
                            shutdown_timeout=2.0)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise ConfigError(self._bind_problem(exc)) from None
         addresses = self._runner.addresses
         self.port = int(addresses[0][1]) if addresses else self.settings.admin_port
         log.info("admin.listening", host=self.settings.admin_host, port=self.port,
                  write_endpoints="enabled" if self._token else "disabled (no HARVESTER_ADMIN_TOKEN)")
+
+    def _bind_problem(self, exc: OSError) -> str:
+        host, port = self.settings.admin_host, self.settings.admin_port
+        if isinstance(exc, socket.gaierror):
+            return (f"HARVESTER_ADMIN_HOST: cannot resolve {host!r} "
+                    f"({exc.strerror or exc}); use an address such as 127.0.0.1 or 0.0.0.0")
+        if exc.errno == errno.EADDRINUSE:
+            return (f"HARVESTER_ADMIN_PORT: {host}:{port} is already in use (another "
+                    "harvester on this machine?); choose a free port")
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return (f"HARVESTER_ADMIN_HOST: {host} is not an address of this machine; "
+                    "use 127.0.0.1, 0.0.0.0 or one of its own addresses")
+        if exc.errno == errno.EACCES:
+            return (f"HARVESTER_ADMIN_PORT: not allowed to listen on {host}:{port} "
+                    "(ports below 1024 need privileges); choose a port above 1024")
+        return (f"HARVESTER_ADMIN_HOST/HARVESTER_ADMIN_PORT: cannot listen on {host}:{port}: "
+                f"{exc.strerror or exc}")
 
     async def stop(self) -> None:
         if self._runner is not None:
