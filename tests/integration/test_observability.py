@@ -21,12 +21,12 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
 from harvester import __version__
+from harvester.tools.processes import free_port
 from harvester.tools.simulator import Mix
 from tests.helpers import (
     Daemon,
     SimulatedUpstream,
     enqueue,
-    free_port,
     state_counts,
     wait_for_states,
 )
