@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -309,6 +310,107 @@ async def test_a_dsn_with_connect_timeout_works_end_to_end(
     await enqueue(pool, ids)
     await wait_for_states(pool, 30, landed=len(ids))
     assert await fleet.stop(daemon) == 0
+
+
+# ---------------------------------------------------------------- TLS to PostgreSQL
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, and its key (openssl CLI)."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def error_response(sqlstate: str, message: str) -> bytes:
+    fields = b"".join([b"SFATAL\0", b"VFATAL\0", b"C" + sqlstate.encode() + b"\0",
+                       b"M" + message.encode() + b"\0"]) + b"\0"
+    return b"E" + (len(fields) + 4).to_bytes(4, "big") + fields
+
+
+class TlsRefusingServer:
+    """Speaks just enough of PostgreSQL's protocol over TLS to refuse a login: accepts
+    the SSLRequest, handshakes with its certificate, answers the startup message with
+    "password authentication failed". Loopback only."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(cert, key)
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.handshakes = 0
+        self._handlers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> TlsRefusingServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.append(task)
+        try:
+            await reader.readexactly(8)  # SSLRequest
+            writer.write(b"S")
+            await writer.drain()
+            await writer.start_tls(self.context)
+            self.handshakes += 1
+            length = int.from_bytes(await reader.readexactly(4), "big")
+            await reader.readexactly(length - 4)  # the startup message
+            writer.write(error_response(
+                "28P01", 'password authentication failed for user "harvester"'))
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass  # the client refused our certificate, or hung up
+        finally:
+            writer.close()
+
+    def dsn(self, query: str) -> str:
+        return f"postgresql://harvester:{PASSWORD}@127.0.0.1:{self.port}/harvester?{query}"
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=5)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+@pytest.fixture
+async def tls_server(tmp_path: Path) -> AsyncIterator[TlsRefusingServer]:
+    cert, key = self_signed(tmp_path, "server")
+    server = await TlsRefusingServer(cert, key).start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+async def test_a_server_certificate_the_ca_does_not_vouch_for_is_one_line(
+        tls_server: TlsRefusingServer, tmp_path: Path, command: str) -> None:
+    other_ca, _ = self_signed(tmp_path, "another-ca")
+    dsn = tls_server.dsn(f"sslmode=verify-full&sslrootcert={other_ca}")
+    proc = await asyncio.to_thread(harvester, *COMMANDS[command], env=run_env(dsn),
+                                   cwd=tmp_path, timeout=30)
+    assert_one_line_naming_the_dsn(proc, "certificate verify failed")
+    assert tls_server.handshakes == 0
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+async def test_with_the_right_ca_tls_gets_through_and_a_wrong_password_is_one_line(
+        tls_server: TlsRefusingServer, tmp_path: Path, command: str) -> None:
+    dsn = tls_server.dsn(f"sslmode=verify-full&sslrootcert={tmp_path / 'server.pem'}")
+    proc = await asyncio.to_thread(harvester, *COMMANDS[command], env=run_env(dsn),
+                                   cwd=tmp_path, timeout=30)
+    assert_one_line_naming_the_dsn(proc, "InvalidPasswordError",
+                                   'password authentication failed for user "harvester"')
+    assert tls_server.handshakes == 1  # not retried: the answer would be the same
 
 
 # ---------------------------------------------------------------- the admin server cannot listen
