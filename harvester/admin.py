@@ -2,14 +2,19 @@
 
 Small on purpose: aiohttp.web, JSON errors ``{"error": "..."}``, a body limit, bearer
 auth compared in constant time. Write endpoints exist only when ``HARVESTER_ADMIN_TOKEN``
-is set. It holds no logic the engine needs: it reads the store and the engine's state.
+is set. Job reads need the token too when one is set, and always when the server
+listens on a non-loopback address (README "Security"): the probes and /metrics stay
+open for the kubelet and Prometheus. It holds no logic the engine needs: it reads the
+store and the engine's state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -18,11 +23,11 @@ from uuid import UUID
 
 from aiohttp import web
 
-from harvester.errors import StoreError
+from harvester.errors import ConfigError, StoreError
 from harvester.feed import InvalidJobId, parse_job_id, shorten_for_display
 from harvester.logs import get_logger
 from harvester.metrics import CONTENT_TYPE, Metrics
-from harvester.settings import Settings
+from harvester.settings import Settings, is_loopback_host
 from harvester.store import Store
 
 log = get_logger("harvester.admin")
@@ -125,16 +130,50 @@ class Admin:
         app.router.add_get("/v1/jobs/{job_id}", self.get_job)
         return app
 
+    @property
+    def reads_open(self) -> bool:
+        """Job reads without a token only when nobody off this machine can ask."""
+        return is_loopback_host(self.settings.admin_host)
+
     async def start(self) -> None:
+        """Listen, or raise ConfigError naming the setting that makes it impossible."""
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.admin_host, self.settings.admin_port,
                            shutdown_timeout=2.0)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise ConfigError(self._bind_problem(exc)) from None
         addresses = self._runner.addresses
         self.port = int(addresses[0][1]) if addresses else self.settings.admin_port
+        if self._token:
+            reads = "token required"
+        elif self.reads_open:
+            reads = "open (loopback only)"
+        else:
+            reads = "refused (403): set HARVESTER_ADMIN_TOKEN, the server is not on loopback"
         log.info("admin.listening", host=self.settings.admin_host, port=self.port,
-                 write_endpoints="enabled" if self._token else "disabled (no HARVESTER_ADMIN_TOKEN)")
+                 write_endpoints="enabled" if self._token else "disabled (no HARVESTER_ADMIN_TOKEN)",
+                 job_reads=reads)
+
+    def _bind_problem(self, exc: OSError) -> str:
+        host, port = self.settings.admin_host, self.settings.admin_port
+        if isinstance(exc, socket.gaierror):
+            return (f"HARVESTER_ADMIN_HOST: cannot resolve {host!r} "
+                    f"({exc.strerror or exc}); use an address such as 127.0.0.1 or 0.0.0.0")
+        if exc.errno == errno.EADDRINUSE:
+            return (f"HARVESTER_ADMIN_PORT: {host}:{port} is already in use (another "
+                    "harvester on this machine?); choose a free port")
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return (f"HARVESTER_ADMIN_HOST: {host} is not an address of this machine; "
+                    "use 127.0.0.1, 0.0.0.0 or one of its own addresses")
+        if exc.errno == errno.EACCES:
+            return (f"HARVESTER_ADMIN_PORT: not allowed to listen on {host}:{port} "
+                    "(ports below 1024 need privileges); choose a port above 1024")
+        return (f"HARVESTER_ADMIN_HOST/HARVESTER_ADMIN_PORT: cannot listen on {host}:{port}: "
+                f"{exc.strerror or exc}")
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -226,11 +265,26 @@ class Admin:
         return json_response({"new": new, "known": len(valid) - new, "invalid": 0,
                               "duplicates_in_request": len(valid) - len(unique)})
 
+    def refuse_read(self, request: web.Request) -> web.Response | None:
+        """None when ``request`` may read jobs, else the answer that refuses it.
+
+        Job records and mirror rows are the data harvester guards: with a token
+        configured a read must present it; without one, reads are served only on a
+        loopback address, and a server bound elsewhere answers 403 saying why."""
+        if self._token is not None:
+            return None if self._authorized(request) else unauthorized()
+        if self.reads_open:
+            return None
+        return error(403, "job reads are disabled: the admin server listens on "
+                          f"{self.settings.admin_host}, not on loopback; set "
+                          "HARVESTER_ADMIN_TOKEN and send it as a bearer token")
+
     async def get_job(self, request: web.Request) -> web.Response:
         """State, polls, last status/error, the stuck record and, once landed, the
-        mirror row. Needs the token when one is configured."""
-        if self._token is not None and not self._authorized(request):
-            return unauthorized()
+        mirror row. See :meth:`refuse_read` for who may ask."""
+        refused = self.refuse_read(request)
+        if refused is not None:
+            return refused
         try:
             job_id = parse_job_id(request.match_info["job_id"])
         except InvalidJobId as exc:

@@ -15,14 +15,15 @@ from typing import Any
 
 from harvester import __version__
 from harvester.errors import (
+    ConfigError,
     EmbeddedDatabaseError,
     MigrationError,
     StoreError,
     StoreUnavailable,
     UserError,
 )
-from harvester.logs import configure_logging
-from harvester.settings import Settings, load_settings
+from harvester.logs import configure_logging, get_logger
+from harvester.settings import Settings, load_settings, unknown_variables
 
 
 def _seconds(text: str) -> float:
@@ -235,8 +236,17 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    unknown = unknown_variables()
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        # A misspelt name is often why a setting is missing or wrong: say so here too.
+        raise ConfigError("\n".join([str(exc), *map(str, unknown)])) from None
     configure_logging(settings.log_level, settings.log_format, settings.secret_values())
+    for variable in unknown:
+        get_logger("harvester.settings").warning(
+            "settings.unknown_variable", variable=variable.name, did_you_mean=variable.closest,
+            note="not a harvester setting; ignored")
     handler: Handler = args.handler
     return handler(settings, args)
 
@@ -261,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, status: int) -> int:
-    sys.stderr.write(f"harvester: {message}\n")
+    """One line per problem (a configuration may hold several), each on its own."""
+    for line in message.splitlines() or [message]:
+        sys.stderr.write(f"harvester: {line}\n")
     sys.stderr.flush()
     return status
 

@@ -2,8 +2,11 @@
 
 Everything here is assembly and lifecycle; the logic lives in the engine. The database
 may be away when the daemon starts (a pod scheduled before its database): transient
-failures are retried with backoff and logged; a wrong password or database name stops
-it with one clear line.
+failures are retried with backoff and logged; a DSN that cannot work (a wrong password,
+a database that does not exist, ``sslmode=bogus``, a missing CA file) or an admin
+address that cannot be bound stops it with one clear line and exit status 2. SIGTERM
+is acted on at once in every phase: connecting, waiting for the migration lock,
+migrating and running; ``daemon.exit`` is logged whatever the way out.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, TypeVar
 
 import asyncpg
 import prometheus_client
@@ -22,30 +25,64 @@ from harvester import __version__
 from harvester.admin import Admin
 from harvester.embedded import database_url
 from harvester.engine import Engine
-from harvester.errors import ConfigError, MigrationError, StoreError, StoreUnavailable
+from harvester.errors import HarvesterError, MigrationError, StoreError, StoreUnavailable
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
-from harvester.migrations import migrate, newer_versions, pending_migrations
+from harvester.migrations import (
+    MIGRATION_LOCK_KEY,
+    migrate,
+    newer_versions,
+    pending_migrations,
+)
 from harvester.settings import Settings
-from harvester.store import Store, create_pool, translated
+from harvester.store import ConnectTarget, Store, create_pool, translated
 from harvester.upstream import Upstream
 
 log = get_logger("harvester.daemon")
 
-FATAL_CONNECT_ERRORS: Final = (
-    asyncpg.InvalidPasswordError,
-    asyncpg.InvalidAuthorizationSpecificationError,
-    asyncpg.InvalidCatalogNameError,
-)
 MIGRATIONS_RECHECK: Final = 30.0
+POOL_CLOSE_TIMEOUT: Final = 5.0
+T = TypeVar("T")
+
+
+async def until_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None when ``stop`` is set first: ``work`` (a connection
+    attempt, a wait for the migration lock) is then cancelled, so that SIGTERM is acted
+    on at once rather than after a connect timeout or another replica's migration."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+    try:
+        # Finished before the cancel landed: the result is the caller's to clean up.
+        return await task
+    except (asyncio.CancelledError, HarvesterError) as exc:
+        if not stop.is_set():
+            raise
+        if isinstance(exc, HarvesterError):
+            log.debug("daemon.abandoned_on_stop", error=str(exc))
+        return None
 
 
 async def connect_with_retry(dsn: str, stop: asyncio.Event, max_size: int) -> asyncpg.Pool | None:
-    """A pool, waiting out an unreachable database; None if stopped while waiting."""
+    """A pool, waiting out an unreachable database; None if stopped while waiting.
+
+    A DSN that can never work raises :class:`~harvester.errors.DatabaseConfigError`
+    (from the store) on the first attempt instead of being retried."""
+    target = ConnectTarget.parse(dsn)
+    log.info("store.connecting", where=target.where, connect_timeout=target.timeout)
     attempt = 0
     while not stop.is_set():
         try:
-            return await create_pool(dsn, min_size=2, max_size=max_size, wait_for_flush=False)
+            return await until_stopped(
+                stop, create_pool(dsn, min_size=2, max_size=max_size, wait_for_flush=False))
         except StoreUnavailable as exc:
             attempt += 1
             delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
@@ -53,19 +90,27 @@ async def connect_with_retry(dsn: str, stop: asyncio.Event, max_size: int) -> as
                         retry_in=delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-        except StoreError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, FATAL_CONNECT_ERRORS):
-                raise ConfigError(f"HARVESTER_DATABASE_URL: {type(cause).__name__}: "
-                                  f"{str(cause).splitlines()[0]}") from None
-            raise
     return None
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close gracefully, but never wait on a database that stopped answering."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout=POOL_CLOSE_TIMEOUT)
+    except (TimeoutError, StoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        pool.terminate()
 
 
 async def prepare_schema(pool: asyncpg.Pool, apply_migrations: bool) -> None:
     """Migrate (under the advisory lock) or check that the schema is current."""
     async with translated(), pool.acquire() as conn:
         if apply_migrations:
+            # Say so when another replica holds the lock: its migration may take a while.
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+            else:
+                log.info("migrate.waiting_for_lock",
+                         note="another harvester is migrating this database")
             for m in await migrate(conn):
                 log.info("migrate.applied", version=m.version, name=m.name)
         elif await pending_migrations(conn):
@@ -97,6 +142,7 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
     # The admin server comes first: liveness holds while the daemon waits for its
     # database or for another replica's migration; readiness says it is not ready.
     admin = Admin(settings, None, metrics)
+    failure: BaseException | None = None
     try:
         await admin.start()
         async with database_url(settings) as dsn:
@@ -104,7 +150,8 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
             if pool is None:
                 return
             try:
-                await _with_retry("migrate", stop, lambda: prepare_schema(pool, apply_migrations))
+                await until_stopped(stop, _with_retry(
+                    "migrate", stop, lambda: prepare_schema(pool, apply_migrations)))
                 if stop.is_set():
                     return
                 store = Store(pool, dsn=dsn)
@@ -116,12 +163,18 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
                         engine.stop()
                     await engine.run()
             finally:
-                await pool.close()
+                await close_pool(pool)
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         await admin.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    log.info("daemon.exit", version=__version__)
+        reason = ("error" if failure is not None else
+                  "signal" if stop.is_set() else "engine_stopped")
+        log.info("daemon.exit", version=__version__, reason=reason,
+                 **({"error": type(failure).__name__} if failure is not None else {}))
 
 
 async def _with_retry(what: str, stop: asyncio.Event,

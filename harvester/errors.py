@@ -39,3 +39,7 @@ class StoreUnavailable(StoreError):
     """The database is unreachable or the connection dropped: transient, retry later."""
 
 
+class DatabaseConfigError(ConfigError, StoreError):
+    """The DSN cannot work as written (a bad sslmode, a CA file that is not there, a
+    certificate the server's does not match): retrying would never succeed, so it is
+    reported like any bad setting, naming HARVESTER_DATABASE_URL."""

@@ -1,23 +1,30 @@
 """Settings: the one validated configuration object, built at the edge and passed down.
 
 Every value comes from ``HARVESTER_*`` environment variables, a ``.env`` file, or a
-command-line flag (flags win). Nothing deeper in the code reads the environment. A bad
-value never reaches the engine: :func:`load_settings` turns pydantic's report into one
-line that names the variable and says what is allowed, and never echoes a secret.
+command-line flag (flags win); a secret may instead come from a file named by its
+``*_FILE`` variable (README "Configuration", the Kubernetes and Docker secrets
+convention). Nothing deeper in the code reads the environment. A bad value never
+reaches the engine: :func:`load_settings` turns pydantic's report into one line per
+problem that names the variable and says what is allowed, and never echoes a secret:
+not a token, not a DSN, not the credentials or query string of a URL.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from harvester import dsn
 from harvester.errors import ConfigError
 
 ENV_PREFIX = "HARVESTER_"
@@ -27,6 +34,12 @@ HOUR = 3600.0
 DAY = 24 * HOUR
 
 SECRET_FIELDS = frozenset({"api_token", "admin_token", "database_url"})
+# Secrets that may be read from a file named by HARVESTER_<NAME>_FILE.
+FILE_FIELDS = ("api_token", "admin_token", "database_url")
+FILE_SUFFIX = "_FILE"
+# HARVESTER_* variables that are not settings but are read by harvester's own tooling
+# (the test suite's server), so that they draw no "unknown variable" warning.
+NOT_SETTINGS = frozenset({"HARVESTER_TEST_DATABASE_URL"})
 
 
 def default_data_dir() -> Path:
@@ -119,6 +132,7 @@ class Settings(BaseSettings):
             raise ValueError("is not a valid URL") from None
         if parts.scheme not in ("postgresql", "postgres"):
             raise ValueError("must be a postgresql:// URL, e.g. postgresql://user@host:5432/db")
+        dsn.split_client_options(raw)  # a connect_timeout that is not a number
         return SecretStr(raw)
 
     @field_validator("api_base_url")
@@ -196,10 +210,25 @@ class Settings(BaseSettings):
             if token is not None:
                 secrets.append(token.get_secret_value())
         if self.database_url is not None:
-            password = urlsplit(self.database_url.get_secret_value()).password
-            if password:
-                secrets.append(password)
+            secrets.extend(dsn.secrets(self.database_url.get_secret_value()))
         return secrets
+
+
+def shown_value(raw: str) -> str:
+    """A rejected value as it may be echoed: a URL loses its credentials and its query
+    (either may hold a token), and anything long is cut."""
+    text = raw
+    if "://" in raw or "@" in raw:
+        try:
+            parts = urlsplit(raw)
+            netloc = parts.netloc
+            if "@" in netloc:
+                netloc = "…@" + netloc.rpartition("@")[2]
+            text = parts._replace(netloc=netloc, query="…" if parts.query else "",
+                                  fragment="…" if parts.fragment else "").geturl()
+        except ValueError:
+            text = "…"  # not even a URL: nothing of it is safe to show
+    return text[:60]
 
 
 def env_name(field: str) -> str:
@@ -229,30 +258,127 @@ def _describe(error: Mapping[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line naming the variable and what is allowed; secret values never shown."""
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if str(part)]
-    description = _describe(first)
-    if not loc:
-        line = description  # a relation check that names its variables itself
-    else:
+def format_validation_error(exc: ValidationError,
+                            names: Mapping[str, str] | None = None) -> list[str]:
+    """One line per problem, each naming its variable and what is allowed; secret
+    values never shown. ``names`` maps a field to the variable it came from when that
+    is not its own (``HARVESTER_API_TOKEN_FILE``)."""
+    lines: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error.get("loc", ()) if str(part)]
+        description = _describe(error)
+        if not loc:
+            lines.append(description)  # a relation check that names its variables itself
+            continue
         field = loc[0]
         shown = ""
-        raw = first.get("input")
+        raw = error.get("input")
         if field not in SECRET_FIELDS and isinstance(raw, (str, int, float)):
-            shown = f" (got {str(raw)[:60]!r})"
-        line = f"{env_name(field)}: {description}{shown}"
-    if len(errors) > 1:
-        line += f" (and {len(errors) - 1} more)"
-    return line
+            shown = f" (got {shown_value(str(raw))!r})"
+        variable = (names or {}).get(field, env_name(field))
+        lines.append(f"{variable}: {description}{shown}")
+    return lines
 
 
-def load_settings(overrides: Mapping[str, Any] | None = None, *, env_file: str | None = ".env") -> Settings:
-    """Build the settings from environment, .env and flag overrides, or raise ConfigError."""
+def _read_env_file(env_file: str | None) -> dict[str, str]:
+    """The .env file as pydantic-settings sees it (missing file: nothing)."""
+    if env_file is None or not Path(env_file).is_file():
+        return {}
+    return {key: value for key, value in dotenv_values(env_file).items() if value is not None}
+
+
+def _harvester_variables(environ: Mapping[str, str], dotenv: Mapping[str, str]
+                         ) -> dict[str, str]:
+    """Every HARVESTER_* variable, upper-cased as pydantic-settings matches them
+    (case-insensitively); the environment wins over .env, as it does for settings."""
+    found: dict[str, str] = {}
+    for source in (dotenv, environ):
+        for key, value in source.items():
+            if key.upper().startswith(ENV_PREFIX):
+                found[key.upper()] = value
+    return found
+
+
+def _read_secret_files(variables: Mapping[str, str], overrides: Mapping[str, Any]
+                       ) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """Values of the ``*_FILE`` variables: (values by field, variable by field, problems).
+
+    The file's content is the value, less its trailing line break (``echo`` and most
+    editors add one). A problem names the variable and the path, never the content."""
+    values: dict[str, str] = {}
+    names: dict[str, str] = {}
+    problems: list[str] = []
+    for field in FILE_FIELDS:
+        variable = env_name(field)
+        file_variable = variable + FILE_SUFFIX
+        path = variables.get(file_variable, "").strip()
+        if not path:
+            continue
+        if variables.get(variable, "").strip() or overrides.get(field) is not None:
+            problems.append(f"{variable} and {file_variable} are both set: keep one "
+                            "(the _FILE variable names a file holding the value)")
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                content = handle.read()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            problems.append(f"{file_variable}: cannot read {path}: {reason}")
+            continue
+        except UnicodeDecodeError:
+            problems.append(f"{file_variable}: {path} is not UTF-8 text")
+            continue
+        values[field] = content.rstrip("\r\n")
+        names[field] = file_variable
+    return values, names, problems
+
+
+def known_variables() -> frozenset[str]:
+    """Every HARVESTER_* name harvester reads, derived from the Settings model."""
+    fields = {env_name(field) for field in Settings.model_fields}
+    files = {env_name(field) + FILE_SUFFIX for field in FILE_FIELDS}
+    return frozenset(fields | files | NOT_SETTINGS)
+
+
+@dataclass(frozen=True)
+class UnknownVariable:
+    """A HARVESTER_* variable that is no setting, and the known name closest to it."""
+
+    name: str
+    closest: str | None
+
+    def __str__(self) -> str:
+        hint = f" (did you mean {self.closest}?)" if self.closest else ""
+        return f"{self.name} is not a harvester setting{hint}; it is ignored"
+
+
+def unknown_variables(env_file: str | None = ".env") -> list[UnknownVariable]:
+    """Every HARVESTER_* variable (environment or .env) that is no setting: a misspelt
+    name would otherwise be ignored without a word."""
+    known = known_variables()
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    found: list[UnknownVariable] = []
+    for variable in sorted(_harvester_variables(os.environ, _read_env_file(env_file))):
+        if variable in known:
+            continue
+        close = difflib.get_close_matches(variable.removeprefix(ENV_PREFIX), list(suffixes),
+                                          n=1, cutoff=0.75)
+        found.append(UnknownVariable(variable, suffixes[close[0]] if close else None))
+    return found
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, *, env_file: str | None = ".env"
+                  ) -> Settings:
+    """Build the settings from environment, .env, ``*_FILE`` secrets and flag overrides,
+    or raise ConfigError listing every problem, one line each."""
     values = {key: value for key, value in (overrides or {}).items() if value is not None}
+    variables = _harvester_variables(os.environ, _read_env_file(env_file))
+    from_files, names, problems = _read_secret_files(variables, values)
     try:
-        return Settings(_env_file=env_file, **values)
+        settings = Settings(_env_file=env_file, **{**from_files, **values})
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError("\n".join([*problems, *format_validation_error(exc, names)])
+                          ) from None
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings

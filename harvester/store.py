@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
+import os
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,7 +34,14 @@ if TYPE_CHECKING:
 else:
     Connection = asyncpg.Connection
 
-from harvester.errors import StoreError, StoreUnavailable
+from harvester.dsn import (
+    DEFAULT_CONNECT_TIMEOUT,
+    address,
+    named_files,
+    scrub,
+    split_client_options,
+)
+from harvester.errors import DatabaseConfigError, StoreError, StoreUnavailable
 from harvester.logs import get_logger
 from harvester.policy import Fail, Job, Land, Retry, Stuck
 from harvester.ports import Outcome, ReleaseRow, WorkerState, WriteReport
@@ -90,6 +100,66 @@ async def _keep_session(conn: Connection) -> None:
 
 
 DURABLE: Final = "SET LOCAL synchronous_commit TO on"
+DSN_VARIABLE: Final = "HARVESTER_DATABASE_URL"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectTarget:
+    """A DSN made ready for asyncpg: the client-only options taken out, the connect
+    timeout apart, and where it points for messages (no credentials)."""
+
+    dsn: str
+    timeout: float | None
+    where: str
+
+    @classmethod
+    def parse(cls, raw: str) -> ConnectTarget:
+        """Check the DSN as asyncpg will read it, without a connection: anything it
+        refuses here (``sslmode=bogus``, a CA file that is not there or holds no
+        certificate) can never work, so it is a :class:`DatabaseConfigError`, not an
+        outage to retry."""
+        try:
+            cleaned, timeout = split_client_options(raw)
+        except ValueError as exc:
+            raise DatabaseConfigError(f"{DSN_VARIABLE}: {exc}") from None
+        target = cls(cleaned, timeout, address(raw))
+        try:
+            _parse_as_asyncpg(cleaned)
+        except TypeError:
+            pass  # the parser's signature changed: the checks happen on connect instead
+        except Exception as exc:  # whatever the parser refuses is the DSN's fault
+            raise target.config_error(exc, raw) from None
+        return target
+
+    def config_error(self, exc: BaseException, raw: str) -> DatabaseConfigError:
+        detail = scrub(_line(exc), raw)
+        files = named_files(raw)
+        if isinstance(exc, OSError) and files:
+            # ssl's loaders say "No such file or directory" without the file's name.
+            unreadable = [f"{key}={path}" for key, path in files.items()
+                          if not os.access(path, os.R_OK)]
+            named = ", ".join(unreadable or [f"{k}={v}" for k, v in files.items()])
+            detail = f"cannot use {scrub(named, raw)}: {detail}"
+        return DatabaseConfigError(f"{DSN_VARIABLE}: {detail}")
+
+
+def _parse_as_asyncpg(cleaned: str) -> None:
+    """asyncpg's own DSN parsing, which every connection runs first (no network).
+
+    It is not public API, so its parameters are read from its signature; should a
+    future asyncpg rename it, the check is skipped and the same errors surface on
+    connect, where :func:`create_pool` classifies them."""
+    parse = getattr(asyncpg.connect_utils, "_parse_connect_arguments", None)
+    if parse is None:
+        return
+    try:
+        parameters = inspect.signature(parse).parameters
+    except (TypeError, ValueError):
+        return
+    known: dict[str, Any] = {"dsn": cleaned, "statement_cache_size": 100,
+                             "max_cached_statement_lifetime": 300,
+                             "max_cacheable_statement_size": 15 * 1024}
+    parse(**{name: known.get(name) for name in parameters})
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
@@ -105,21 +175,45 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
     row is idempotent). Commit latency is otherwise the claim loop's bottleneck (a
     disk flush per claim). Feeding is different: a fed job must never be lost, so
     enqueue and requeue force ``synchronous_commit = on`` for their own transactions.
+
+    Connecting waits at most the DSN's ``connect_timeout`` (default 10 s) per attempt:
+    a server that accepts connections and never answers is reported, naming where and
+    how long, instead of hanging the command.
     """
+    target = ConnectTarget.parse(dsn)
     settings = {"application_name": application_name, "jit": "off"}
     if not wait_for_flush:
         settings["synchronous_commit"] = "off"
     try:
         return await asyncpg.create_pool(
-            dsn,
+            target.dsn,
             min_size=min_size,
             max_size=max_size,
             reset=_keep_session,
             command_timeout=60,
             max_inactive_connection_lifetime=300,
             server_settings=settings,
+            # connect_timeout=0 asks to wait for ever (libpq); a year is as good.
+            timeout=target.timeout if target.timeout is not None else 365 * 86400.0,
         )
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except TimeoutError as exc:
+        waited = "" if target.timeout is None else f" within {target.timeout:g} s"
+        raise StoreUnavailable(
+            f"database unavailable: no answer from {target.where}{waited} "
+            f"(connect_timeout in {DSN_VARIABLE}; default {DEFAULT_CONNECT_TIMEOUT:g} s)"
+        ) from exc
+    except (asyncpg.ClientConfigurationError, ssl.SSLCertVerificationError) as exc:
+        # A certificate the CA file does not vouch for, or a host name it does not
+        # name, fails the same way on every attempt.
+        raise target.config_error(exc, dsn) from exc
+    except asyncpg.PostgresError as exc:
+        if isinstance(exc, _TRANSIENT):  # starting up, shutting down, too many clients
+            raise translate(exc) from exc
+        # The server answered and refused: a wrong password or user, a database that
+        # does not exist, no CONNECT privilege, a DSN parameter it does not know.
+        raise DatabaseConfigError(
+            f"{DSN_VARIABLE}: {type(exc).__name__}: {scrub(_line(exc), dsn)}") from exc
+    except (asyncpg.InterfaceError, OSError) as exc:
         raise translate(exc) from exc
 
 
@@ -720,8 +814,11 @@ class Store:
             conn: asyncpg.Connection | None = None
             try:
                 async with translated():
+                    # connect_timeout is the client's, not the server's
+                    target = ConnectTarget.parse(self.dsn)
                     conn = await asyncpg.connect(
-                        self.dsn, server_settings={"application_name": "harvester-listen"})
+                        target.dsn, timeout=target.timeout or 365 * 86400.0,
+                        server_settings={"application_name": "harvester-listen"})
                     await conn.add_listener(CHANNEL_JOBS, lambda *_args: on_fed())
                     conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 if failures:

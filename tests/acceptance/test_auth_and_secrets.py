@@ -158,3 +158,30 @@ def test_no_token_shows_in_a_repr_or_a_configuration_error(tmp_path: Path) -> No
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "HARVESTER_API_TOKEN" in proc.stderr
     assert leaks(proc.stderr + proc.stdout) == [] and "pw-Zq81" not in proc.stderr
+
+
+async def test_a_daemon_listening_off_loopback_without_a_token_refuses_job_reads(
+    db_url: str, pool: asyncpg.Pool, simulators: StartSimulator, fleets: MakeFleet,
+) -> None:
+    """The shipped ConfigMap binds the admin server to 0.0.0.0 and the Secret example has
+    no admin token: GET /v1/jobs/{id} used to return the job and its mirror row to
+    anyone who could reach the pod. The probes and /metrics stay open."""
+    sim = await simulators(Mix())
+    ids = new_ids(5)
+    await enqueue(pool, ids)
+    fleet = fleets(db_url, sim.url, {"HARVESTER_ADMIN_HOST": "0.0.0.0"})
+    daemon = fleet.spawn()
+    await daemon.wait_ready()
+    await wait_for_states(pool, 30, landed=len(ids))
+    listening = await daemon.wait_for_event("admin.listening")
+    assert listening["job_reads"].startswith("refused (403)")
+    status, text = await admin_call(daemon, "GET", f"/v1/jobs/{ids[0]}", token=None)
+    assert status == 403
+    assert "HARVESTER_ADMIN_TOKEN" in text
+    assert str(ids[0]) not in text and "normalized" not in text
+    status, _ = await admin_call(daemon, "GET", f"/v1/jobs/{ids[0]}", token="guess")
+    assert status == 403
+    for path in ("/healthz", "/readyz", "/metrics"):
+        status, _ = await admin_call(daemon, "GET", path, token=None)
+        assert status == 200, path
+    assert await fleet.stop(daemon) == 0

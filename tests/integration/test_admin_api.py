@@ -32,8 +32,10 @@ async def ready() -> dict[str, bool]:
 
 
 @asynccontextmanager
-async def admin_client(store: Store, token: str | None = TOKEN) -> AsyncIterator[Client]:
-    settings = load_settings({"admin_token": token}, env_file=None)
+async def admin_client(store: Store, token: str | None = TOKEN, host: str = "127.0.0.1"
+                       ) -> AsyncIterator[Client]:
+    """The admin app as configured for ``host``, served on a loopback test socket."""
+    settings = load_settings({"admin_token": token, "admin_host": host}, env_file=None)
     admin = Admin(settings, store, Metrics(), ready)
     async with TestClient(TestServer(admin.app())) as client:
         yield client
@@ -113,6 +115,51 @@ async def test_reading_a_job_needs_the_token_when_one_is_configured(store: Store
         assert status == 401
         status, body = await call(client, "GET", f"/v1/jobs/{job}", headers=AUTH)
         assert (status, body["job_id"]) == (200, str(job))
+
+
+OFF_LOOPBACK = ["0.0.0.0", "::", "", "10.1.2.3", "harvester.internal"]
+
+
+async def test_off_loopback_job_reads_need_a_token_and_say_so_when_none_is_set(
+        store: Store, pool: asyncpg.Pool) -> None:
+    """Bound where others can reach it, with no token configured, GET /v1/jobs/{id}
+    used to hand the job and its mirror row to anyone (README "Security")."""
+    job = uuid.uuid4()
+    await pool.execute("INSERT INTO harvester.jobs (job_id) VALUES ($1)", job)
+    for host in OFF_LOOPBACK:
+        async with admin_client(store, token=None, host=host) as client:
+            for headers in ({}, AUTH):
+                status, body = await call(client, "GET", f"/v1/jobs/{job}", headers=headers)
+                assert status == 403, host
+                assert body == {"error": "job reads are disabled: the admin server listens on "
+                                         f"{host}, not on loopback; set HARVESTER_ADMIN_TOKEN "
+                                         "and send it as a bearer token"}
+                assert str(job) not in json.dumps(body)
+            # The kubelet and Prometheus need no token.
+            for path in ("/healthz", "/readyz", "/metrics"):
+                async with client.get(path) as resp:
+                    assert resp.status == 200, (host, path)
+
+
+async def test_off_loopback_with_a_token_reads_need_it(store: Store, pool: asyncpg.Pool
+                                                       ) -> None:
+    job = uuid.uuid4()
+    await pool.execute("INSERT INTO harvester.jobs (job_id) VALUES ($1)", job)
+    async with admin_client(store, host="0.0.0.0") as client:
+        status, body = await call(client, "GET", f"/v1/jobs/{job}")
+        assert (status, body) == (401, {"error": "missing or wrong bearer token"})
+        status, body = await call(client, "GET", f"/v1/jobs/{job}", headers=AUTH)
+        assert (status, body["job_id"]) == (200, str(job))
+
+
+async def test_on_loopback_reads_stay_open_without_a_token(store: Store, pool: asyncpg.Pool
+                                                           ) -> None:
+    job = uuid.uuid4()
+    await pool.execute("INSERT INTO harvester.jobs (job_id) VALUES ($1)", job)
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        async with admin_client(store, token=None, host=host) as client:
+            status, body = await call(client, "GET", f"/v1/jobs/{job}")
+            assert (status, body["state"]) == (200, "pending"), host
 
 
 # ---------------------------------------------------------------- validation

@@ -15,7 +15,7 @@ import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import pytest
@@ -64,14 +64,22 @@ def kustomization() -> dict[str, Any]:
     return load_one(KUBE / "kustomization.yaml")
 
 
+# Manifests that are not the one of their kind the daemon's pod is built from: keyed
+# "Kind/name" in manifests() rather than "Kind".
+SECONDARY = {("ConfigMap", "harvester-postgres-ca")}
+
+
 def manifests() -> dict[str, dict[str, Any]]:
-    """The resources kustomization.yaml lists, by kind (one of each)."""
+    """The resources kustomization.yaml lists, by kind (one of each), and the
+    SECONDARY ones by kind and name."""
     by_kind: dict[str, dict[str, Any]] = {}
     for name in kustomization()["resources"]:
         for document in load_all(KUBE / name):
             kind = document["kind"]
-            assert kind not in by_kind, f"two {kind}s"
-            by_kind[kind] = document
+            key = (f"{kind}/{document['metadata']['name']}"
+                   if (kind, document["metadata"]["name"]) in SECONDARY else kind)
+            assert key not in by_kind, f"two {key}s"
+            by_kind[key] = document
     return by_kind
 
 
@@ -317,6 +325,7 @@ def test_the_kustomization_lists_every_manifest_of_the_expected_kinds() -> None:
     kinds = {kind: doc["apiVersion"] for kind, doc in manifests().items()}
     assert kinds == {
         "ConfigMap": "v1",
+        "ConfigMap/harvester-postgres-ca": "v1",
         "Secret": "v1",
         "Deployment": "apps/v1",
         "Service": "v1",
@@ -337,10 +346,74 @@ def test_selectors_match_the_pods_and_env_comes_from_the_configmap_and_secret() 
     for selector in selectors:
         assert selector.items() <= labels.items(), selector
     sources = container()["envFrom"]
-    assert {"configMapRef": {"name": found["ConfigMap"]["metadata"]["name"]}} in sources
-    assert {"secretRef": {"name": found["Secret"]["metadata"]["name"]}} in sources
+    assert sources == [{"configMapRef": {"name": found["ConfigMap"]["metadata"]["name"]}}]
+    # The Secret is mounted as files, not poured into the environment.
+    assert secret_files(), "the Secret is mounted and named by *_FILE variables"
     assert found["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
     assert deployment()["spec"]["replicas"] >= 2
+
+
+def mounted(kind: str) -> dict[str, str]:
+    """mountPath -> name of the Secret or ConfigMap (``kind``: secret, configMap)."""
+    volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    found: dict[str, str] = {}
+    for mount in container()["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if kind in volume:
+            assert mount.get("readOnly") is True, mount["mountPath"]
+            source = volume[kind]
+            found[mount["mountPath"]] = source.get("secretName") or source["name"]
+    return found
+
+
+def container_env() -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container().get("env", [])}
+
+
+def secret_files() -> dict[str, str]:
+    """``HARVESTER_*_FILE`` variable -> Secret key it reads, checked against the mount."""
+    secret_name = manifests()["Secret"]["metadata"]["name"]
+    mounts = mounted("secret")
+    found: dict[str, str] = {}
+    for variable, path in container_env().items():
+        if not variable.endswith("_FILE"):
+            continue
+        directory, _, key = path.rpartition("/")
+        assert mounts.get(directory) == secret_name, f"{variable}: {path} is not in the Secret"
+        found[variable] = key
+    return found
+
+
+def test_secrets_reach_the_daemon_as_files_of_the_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """Each *_FILE variable names a key the Secret has, for a secret setting; with the
+    Secret written out as the kubelet would, the pod's settings are valid."""
+    secret = secret_env()
+    files = secret_files()
+    assert set(files) == {"HARVESTER_DATABASE_URL_FILE", "HARVESTER_API_TOKEN_FILE"}
+    for variable, key in files.items():
+        assert key in secret, f"{variable}: the Secret has no key {key}"
+        assert field_of(variable.removesuffix("_FILE")) in SECRET_FIELDS
+        (tmp_path / key).write_text(secret[key] + "\n")
+        monkeypatch.setenv(variable, str(tmp_path / key))
+    assert not {field_of(k) for k in container_env() if not k.endswith("_FILE")} & SECRET_FIELDS
+    settings = settings_from_env(monkeypatch, configmap_env())
+    settings.require_api_token()
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == secret["HARVESTER_DATABASE_URL"]
+
+
+def test_the_dsn_checks_the_server_certificate_against_a_mounted_ca() -> None:
+    """README "TLS to PostgreSQL": sslmode=verify-full and a CA file the pod mounts."""
+    query = dict(parse_qsl(urlsplit(secret_env()["HARVESTER_DATABASE_URL"]).query))
+    assert query["sslmode"] == "verify-full"
+    directory, _, key = query["sslrootcert"].rpartition("/")
+    ca_name = mounted("configMap").get(directory)
+    assert ca_name is not None, f"{query['sslrootcert']} is not in a mounted ConfigMap"
+    ca = manifests()[f"ConfigMap/{ca_name}"]
+    assert key in ca["data"]
+    assert PLACEHOLDER in ca["data"][key], "an example, not someone's CA"
 
 
 def admin_app() -> web.Application:
@@ -449,11 +522,16 @@ def test_the_secret_example_holds_placeholders_only() -> None:
     assert "HARVESTER_ADMIN_TOKEN" not in values, \
         "applied unchanged, the example must not open the write API with a known token"
     for key, value in values.items():
+        scanned = value
         if key == "HARVESTER_DATABASE_URL":
-            assert urlsplit(value).password == PLACEHOLDER
+            parts = urlsplit(value)
+            assert parts.password == PLACEHOLDER
+            # The query holds settings (sslmode, the CA's path), never a password.
+            assert not {k for k, _ in parse_qsl(parts.query)} & {"password", "sslpassword"}
+            scanned = parts._replace(query="").geturl()
         else:
             assert value == PLACEHOLDER, key
-        for run in re.findall(r"[A-Za-z0-9_+/=-]{16,}", value):
+        for run in re.findall(r"[A-Za-z0-9_+/=-]{16,}", scanned):
             assert run == PLACEHOLDER, f"{key}: {run!r} looks like a real secret"
 
 

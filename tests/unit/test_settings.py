@@ -1,15 +1,27 @@
-"""Every bad setting is refused with one line naming the variable (SPEC section 3)."""
+"""Every bad setting is refused with one line naming the variable, every bad value is
+named, a misspelt variable is pointed out, and secrets may come from files (README
+"Configuration")."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from harvester.cli import main
 from harvester.errors import ConfigError
-from harvester.settings import Settings, load_settings
+from harvester.settings import (
+    FILE_FIELDS,
+    Settings,
+    env_name,
+    known_variables,
+    load_settings,
+    unknown_variables,
+)
 
 BAD_SETTINGS = [
     ("HARVESTER_DATABASE_URL", "mysql://u:hunter2@db/x", "postgresql://"),
@@ -18,6 +30,15 @@ BAD_SETTINGS = [
     ("HARVESTER_API_BASE_URL", "http://api.justcrawl.io", "loopback"),
     ("HARVESTER_API_BASE_URL", "https://user:pw@api.justcrawl.io", "credentials"),
     ("HARVESTER_API_BASE_URL", "https://api.justcrawl.io/?a=1", "query"),
+    # A check that refuses a secret must not echo it (issue 12, item 1).
+    ("HARVESTER_API_BASE_URL", "https://user:hunter2@api.justcrawl.io", "credentials"),
+    ("HARVESTER_API_BASE_URL", "https://hunter2@api.justcrawl.io", "credentials"),
+    ("HARVESTER_API_BASE_URL", "https://api.justcrawl.io/?token=hunter2", "query"),
+    ("HARVESTER_API_BASE_URL", "https://api.justcrawl.io/#hunter2", "fragment"),
+    ("HARVESTER_API_BASE_URL", "ftp://user:hunter2@api.justcrawl.io", "http(s) URL"),
+    ("HARVESTER_API_BASE_URL", "https://user:hunter2@[::1", "not a valid URL"),
+    ("HARVESTER_DATABASE_URL", "postgresql://u:hunter2@db/x?connect_timeout=soon",
+     "connect_timeout must be a number"),
     ("HARVESTER_API_TOKEN", "two words", "spaces"),
     ("HARVESTER_CONCURRENCY", "-3", "≥ 1"),
     ("HARVESTER_CONCURRENCY", "0", "≥ 1"),
@@ -76,6 +97,7 @@ def test_cli_prints_one_line_and_exits_2(
     assert len(lines) == 1
     assert lines[0].startswith(f"harvester: {variable}:")
     assert "Traceback" not in captured.err
+    assert "hunter2" not in captured.err
     assert captured.out == ""
 
 
@@ -153,3 +175,168 @@ def test_dotenv_is_read(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.Mo
     env_file = tmp_path / ".env"  # type: ignore[operator]
     env_file.write_text("HARVESTER_CONCURRENCY=9\n")
     assert load_settings(env_file=str(env_file)).concurrency == 9
+
+
+# ---------------------------------------------------------------- every problem named
+
+
+def test_every_bad_value_is_named_on_a_line_of_its_own(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    """Several bad values used to be one line "(and 2 more)" that named only the first."""
+    monkeypatch.setenv("HARVESTER_CONCURRENCY", "-3")
+    monkeypatch.setenv("HARVESTER_MAX_RPS", "fast")
+    monkeypatch.setenv("HARVESTER_LOG_LEVEL", "loud")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    assert "more)" not in str(caught.value)
+    assert main(["status"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert sorted(lines) == [
+        "harvester: HARVESTER_CONCURRENCY: must be ≥ 1 (got '-3')",
+        "harvester: HARVESTER_LOG_LEVEL: must be one of 'debug', 'info', 'warning' or 'error' "
+        "(got 'loud')",
+        "harvester: HARVESTER_MAX_RPS: must be a finite number (seconds may be written as 2 "
+        "or 0.2) (got 'fast')",
+    ]
+
+
+# ---------------------------------------------------------------- unknown variables
+
+
+def test_a_misspelt_variable_is_named_with_the_closest_setting(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HARVESTER_CONCURENCY", "5")
+    monkeypatch.setenv("harvester_api_tokn", "x")  # matched case-insensitively, as settings are
+    monkeypatch.setenv("HARVESTER_COLOUR", "blue")
+    env_file = tmp_path / ".env"
+    env_file.write_text("HARVESTER_LEASE_SECOND=90\nOTHER_TOOL_SETTING=1\n")
+    found = {v.name: v.closest for v in unknown_variables(env_file=str(env_file))}
+    assert found == {
+        "HARVESTER_CONCURENCY": "HARVESTER_CONCURRENCY",
+        "HARVESTER_API_TOKN": "HARVESTER_API_TOKEN",
+        "HARVESTER_LEASE_SECOND": "HARVESTER_LEASE_SECONDS",
+        "HARVESTER_COLOUR": None,
+    }
+    # The misspelt value really is ignored: the default stands.
+    assert load_settings(env_file=str(env_file)).concurrency == 64
+
+
+def test_every_setting_and_secret_file_variable_is_known(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """Known names come from the Settings model, so a setting added later is known."""
+    for field in Settings.model_fields:
+        monkeypatch.setenv(env_name(field), "1")
+    for field in FILE_FIELDS:
+        monkeypatch.setenv(env_name(field) + "_FILE", "/dev/null")
+    assert unknown_variables(env_file=None) == []
+    assert {env_name(f) for f in Settings.model_fields} <= known_variables()
+
+
+def run_harvester(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd)}
+    return subprocess.run([sys.executable, "-m", "harvester", *args], env={**base, **env},
+                          cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_daemon_warns_about_a_misspelt_variable_in_its_log(tmp_path: Path) -> None:
+    """A typo in the token's name: `run` refuses for want of a token, and the log line
+    before says which variable it did not know and what was probably meant."""
+    proc = run_harvester("run", cwd=tmp_path, env={
+        "HARVESTER_API_TOKN": "tok-typo-1234", "HARVESTER_LOG_FORMAT": "json"})
+    assert proc.returncode == 2
+    warning, error = proc.stderr.splitlines()
+    event = json.loads(warning)
+    assert (event["event"], event["level"]) == ("settings.unknown_variable", "warning")
+    assert (event["variable"], event["did_you_mean"]) == ("HARVESTER_API_TOKN",
+                                                          "HARVESTER_API_TOKEN")
+    assert error.startswith("harvester: HARVESTER_API_TOKEN: required")
+    assert "tok-typo-1234" not in proc.stderr
+
+
+def test_a_refused_configuration_also_names_the_misspelt_variable(tmp_path: Path) -> None:
+    proc = run_harvester("status", cwd=tmp_path, env={
+        "HARVESTER_CONCURENCY": "5", "HARVESTER_LEASE_SECONDS": "0"})
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "harvester: HARVESTER_LEASE_SECONDS: must be ≥ 1.0 (got '0')",
+        "harvester: HARVESTER_CONCURENCY is not a harvester setting (did you mean "
+        "HARVESTER_CONCURRENCY?); it is ignored",
+    ]
+
+
+# ---------------------------------------------------------------- secrets from files
+
+
+def test_secrets_can_come_from_files_without_their_trailing_newline(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "api-token").write_text("tok-from-file-123\n")
+    (tmp_path / "admin-token").write_text("adm-from-file-456\r\n")
+    (tmp_path / "database-url").write_text("postgresql://h:pw-from-file-789@db:5432/h\n")
+    for field in FILE_FIELDS:
+        monkeypatch.setenv(env_name(field) + "_FILE", str(tmp_path / field.replace("_", "-")))
+    settings = load_settings(env_file=None)
+    assert settings.api_token is not None and settings.admin_token is not None
+    assert settings.api_token.get_secret_value() == "tok-from-file-123"
+    assert settings.admin_token.get_secret_value() == "adm-from-file-456"
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == "postgresql://h:pw-from-file-789@db:5432/h"
+    assert set(settings.secret_values()) == {"tok-from-file-123", "adm-from-file-456",
+                                              "pw-from-file-789"}
+    assert "from-file" not in repr(settings)
+
+
+def test_a_secret_file_in_a_dotenv_file_is_read_too(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("tok-dotenv-file\n")
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"HARVESTER_API_TOKEN_FILE={tmp_path / 'token'}\n")
+    token = load_settings(env_file=str(env_file)).api_token
+    assert token is not None and token.get_secret_value() == "tok-dotenv-file"
+
+
+@pytest.mark.parametrize("field", FILE_FIELDS)
+def test_a_value_and_its_file_together_are_one_clear_error(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, field: str) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("postgresql://u:pw-in-file@db/x\n")
+    monkeypatch.setenv(env_name(field), "postgresql://u:pw-in-env@db/x")
+    monkeypatch.setenv(env_name(field) + "_FILE", str(secret))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    variable = env_name(field)
+    assert str(caught.value) == (f"{variable} and {variable}_FILE are both set: keep one "
+                                 "(the _FILE variable names a file holding the value)")
+
+
+def test_an_unreadable_secret_file_names_the_variable_and_path_only(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-file"
+    monkeypatch.setenv("HARVESTER_API_TOKEN_FILE", str(missing))
+    monkeypatch.setenv("HARVESTER_ADMIN_TOKEN_FILE", str(tmp_path))  # a directory
+    (tmp_path / "binary").write_bytes(b"\xff\xfesecret-bytes")
+    monkeypatch.setenv("HARVESTER_DATABASE_URL_FILE", str(tmp_path / "binary"))
+    assert main(["status"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"harvester: HARVESTER_API_TOKEN_FILE: cannot read {missing}: No such file or directory",
+        f"harvester: HARVESTER_ADMIN_TOKEN_FILE: cannot read {tmp_path}: Is a directory",
+        f"harvester: HARVESTER_DATABASE_URL_FILE: {tmp_path / 'binary'} is not UTF-8 text",
+    ]
+
+
+def test_a_bad_value_in_a_secret_file_names_the_file_variable_not_the_value(
+        tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("tok-with a-space-123\n")
+    (tmp_path / "dsn").write_text("mysql://u:pw-file-dsn-456@db/x")
+    proc = run_harvester("status", cwd=tmp_path, env={
+        "HARVESTER_API_TOKEN_FILE": str(tmp_path / "token"),
+        "HARVESTER_DATABASE_URL_FILE": str(tmp_path / "dsn")})
+    assert proc.returncode == 2
+    assert sorted(proc.stderr.splitlines()) == [
+        "harvester: HARVESTER_API_TOKEN_FILE: must not contain spaces, line breaks or NUL "
+        "characters",
+        "harvester: HARVESTER_DATABASE_URL_FILE: must be a postgresql:// URL, e.g. "
+        "postgresql://user@host:5432/db",
+    ]
+    assert "tok-with" not in proc.stderr and "pw-file-dsn-456" not in proc.stderr
