@@ -48,7 +48,7 @@ from harvester.errors import StoreError, UserError
 from harvester.feed import BadInput, Entry, classify_arguments, classify_lines
 from harvester.metrics import FAILED_REASONS
 from harvester.migrations import applied_versions, latest_version, migrate, newer_versions
-from harvester.settings import Settings
+from harvester.settings import Settings, default_data_dir
 from harvester.store import (
     LISTABLE_STATES,
     AckReport,
@@ -116,8 +116,13 @@ class Target:
 
     @property
     def flags(self) -> str:
-        """The options that point another command at the same database."""
-        return f" --database {shlex.quote(self.database)}" if self.database else ""
+        """The options that point another command at the same database (for the
+        embedded server outside its default place, its data directory too)."""
+        flags = f" --database {shlex.quote(self.database)}" if self.database else ""
+        if (self.settings.database_url is None
+                and self.settings.data_dir != default_data_dir()):
+            flags += f" --data-dir {shlex.quote(str(self.settings.data_dir))}"
+        return flags
 
     @asynccontextmanager
     async def dsn(self, *, create: bool = False) -> AsyncIterator[tuple[str, str]]:
@@ -836,9 +841,8 @@ async def cmd_jobs(settings: Settings, state: str | None, reasons: Sequence[str]
         flags = [f"--state {state}", *(f"--reason {r}" for r in reasons)]
         if limit != DEFAULT_LIST:
             flags.append(f"--limit {limit}")
-        if database:
-            flags.append(f"--database {shlex.quote(database)}")
-        console.print(f"more: harvester jobs {' '.join(flags)} --after {following}")
+        console.print(f"more: harvester jobs {' '.join(flags)}{Target(settings, database).flags}"
+                      f" --after {following}")
     return 0
 
 

@@ -170,8 +170,10 @@ async def run_demo(settings: Settings, jobs: int, max_seconds: float, out: TextI
         await asyncio.to_thread(embedded.stop)
     console.print("\nThe demo database is kept. Next, on the same database (each command starts "
                   "the embedded server for its session):")
-    for command, what in next_commands(data_dir):
-        console.print(f"  [bold]{command}[/]" + " " * max(1, 62 - len(command)) + f"# {what}",
+    commands = next_commands(data_dir)
+    width = max(len(command) for command, _ in commands) + 2
+    for command, what in commands:
+        console.print(f"  [bold]{command}[/]{' ' * (width - len(command))}# {what}",
                       soft_wrap=True)
     return 0
 

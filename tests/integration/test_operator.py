@@ -112,22 +112,23 @@ def test_the_embedded_server_is_never_created_by_a_reading_command(tmp_path: Pat
     env = subprocess_env(tmp_path, HARVESTER_DATA_DIR=str(data_dir))
     nothing = harvester("status", env=env)
     assert nothing.returncode == 2
+    # The hints repeat the data directory: it is not the default one.
     assert nothing.stderr == (f"harvester: there is no embedded PostgreSQL in {data_dir}/pgdata "
-                              "yet: run `harvester migrate` (or `harvester demo`), or set "
-                              "HARVESTER_DATABASE_URL\n")
+                              f"yet: run `harvester migrate --data-dir {data_dir}` (or "
+                              "`harvester demo`), or set HARVESTER_DATABASE_URL\n")
     assert not data_dir.exists()
 
     assert harvester("migrate", "--database", DEMO_DATABASE, env=env).returncode == 0
     default = harvester("stuck", env=env)
     assert default.returncode == 2
     assert default.stderr == (f'harvester: database "harvester" on the embedded PostgreSQL in '
-                              f"{data_dir}/pgdata does not exist: `harvester migrate` creates "
-                              "it\n")
+                              f"{data_dir}/pgdata does not exist: `harvester migrate --data-dir "
+                              f"{data_dir}` creates it\n")
     psql = harvester("psql", "--", "-c", "select 1", env=env)
     assert psql.returncode == 2
     assert psql.stderr == (f'harvester: no database "harvester" on the embedded PostgreSQL in '
-                           f"{data_dir}/pgdata (it has: {DEMO_DATABASE}); `harvester migrate` "
-                           "creates it\n")
+                           f"{data_dir}/pgdata (it has: {DEMO_DATABASE}); `harvester migrate "
+                           f"--data-dir {data_dir}` creates it\n")
 
     for command, _ in next_commands(data_dir):
         args = shlex.split(command)[1:]

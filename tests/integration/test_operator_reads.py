@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from harvester.store import JobCursor, list_jobs_sql
+from harvester.store import JobCursor, Store, list_jobs_sql
 
 INDEX = {"pending": "jobs_due_idx", "stuck": "jobs_due_idx", "landed": "jobs_landed_at_idx",
          "failed": "jobs_failed_idx"}
@@ -73,3 +73,23 @@ async def _check_page(conn: Any, state: str, paged: bool) -> None:
     # About one page of rows (an incremental sort reads one tie group further; a failure
     # reason filter steps over the other reasons), never the 40,000 of the state.
     assert scans[0]["Actual Rows"] <= (200 if not reasons else 400), where
+
+
+async def test_queue_gauges_count_open_jobs_by_upstream_status(pool: asyncpg.Pool) -> None:
+    """The figures behind harvester_queue_jobs_by_upstream_status and HarvesterNothingLands:
+    NULL is "not asked yet", a status nobody knows yet is "other", closed jobs not at all."""
+    rows = [("pending", None), ("pending", None), ("pending", "running"),
+            ("pending", "extraction_done"), ("pending", "paused_by_admin"),
+            ("stuck", "completed"), ("landed", "completed"), ("failed", "failed")]
+    for state, upstream in rows:
+        await pool.execute(
+            "INSERT INTO harvester.jobs (job_id, state, upstream_status, next_poll_at, "
+            "landed_at, failed_reason) VALUES ($1, $2, $3, CASE WHEN $2 IN ('pending', "
+            "'stuck') THEN now() END, CASE WHEN $2 = 'landed' THEN now() END, "
+            "CASE WHEN $2 = 'failed' THEN 'upstream_failed' END)", uuid.uuid4(), state, upstream)
+    gauges = await Store(pool).queue_gauges()
+    by_upstream = {k: v for k, v in gauges.items() if k.startswith("upstream:")}
+    assert by_upstream == {"upstream:pending:not_asked": 2.0, "upstream:pending:running": 1.0,
+                           "upstream:pending:extraction_done": 1.0,
+                           "upstream:pending:other": 1.0, "upstream:stuck:completed": 1.0}
+    assert (gauges["pending"], gauges["stuck"]) == (5.0, 1.0)
