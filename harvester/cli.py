@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     ack.add_argument("--note", required=True, metavar="TEXT",
                      help="why, e.g. a ticket: 'reported to justcrawl, ticket 4711'")
     ack.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                     help="print {acknowledged, closed_already, never_stuck, unknown, "
+                     help="print {acknowledged, acknowledged_ids, closed_already, "
+                          "never_stuck, unknown (the first 20 of each, with *_count), "
                           "resolved_by, note} as JSON")
     # The same options as `stuck`, before or after `ack`: SUPPRESS keeps a value given
     # before `ack` from being reset by this parser's defaults.

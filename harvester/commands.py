@@ -275,9 +275,6 @@ class IdInput:
     close: Callable[[], None] = lambda: None
 
 
-EnqueueInput = IdInput
-
-
 def id_input(ids: Sequence[str], file: str | None, stdin: BinaryIO, *,
              implicit_stdin: bool = True) -> IdInput | None:
     """Resolve the three ways of giving IDs (arguments, --file PATH, stdin) to one.
@@ -455,9 +452,6 @@ class IdProgress:
 
     def stop(self) -> None:
         self._progress.stop()
-
-
-EnqueueProgress = IdProgress
 
 
 def _progress_for(source: IdInput, err: TextIO, label: str) -> IdProgress | None:
@@ -730,16 +724,18 @@ async def cmd_stuck_ack(settings: Settings, ids: Sequence[str], file: str | None
         raise UserError("give the job IDs to acknowledge as arguments, with --file PATH, "
                         "or - for stdin")
     intake = Intake()
-    report = AckReport()
+    report = AckReport()  # the first SHOWN_IDS of each kind, by name
+    counts = {"acknowledged": 0, "closed_already": 0, "never_stuck": 0, "unknown": 0}
     try:
         async with open_store(settings, database=database) as store:
 
             async def ack(conn: Connection, batch: list[UUID]) -> None:
                 done = await store.acknowledge_stuck(batch, who, note, conn)
-                report.acknowledged += done.acknowledged
-                report.closed_already += done.closed_already[:SHOWN_IDS]
-                report.never_stuck += done.never_stuck[:SHOWN_IDS]
-                report.unknown += done.unknown[:SHOWN_IDS]
+                for kind in counts:
+                    found: list[Any] = getattr(done, kind)
+                    kept: list[Any] = getattr(report, kind)
+                    counts[kind] += len(found)
+                    kept += found[:SHOWN_IDS - len(kept)]
 
             await in_one_transaction(store, source.entries, intake, ack,
                                      progress=_progress_for(source, err, "acknowledge"))
@@ -748,23 +744,29 @@ async def cmd_stuck_ack(settings: Settings, ids: Sequence[str], file: str | None
     if _refused(intake, source, err, "nothing acknowledged"):
         return 2
     if as_json:
-        dump_json({"acknowledged": report.acknowledged,
+        dump_json({"acknowledged": counts["acknowledged"],
+                   "acknowledged_ids": report.acknowledged,
                    "closed_already": [{"job_id": j, "resolution": r, "resolved_by": b}
                                       for j, r, b in report.closed_already],
-                   "never_stuck": report.never_stuck, "unknown": report.unknown,
+                   "closed_already_count": counts["closed_already"],
+                   "never_stuck": report.never_stuck,
+                   "never_stuck_count": counts["never_stuck"],
+                   "unknown": report.unknown, "unknown_count": counts["unknown"],
                    "resolved_by": who, "note": note}, out)
         return 0
-    out.write(f"acknowledged {len(report.acknowledged):,} stuck record(s) as {who}\n")
+    out.write(f"acknowledged {counts['acknowledged']:,} stuck record(s) as {who}\n")
     if report.closed_already:
         shown = ", ".join(f"{j} ({r}{f' by {b}' if b else ''})"
                           for j, r, b in report.closed_already[:5])
-        out.write(f"closed already {len(report.closed_already):,}: {shown}\n")
+        more = counts["closed_already"] - min(5, len(report.closed_already))
+        out.write(f"closed already {counts['closed_already']:,}: {shown}"
+                  + (f" … and {more:,} more" if more else "") + "\n")
     if report.never_stuck:
-        out.write(f"never stuck {len(report.never_stuck):,} job(s): "
-                  f"{_id_list(report.never_stuck)}\n")
+        out.write(f"never stuck {counts['never_stuck']:,} job(s): "
+                  f"{_id_list(report.never_stuck, total=counts['never_stuck'])}\n")
     if report.unknown:
-        out.write(f"not in the queue {len(report.unknown):,} job ID(s): "
-                  f"{_id_list(report.unknown)}\n")
+        out.write(f"not in the queue {counts['unknown']:,} job ID(s): "
+                  f"{_id_list(report.unknown, total=counts['unknown'])}\n")
     return 0
 
 

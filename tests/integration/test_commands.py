@@ -340,10 +340,10 @@ async def test_stuck_ack_closes_records_with_who_and_why_and_the_gauge_drops(
     # Acknowledging again changes nothing and says who closed it.
     again = await cli("stuck", "ack", str(f.stuck), "--by", "bob", "--note", "again", "--json")
     assert again.json() == {
-        "acknowledged": [], "never_stuck": [], "unknown": [], "resolved_by": "bob",
-        "note": "again",
+        "acknowledged": 0, "acknowledged_ids": [], "never_stuck": [], "never_stuck_count": 0,
+        "unknown": [], "unknown_count": 0, "resolved_by": "bob", "note": "again",
         "closed_already": [{"job_id": str(f.stuck), "resolution": "acknowledged",
-                            "resolved_by": "alice"}]}
+                            "resolved_by": "alice"}], "closed_already_count": 1}
     closed = await cli("stuck", "--resolved")
     rows = table_rows(closed.out)
     assert rows[0][-2:] == ["closed", "note"]
