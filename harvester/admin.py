@@ -26,14 +26,16 @@ from aiohttp import web
 from harvester.errors import ConfigError, StoreError
 from harvester.feed import InvalidJobId, parse_job_id, shorten_for_display
 from harvester.logs import get_logger
-from harvester.metrics import CONTENT_TYPE, Metrics
+from harvester.metrics import CONTENT_TYPE, FAILED_REASONS, Metrics
 from harvester.settings import Settings, is_loopback_host
-from harvester.store import Store
+from harvester.store import LISTABLE_STATES, JobCursor, Store, is_failed_reason
 
 log = get_logger("harvester.admin")
 
 BODY_LIMIT: Final = 1024 * 1024
 MAX_IDS_PER_REQUEST: Final = 10_000
+DEFAULT_PAGE: Final = 100
+MAX_PAGE: Final = 1000
 SHOWN_ERRORS: Final = 20
 READY_CACHE: Final = 2.0
 
@@ -127,6 +129,7 @@ class Admin:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)
         app.router.add_post("/v1/jobs", self.post_jobs)
+        app.router.add_get("/v1/jobs", self.list_jobs)
         app.router.add_get("/v1/jobs/{job_id}", self.get_job)
         return app
 
@@ -278,6 +281,48 @@ class Admin:
         return error(403, "job reads are disabled: the admin server listens on "
                           f"{self.settings.admin_host}, not on loopback; set "
                           "HARVESTER_ADMIN_TOKEN and send it as a bearer token")
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        """``GET /v1/jobs?state=failed&reason=not_found&limit=100&after=CURSOR``: one page
+        of jobs in a state, in that state's index order, and the cursor of the next page
+        (``next``, null on the last). Bounded: at most ``MAX_PAGE`` jobs per page."""
+        refused = self.refuse_read(request)
+        if refused is not None:
+            return refused
+        query = request.query
+        unknown = sorted(set(query) - {"state", "reason", "limit", "after"})
+        if unknown:
+            return error(400, f"unknown query parameter(s): {', '.join(unknown)}")
+        reasons = list(dict.fromkeys(query.getall("reason", [])))
+        for reason in reasons:
+            if not is_failed_reason(reason):
+                return error(400, f"reason must be one of {', '.join(FAILED_REASONS)} or "
+                                  "http_<status>")
+        state = query.get("state") or ("failed" if reasons else None)
+        if state not in LISTABLE_STATES:
+            return error(400, f"state must be one of {', '.join(LISTABLE_STATES)}")
+        if reasons and state != "failed":
+            return error(400, "reason applies to state=failed only")
+        try:
+            limit = int(query.get("limit", DEFAULT_PAGE))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_PAGE:
+            return error(400, f"limit must be a whole number from 1 to {MAX_PAGE}")
+        cursor = None
+        if "after" in query:
+            try:
+                cursor = JobCursor.parse(query["after"])
+            except ValueError:
+                return error(400, "after must be the cursor of a previous page (its \"next\")")
+        if self.store is None:
+            return error(503, "starting: the database is not connected yet; try again")
+        try:
+            rows, following = await self.store.list_jobs(state, reasons=reasons, limit=limit,
+                                                         after=cursor)
+        except StoreError:
+            return error(503, "database unavailable")
+        return json_response({"jobs": rows, "next": None if following is None else str(following)})
 
     async def get_job(self, request: web.Request) -> web.Response:
         """State, polls, last status/error, the stuck record and, once landed, the

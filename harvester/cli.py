@@ -36,6 +36,13 @@ def _add_database(parser: argparse.ArgumentParser) -> None:
                              "(HARVESTER_DATA_DIR)")
 
 
+def _add_database_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database", metavar="NAME",
+                        help="another database on the same server, as psql's -d (the demo's is "
+                             "harvester_demo); default: the one HARVESTER_DATABASE_URL names, or "
+                             "'harvester' on the embedded PostgreSQL")
+
+
 def _add_logging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", dest="log_level",
                         choices=["debug", "info", "warning", "error"])
@@ -69,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="apply the SQL migrations (idempotent)",
                          description="Apply the migrations in sql/ in order under an advisory "
-                                     "lock; prints what it applied.")
+                                     "lock; prints what it applied. The only command that creates "
+                                     "the embedded PostgreSQL or a database on it.")
     _add_database(mig)
+    _add_database_name(mig)
     _add_logging(mig)
     mig.set_defaults(handler=_migrate)
 
@@ -85,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "listed on stderr as 'line N: why' (the first 20, then a count) and the\n"
                     "exit status is 2. With --skip-invalid the valid IDs are enqueued, the bad\n"
                     "ones still listed, and the exit status is 0 (2 if no line was valid).\n"
-                    "Prints new / already known / invalid counts (--json for scripts).")
+                    "Ctrl-C enqueues nothing (it says so; exit status 130).\n"
+                    "Prints new / already known / invalid counts (--json for scripts).\n"
+                    "Needs only USAGE on schema harvester and INSERT on harvester.jobs.")
     enq.add_argument("job_ids", nargs="*", metavar="JOB_ID",
                      help="job IDs; a single '-' reads stdin")
     enq.add_argument("--file", "-f", metavar="PATH", help="read IDs from PATH ('-' for stdin)")
@@ -95,38 +106,124 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print {new, known, invalid, valid, committed, errors, "
                           "errors_not_shown} as JSON")
     _add_database(enq)
+    _add_database_name(enq)
     _add_logging(enq)
     enq.set_defaults(handler=_enqueue)
 
-    st = sub.add_parser("status", help="queue counts, backlog, stuck, auth circuit",
-                        description="Queue counts by state, due-now count, oldest due age, open "
-                                    "stuck count, landed in the last minute/hour, auth circuit.")
+    st = sub.add_parser("status", help="queue counts, backlog, stuck, circuits, live daemons",
+                        description="Queue counts by state, due-now count, oldest due age, jobs "
+                                    "leased by a daemon, open jobs by upstream status, open "
+                                    "stuck count, landed in the last minute/hour, failures by "
+                                    "reason, the auth and permission circuits, and each live "
+                                    "daemon's requests in flight and send rate.")
     st.add_argument("--json", action="store_true", help="print the numbers as JSON")
     _add_database(st)
+    _add_database_name(st)
     _add_logging(st)
     st.set_defaults(handler=_status)
 
-    stuck = sub.add_parser("stuck", help="the open stuck jobs, oldest first",
+    stuck = sub.add_parser("stuck", help="stuck records (open ones, oldest first); stuck ack",
                            description="The open stuck records (upstream says completed but "
                                        "no result row landed), oldest first. A record closes "
-                                       "when the job's row lands.")
-    stuck.add_argument("--json", action="store_true", help="print a JSON array of records")
+                                       "when its job ends (landed, failed, expired) or when an "
+                                       "operator acknowledges it: `harvester stuck ack`.")
+    stuck.add_argument("--json", action="store_true",
+                       help="print a JSON array of records (at most --limit; stderr says when "
+                            "there are more)")
+    stuck.add_argument("--limit", type=int, default=100, metavar="N",
+                       help="show at most N records (default 100; 0 = all)")
+    which = stuck.add_mutually_exclusive_group()
+    which.add_argument("--resolved", dest="which", action="store_const", const="resolved",
+                       default="open", help="closed records instead, most recently closed first")
+    which.add_argument("--all", dest="which", action="store_const", const="all",
+                       help="open and closed records, oldest first")
     _add_database(stuck)
+    _add_database_name(stuck)
     _add_logging(stuck)
     stuck.set_defaults(handler=_stuck)
+    stuck_actions = stuck.add_subparsers(dest="stuck_action", metavar="[ack]")
+    ack = stuck_actions.add_parser(
+        "ack", help="close open stuck records by hand, saying who and why",
+        description="Acknowledge stuck records: each open record of the given jobs closes "
+                    "with resolution 'acknowledged', who (--by) and why (--note), and stops "
+                    "counting in harvester_stuck_open and the HarvesterStuckJobs alert. The "
+                    "jobs keep their state and their recheck: a row that lands later is still "
+                    "mirrored. All or nothing on bad input, like enqueue.")
+    ack.add_argument("job_ids", nargs="*", metavar="JOB_ID",
+                     help="job IDs; a single '-' reads stdin")
+    ack.add_argument("--file", "-f", metavar="PATH", help="read IDs from PATH ('-' for stdin)")
+    ack.add_argument("--by", metavar="NAME",
+                     help="who acknowledges (default: the login name)")
+    ack.add_argument("--note", required=True, metavar="TEXT",
+                     help="why, e.g. a ticket: 'reported to justcrawl, ticket 4711'")
+    ack.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                     help="print {acknowledged, acknowledged_ids, closed_already, "
+                          "never_stuck, unknown (the first 20 of each, with *_count), "
+                          "resolved_by, note} as JSON")
+    # The same options as `stuck`, before or after `ack`: SUPPRESS keeps a value given
+    # before `ack` from being reset by this parser's defaults.
+    for option in (_add_database, _add_database_name, _add_logging):
+        option(ack)
+    for action in ack._actions:
+        if action.dest in ("data_dir", "database", "log_level", "log_format"):
+            action.default = argparse.SUPPRESS
+    ack.set_defaults(handler=_stuck_ack)
 
-    rq = sub.add_parser("requeue", help="put jobs back to pending, due now",
-                        description="Put jobs back to pending, due now, with their age limits "
-                                    "counted from now. Give job IDs, or --state failed / "
-                                    "--state stuck for all jobs in that state. Landed jobs "
-                                    "are left alone; open stuck records stay open until the "
-                                    "row lands.")
-    rq.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    jobs = sub.add_parser(
+        "jobs", help="list jobs by state (and failure reason), a page at a time",
+        description="One page of jobs in a state, in the order of that state's index: "
+                    "pending and stuck by next poll time (most overdue first), landed by "
+                    "landing time and failed by failure time (most recent first). The last "
+                    "line gives the command for the next page (--after CURSOR).")
+    jobs.add_argument("--state", choices=["pending", "stuck", "landed", "failed"],
+                      help="which jobs (--reason implies failed)")
+    jobs.add_argument("--reason", action="append", default=[], metavar="REASON",
+                      help="failed jobs with this reason: forbidden, upstream_failed, "
+                           "not_found, expired or http_<status>; repeatable")
+    jobs.add_argument("--limit", type=int, default=100, metavar="N",
+                      help="jobs per page, 1 to 1000 (default 100)")
+    jobs.add_argument("--after", metavar="CURSOR", help="the cursor a previous page printed")
+    jobs.add_argument("--json", action="store_true",
+                      help='print {"jobs": [...], "next": CURSOR or null} as JSON')
+    _add_database(jobs)
+    _add_database_name(jobs)
+    _add_logging(jobs)
+    jobs.set_defaults(handler=_jobs)
+
+    rq = sub.add_parser(
+        "requeue", help="put jobs back to pending, due now",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Put jobs back to pending, due now, with their age limits counted from\n"
+                    "now; they start over as freshly fed jobs (followed through batch-status).\n"
+                    "Aim with job IDs (arguments, --file PATH, or - for stdin; all or nothing\n"
+                    "on bad lines, like enqueue), or with a selection:\n"
+                    "  --state failed|stuck      every job in that state\n"
+                    "  --reason REASON           failed jobs with that reason (repeatable)\n"
+                    "  --older-than/--newer-than how long the job has been failed or stuck\n"
+                    "                            (90s, 15m, 6h, 7d)\n"
+                    "Landed jobs are left alone. Open stuck records stay open: they close when\n"
+                    "the job ends or with `harvester stuck ack`. --dry-run counts, changes\n"
+                    "nothing.")
+    rq.add_argument("job_ids", nargs="*", metavar="JOB_ID",
+                    help="job IDs; a single '-' reads stdin")
+    rq.add_argument("--file", "-f", metavar="PATH", help="read IDs from PATH ('-' for stdin)")
     rq.add_argument("--state", choices=["failed", "stuck"],
-                    help="requeue every job in this state")
+                    help="requeue the jobs in this state")
+    rq.add_argument("--reason", action="append", default=[], metavar="REASON",
+                    help="only failed jobs with this reason: forbidden, upstream_failed, "
+                         "not_found, expired or http_<status>; repeatable; implies "
+                         "--state failed")
+    rq.add_argument("--older-than", dest="older_than", metavar="DURATION",
+                    help="only jobs failed (or stuck) at least this long ago")
+    rq.add_argument("--newer-than", dest="newer_than", metavar="DURATION",
+                    help="only jobs failed (or stuck) less than this long ago")
+    rq.add_argument("--dry-run", dest="dry_run", action="store_true",
+                    help="say how many jobs would be requeued; change nothing")
     rq.add_argument("--json", action="store_true",
-                    help="print {requeued, landed_untouched, unknown} as JSON")
+                    help="print {requeued, dry_run, landed_untouched, landed_untouched_count, "
+                         "unknown, unknown_count} as JSON (the ID lists hold the first 20)")
     _add_database(rq)
+    _add_database_name(rq)
     _add_logging(rq)
     rq.set_defaults(handler=_requeue)
 
@@ -197,7 +294,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from harvester import commands  # noqa: PLC0415
 
-    return await commands.cmd_migrate(settings, sys.stdout)
+    return await commands.cmd_migrate(settings, sys.stdout, database=args.database)
 
 
 @_blocking
@@ -205,28 +302,52 @@ async def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
     from harvester import commands  # noqa: PLC0415
 
     return await commands.cmd_enqueue(settings, args.job_ids, args.file, args.skip_invalid,
-                                      args.json, sys.stdout, sys.stderr, commands.stdin_binary())
+                                      args.json, sys.stdout, sys.stderr, commands.stdin_binary(),
+                                      database=args.database)
 
 
 @_blocking
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
     from harvester import commands  # noqa: PLC0415
 
-    return await commands.cmd_status(settings, args.json, sys.stdout)
+    return await commands.cmd_status(settings, args.json, sys.stdout, database=args.database)
 
 
 @_blocking
 async def _stuck(settings: Settings, args: argparse.Namespace) -> int:
     from harvester import commands  # noqa: PLC0415
 
-    return await commands.cmd_stuck(settings, args.json, sys.stdout)
+    return await commands.cmd_stuck(settings, args.json, sys.stdout, database=args.database,
+                                    which=args.which, limit=args.limit, err=sys.stderr)
+
+
+@_blocking
+async def _stuck_ack(settings: Settings, args: argparse.Namespace) -> int:
+    from harvester import commands  # noqa: PLC0415
+
+    return await commands.cmd_stuck_ack(settings, args.job_ids, args.file, args.by, args.note,
+                                        args.json, sys.stdout, sys.stderr,
+                                        commands.stdin_binary(), database=args.database)
+
+
+@_blocking
+async def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from harvester import commands  # noqa: PLC0415
+
+    return await commands.cmd_jobs(settings, args.state, args.reason, args.limit, args.after,
+                                   args.json, sys.stdout, database=args.database)
 
 
 @_blocking
 async def _requeue(settings: Settings, args: argparse.Namespace) -> int:
     from harvester import commands  # noqa: PLC0415
 
-    return await commands.cmd_requeue(settings, args.job_ids, args.state, args.json, sys.stdout)
+    aim = commands.RequeueAim(ids=args.job_ids, file=args.file, state=args.state,
+                              reasons=args.reason, older_than=args.older_than,
+                              newer_than=args.newer_than)
+    return await commands.cmd_requeue(settings, args.job_ids, args.state, args.json, sys.stdout,
+                                      aim=aim, dry_run=args.dry_run, err=sys.stderr,
+                                      stdin=commands.stdin_binary(), database=args.database)
 
 
 def _simulate(settings: Settings, args: argparse.Namespace) -> int:

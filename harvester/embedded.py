@@ -30,6 +30,23 @@ MISSING_MESSAGE = (
 DEFAULT_DATABASE = "harvester"
 
 
+def _get_server() -> Any:
+    """pgserver's entry point, or the one-line error saying how to install it."""
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset; pgserver copes.
+            warnings.simplefilter("ignore")
+            from pgserver.postgres_server import get_server  # noqa: PLC0415 - optional extra
+    except ImportError:
+        raise EmbeddedDatabaseError(MISSING_MESSAGE) from None
+    return get_server
+
+
+def require_installed() -> None:
+    """Raise the one-line error when the embedded PostgreSQL is not installed."""
+    _get_server()
+
+
 class EmbeddedPostgres:
     """A handle on the pgserver cluster in one data directory."""
 
@@ -38,15 +55,14 @@ class EmbeddedPostgres:
         self.pgdata = data_dir / "pgdata"
         self._server: Any = None
 
+    @property
+    def exists(self) -> bool:
+        """Whether a cluster was ever initialised here (start() would create one)."""
+        return (self.pgdata / "PG_VERSION").exists()
+
     def start(self) -> None:
         """Start the cluster, or attach to the one already running (blocking)."""
-        try:
-            with warnings.catch_warnings():
-                # platformdirs warns when XDG_RUNTIME_DIR is unset; pgserver copes.
-                warnings.simplefilter("ignore")
-                from pgserver.postgres_server import get_server  # noqa: PLC0415 - optional extra
-        except ImportError:
-            raise EmbeddedDatabaseError(MISSING_MESSAGE) from None
+        get_server = _get_server()
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._server = get_server(self.pgdata, cleanup_mode="stop")
@@ -108,15 +124,20 @@ async def recreate_database(admin_dsn: str, name: str) -> str:
 
 
 @asynccontextmanager
-async def database_url(settings: Settings, database: str = DEFAULT_DATABASE) -> AsyncIterator[str]:
-    """Yield a DSN: the configured one, or the embedded server's (started for the block)."""
+async def database_url(settings: Settings, database: str = DEFAULT_DATABASE, *,
+                       create: bool = True) -> AsyncIterator[str]:
+    """Yield a DSN: the configured one, or the embedded server's (started for the block).
+
+    ``create=False`` is for commands that only read or feed: they must not leave an
+    empty database behind where they looked (connecting to a missing one fails)."""
     if settings.database_url is not None:
         yield settings.database_url.get_secret_value()
         return
     embedded = EmbeddedPostgres(settings.data_dir)
     await asyncio.to_thread(embedded.start)
     try:
-        await ensure_database(embedded.uri("postgres"), database)
+        if create:
+            await ensure_database(embedded.uri("postgres"), database)
         yield embedded.uri(database)
     finally:
         await asyncio.to_thread(embedded.stop)

@@ -4,7 +4,8 @@ The first room on the road (feed → queue → …). One validation serves every
 ``enqueue`` command (arguments, a file, stdin) and the admin API. Surrounding whitespace
 is trimmed, blank lines and ``#`` comments (whole-line or trailing) are skipped, a UTF-8
 byte-order mark at the start of a file is tolerated, CRLF line endings are fine, and
-UUIDs are accepted in any case, with or without hyphens, and normalised. A refusal says
+UUIDs are accepted in any case, with or without hyphens, in braces (``{…}``, as Windows
+and .NET write them) or as a URN (``urn:uuid:…``, RFC 4122), and normalised. A refusal says
 why in a few words and shows the offending text escaped and shortened: never a 10 KB
 line, never raw control bytes on the operator's terminal.
 
@@ -23,6 +24,9 @@ from uuid import UUID
 _HYPHENATED: Final = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _COMPACT: Final = re.compile(r"[0-9a-fA-F]{32}")
+_URN_PREFIX: Final = "urn:uuid:"
+# The longest spelling accepted: a URN of the hyphenated form.
+_LONGEST: Final = len(_URN_PREFIX) + 36
 SHOW_LIMIT: Final = 60
 MAX_LINE_BYTES: Final = 64 * 1024
 NIL: Final = UUID(int=0)
@@ -72,14 +76,24 @@ def parse_job_id(text: str) -> UUID:
         raise InvalidJobId("empty")
     if "\x00" in candidate:
         raise InvalidJobId("contains a NUL byte")
-    if len(candidate) > 36:
+    if len(candidate) > _LONGEST:
         raise InvalidJobId("too long for a UUID")
+    candidate = _unwrap(candidate)
     if not (_HYPHENATED.fullmatch(candidate) or _COMPACT.fullmatch(candidate)):
         raise InvalidJobId("not a UUID (expected 8-4-4-4-12 hexadecimal digits)")
     value = UUID(candidate)
     if value == NIL:
         raise InvalidJobId("the nil UUID is not a job ID")
     return value
+
+
+def _unwrap(text: str) -> str:
+    """The UUID inside ``{…}`` or after ``urn:uuid:``; other text unchanged."""
+    if text[:1] == "{" and text[-1:] == "}":
+        return text[1:-1]
+    if text[:len(_URN_PREFIX)].lower() == _URN_PREFIX:
+        return text[len(_URN_PREFIX):]
+    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@ Event names are stable (``job.landed``, ``auth.circuit_open``) and context is bo
 keys (``job_id``, ``status``, ``polls``). The last processor before rendering is the
 redactor: every secret the settings hold is replaced wherever it appears, in values,
 nested structures and exception text, so that a token cannot reach the output even if
-code passes it by mistake. Foreign loggers (aiohttp, asyncpg) go through the same chain.
+code passes it by mistake. Foreign loggers (aiohttp, asyncpg) go through the same chain,
+and asyncpg's are kept to one line per kind of message per minute (see
+:class:`QuietForeignErrors`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+import time
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -69,6 +73,64 @@ class Redactor:
 REDACTOR = Redactor()
 
 
+@dataclass(slots=True)
+class _Seen:
+    since: float
+    suppressed: int = 0
+
+
+class QuietForeignErrors(logging.Filter):
+    """One line per kind of message per ``window`` seconds from noisy library loggers.
+
+    While PostgreSQL is away, asyncpg's pool logs "Failed to restore the pool connection
+    floor; retrying" with a multi-kB traceback on every reconnect attempt, for every
+    pool. The daemon already reports the outage itself (``store.unavailable``, the
+    readiness check, the metrics), so the traceback adds nothing but volume: the record
+    keeps its message plus the exception's type and first line, and repeats of the same
+    message and exception type within the window are counted, not written; the next line
+    that gets through says how many were held back.
+    """
+
+    MAX_KEYS = 256
+    DETAIL = 200
+
+    def __init__(self, prefixes: Iterable[str] = ("asyncpg",), window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._prefixes = tuple(prefixes)
+        self._window = window
+        self._clock = clock
+        self._seen: dict[tuple[str, str, str], _Seen] = {}
+
+    def _ours(self, name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in self._prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._ours(record.name):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        key = (record.name, str(record.msg), type(exc).__name__ if exc is not None else "")
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen.since < self._window:
+            seen.suppressed += 1
+            return False
+        held_back = seen.suppressed if seen is not None else 0
+        if len(self._seen) >= self.MAX_KEYS:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[key] = _Seen(now)
+        message = record.getMessage()
+        if exc is not None:
+            detail = (str(exc) or type(exc).__name__).splitlines()[0][:self.DETAIL]
+            message += f" ({type(exc).__name__}: {detail})"
+        if held_back:
+            message += (f" [{held_back} more like this in the last {self._window:g} s "
+                        "not shown]")
+        record.msg, record.args = message, None
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
 def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -108,6 +170,7 @@ def configure_logging(
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
     ))
+    handler.addFilter(QuietForeignErrors())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))

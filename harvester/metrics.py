@@ -35,6 +35,27 @@ from harvester import __version__
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Landing lag: seconds after upstream had the row (targets: p50 <= 1.5 s, p99 <= 4 s).
+_LAG_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+                900.0, 3600.0)
+# Enqueue to landed spans the whole crawl (minutes to hours, days at worst): SLO buckets.
+_SLO_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
+                14400.0, 28800.0, 86400.0, 259200.0, 604800.0)
+# Why a job fails (harvester.jobs.failed_reason), besides the dynamic http_<status>.
+FAILED_REASONS = ("forbidden", "upstream_failed", "not_found", "expired")
+# Upstream job statuses (SPEC 1) as the queue gauges label them: not_asked = batch-status
+# not asked yet (NULL), unknown = batch-status does not know the ID, other = anything new.
+UPSTREAM_STATUSES = ("not_asked", "unknown", "pending", "running", "waiting_retry", "extracting",
+                     "extraction_done", "completed", "failed", "other")
+OPEN_STATES = ("pending", "stuck")
+UPSTREAM_ALARMS = ("base_url_suspect",)
+
+
+def upstream_status_label(value: str | None) -> str:
+    """A bounded label for ``harvester.jobs.upstream_status``."""
+    if value is None:
+        return "not_asked"
+    return value if value in UPSTREAM_STATUSES else "other"
 
 
 def status_class(status: int | None) -> str:
@@ -75,9 +96,19 @@ class QueueGauges(Collector):
         queue = GaugeMetricFamily("harvester_queue_jobs",
                                   "Open jobs in the queue by state (from the database).",
                                   labels=["state"])
-        for state in ("pending", "stuck"):
+        for state in OPEN_STATES:
             queue.add_metric([state], self._values.get(state, 0.0))
         yield queue
+        by_upstream = GaugeMetricFamily(
+            "harvester_queue_jobs_by_upstream_status",
+            "Open jobs by state and by what batch-status last said of them (not_asked: not "
+            "asked yet; unknown: batch-status does not know the ID).",
+            labels=["state", "upstream_status"])
+        for state in OPEN_STATES:
+            for status in UPSTREAM_STATUSES:
+                by_upstream.add_metric([state, status],
+                                       self._values.get(f"upstream:{state}:{status}", 0.0))
+        yield by_upstream
         yield GaugeMetricFamily("harvester_due_jobs",
                                 "Open jobs whose next poll time has passed (the due backlog).",
                                 value=self._values.get("due", 0.0))
@@ -113,36 +144,6 @@ class Metrics:
         self.batch_status = Counter("harvester_batch_status_requests",
                                     "batch-status calls, by result (ok, error).", ["result"],
                                     registry=r)
-        self.batch_status_ids = Histogram("harvester_batch_status_ids",
-                                          "Job IDs asked about per batch-status call.",
-                                          buckets=(1, 2, 5, 10, 25, 50, 75, 100), registry=r)
-        self.landing_lag = Histogram(
-            "harvester_landing_lag_seconds",
-            "Mirror write minus the moment the daemon learned the row was there (the first "
-            "batch-status answer that said finished, or the GET that found the row).",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300), registry=r)
-        self.enqueue_to_landed = Histogram(
-            "harvester_enqueue_to_landed_seconds",
-            "Mirror write minus the job's enqueue (or requeue) time: for SLOs.",
-            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400),
-            registry=r)
-        self.send_rate = Gauge("harvester_send_rate_limit",
-                               "Requests per second this daemon currently allows itself "
-                               "(found by adapting to 429s; HARVESTER_MAX_RPS caps it).",
-                               registry=r)
-        self.rate_limited = Counter("harvester_rate_limited",
-                                    "Answers asking to slow down (429, or 503 with Retry-After).",
-                                    registry=r)
-        self.paused_seconds = Counter("harvester_paused_seconds",
-                                      "Seconds all dispatch was paused by Retry-After.",
-                                      registry=r)
-        self.permission_circuit_open = Gauge(
-            "harvester_permission_circuit_open",
-            "1 while upstream refuses (403) every request: the token lacks a permission.",
-            registry=r)
-        self.upstream_alarm = Gauge("harvester_upstream_alarm",
-                                    "1 while the daemon distrusts upstream's answers, by alarm.",
-                                    ["alarm"], registry=r)
         self.claim_seconds = Histogram("harvester_claim_seconds",
                                        "Time to claim one batch of due jobs.",
                                        buckets=_LATENCY_BUCKETS, registry=r)
@@ -172,10 +173,44 @@ class Metrics:
                                     registry=r)
         self.info = Info("harvester_build", "Version of the running daemon.", registry=r)
         self.info.info({"version": __version__})
-        # Known label values exist from the start, so rate() sees the first increment.
+        # Fed by the engine's status following and pacing (issues 10 and 11). Declared
+        # here with the rest so that the dashboard and the alert rules in deploy/ are
+        # checked against what the daemon really exports.
+        self.landing_lag = Histogram(
+            "harvester_landing_lag_seconds",
+            "Mirror write minus the first batch-status answer that said finished (or the GET "
+            "that found the row).", buckets=_LAG_BUCKETS, registry=r)
+        self.enqueue_to_landed = Histogram(
+            "harvester_enqueue_to_landed_seconds",
+            "Mirror write minus enqueue (or requeue): the latency users see, for SLOs.",
+            buckets=_SLO_BUCKETS, registry=r)
+        self.batch_status_ids = Histogram("harvester_batch_status_ids",
+                                          "Job IDs per batch-status call.",
+                                          buckets=(1, 2, 5, 10, 20, 50, 75, 100), registry=r)
+        self.send_rate_limit = Gauge("harvester_send_rate_limit",
+                                     "Requests per second this daemon currently allows itself.",
+                                     registry=r)
+        self.rate_limited = Counter("harvester_rate_limited",
+                                    "Answers 429, or 503 with Retry-After (upstream's rate limit).",
+                                    registry=r)
+        self.paused_seconds = Counter("harvester_paused_seconds",
+                                      "Seconds all dispatch was paused by upstream's Retry-After.",
+                                      registry=r)
+        self.permission_circuit_open = Gauge(
+            "harvester_permission_circuit_open",
+            "1 while upstream refuses the token a permission (403) for every job.", registry=r)
+        self.upstream_alarm = Gauge("harvester_upstream_alarm",
+                                    "1 while the daemon distrusts upstream for this reason "
+                                    "(base_url_suspect: every answer is a web page).",
+                                    ["alarm"], registry=r)
+        # Known label values exist from the start, so rate() sees the first increment and
+        # a dashboard shows 0 rather than "no data".
         for result in ("ok", "error"):
             self.batch_status.labels(result)
-        self.upstream_alarm.labels("base_url_suspect").set(0)
+        for reason in FAILED_REASONS:
+            self.failed.labels(reason)
+        for alarm in UPSTREAM_ALARMS:
+            self.upstream_alarm.labels(alarm)
         # RSS, CPU, fds, GC: what sizing a memory limit or spotting a leak needs.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

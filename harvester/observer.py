@@ -205,7 +205,7 @@ class Observer:
 
     def tick(self) -> None:
         """Periodic: gauges that drift (the send rate, the time paused), the digest."""
-        self.metrics.send_rate.set(self.gate.rate.allowed)
+        self.metrics.send_rate_limit.set(self.gate.rate.allowed)
         self.metrics.throttle_spacing.set(self.gate.throttle.spacing)
         paused = self.gate.paused_total
         if paused > self._paused_counted:

@@ -12,10 +12,12 @@ Every statement is parameterized.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
 import json
 import os
+import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -43,6 +45,7 @@ from harvester.dsn import (
 )
 from harvester.errors import DatabaseConfigError, StoreError, StoreUnavailable
 from harvester.logs import get_logger
+from harvester.metrics import FAILED_REASONS, upstream_status_label
 from harvester.policy import Fail, Job, Land, Retry, Stuck
 from harvester.ports import Outcome, ReleaseRow, WorkerState, WriteReport
 
@@ -388,8 +391,9 @@ WITH u AS (
       FROM {STUCK_COLUMNS.unnest()}
       JOIN fenced USING (job_id)
 ), stuck AS (
+    -- A job that becomes stuck opens (or reopens) its record ...
     INSERT INTO harvester.stuck_jobs AS s (job_id, last_status, last_body)
-    SELECT job_id, status, body FROM st
+    SELECT job_id, status, body FROM st WHERE st.newly
     ON CONFLICT (job_id) DO UPDATE
        SET last_seen_at    = now(),
            times_seen      = s.times_seen + 1,
@@ -401,12 +405,20 @@ WITH u AS (
            resolved_by     = NULL,
            resolution_note = NULL
     RETURNING job_id
+), rechecked AS (
+    -- ... a recheck of a job still stuck only counts, and never reopens a record an
+    -- operator acknowledged.
+    UPDATE harvester.stuck_jobs AS s
+       SET last_seen_at = now(), times_seen = s.times_seen + 1,
+           last_status = st.status, last_body = st.body
+      FROM st
+     WHERE s.job_id = st.job_id
+       AND NOT st.newly
+    RETURNING s.job_id
 ), notified AS (
     SELECT pg_notify('harvester_landed', job_id::text) FROM mirrored
     UNION ALL
-    SELECT pg_notify('harvester_stuck', stuck.job_id::text)
-      FROM stuck JOIN st USING (job_id)
-     WHERE st.newly
+    SELECT pg_notify('harvester_stuck', job_id::text) FROM stuck
 )
 SELECT coalesce((SELECT array_agg(job_id) FROM fenced), '{{}}') AS written,
        (SELECT count(*) FROM notified) AS notified,
@@ -478,6 +490,108 @@ class RequeueReport:
     requeued: int = 0
     landed: list[UUID] = field(default_factory=list)
     unknown: list[UUID] = field(default_factory=list)
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which jobs a requeue without IDs aims at: a state, and optionally failure reasons
+    and an age window. Age is how long the job has been in its state: since it failed,
+    or since its open stuck record was first seen."""
+
+    state: Literal["failed", "stuck"]
+    reasons: tuple[str, ...] = ()
+    older_than: float | None = None  # seconds
+    newer_than: float | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        """A WHERE fragment over ``harvester.jobs AS j`` and its arguments ($1…).
+
+        The state is written into the statement (one of two fixed words) so that the
+        planner can use the partial index of failed jobs, also in a generic plan."""
+        if self.state not in ("failed", "stuck"):
+            raise ValueError(f"cannot requeue by state {self.state!r}")
+        clauses = [f"j.state = '{self.state}'"]
+        args: list[Any] = []
+        if self.reasons:
+            args.append(list(self.reasons))
+            clauses.append(f"j.failed_reason = ANY(${len(args)}::text[])")
+        since = ("j.updated_at" if self.state == "failed" else
+                 "coalesce((SELECT s.first_seen_at FROM harvester.stuck_jobs s "
+                 "WHERE s.job_id = j.job_id AND s.resolved_at IS NULL), j.updated_at)")
+        if self.older_than is not None:
+            args.append(self.older_than)
+            clauses.append(f"{since} <= now() - make_interval(secs => ${len(args)})")
+        if self.newer_than is not None:
+            args.append(self.newer_than)
+            clauses.append(f"{since} > now() - make_interval(secs => ${len(args)})")
+        return " AND ".join(clauses), args
+
+
+_REQUEUE_SQL: Final = """
+WITH requeued AS (
+    UPDATE harvester.jobs AS j
+       SET state = 'pending', next_poll_at = now(), requeued_at = now(),
+           updated_at = now(), attempt = 0, consecutive_500s = 0, consecutive_403s = 0,
+           failed_reason = NULL, leased_until = NULL, leased_by = NULL,
+           lease_seq = j.lease_seq + 1, next_step = 'status', status_since = NULL,
+           finished_seen_at = NULL
+     WHERE {where} AND j.state <> 'landed'
+    RETURNING 1
+)
+SELECT count(*) FROM requeued
+"""
+
+
+@dataclass(slots=True)
+class AckReport:
+    """What acknowledging stuck records did, ID by ID."""
+
+    acknowledged: list[UUID] = field(default_factory=list)
+    closed_already: list[tuple[UUID, str, str | None]] = field(default_factory=list)
+    never_stuck: list[UUID] = field(default_factory=list)
+    unknown: list[UUID] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class JobCursor:
+    """Where the next page of a job list starts: the sort time and job_id of the last
+    row shown. Its text form is opaque to users (``harvester jobs --after``)."""
+
+    at: datetime
+    job_id: UUID
+
+    def __str__(self) -> str:
+        raw = f"{self.at.isoformat()}|{self.job_id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def parse(cls, text: str) -> JobCursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+            at, _, job_id = raw.partition("|")
+            parsed = datetime.fromisoformat(at)
+            if parsed.tzinfo is None:
+                raise ValueError("naive time")
+            return cls(parsed, UUID(job_id))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError("not a cursor from a previous page") from exc
+
+
+# Each listable state in the order of its own index (see sql/001_initial.sql).
+_LIST_ORDER: Final[dict[str, tuple[str, bool]]] = {
+    "pending": ("next_poll_at", False),
+    "stuck": ("next_poll_at", False),
+    "landed": ("landed_at", True),
+    "failed": ("updated_at", True),
+}
+LISTABLE_STATES: Final = tuple(_LIST_ORDER)
+_HTTP_REASON: Final = re.compile(r"http_[1-5]\d\d")
+
+
+def is_failed_reason(text: str) -> bool:
+    """One of the known reasons, or ``http_<status>``: what ``failed_reason`` holds."""
+    return text in FAILED_REASONS or bool(_HTTP_REASON.fullmatch(text))
 
 
 class Store:
@@ -565,12 +679,16 @@ class Store:
 
     async def enqueue(self, job_ids: Sequence[UUID], conn: Connection | None = None
                       ) -> int:
-        """Insert new jobs, due now; returns how many were new (the rest were known)."""
+        """Insert new jobs, due now; returns how many were new (the rest were known).
+
+        ``ON CONFLICT DO NOTHING`` without a conflict target: naming ``(job_id)`` would
+        need SELECT on the column, and feeding needs only USAGE on the schema and INSERT
+        on harvester.jobs, whatever the path (README "Feeding jobs")."""
         sql = """
             WITH inserted AS (
                 INSERT INTO harvester.jobs (job_id)
                 SELECT unnest($1::uuid[])
-                ON CONFLICT (job_id) DO NOTHING
+                ON CONFLICT DO NOTHING
                 RETURNING 1
             )
             SELECT count(*) FROM inserted
@@ -585,46 +703,67 @@ class Store:
                 return int(await own.fetchval(sql, list(job_ids)))
 
     async def requeue(self, *, job_ids: Sequence[UUID] | None = None,
-                      state: Literal["failed", "stuck"] | None = None) -> RequeueReport:
+                      state: Literal["failed", "stuck"] | None = None,
+                      selection: Selection | None = None, dry_run: bool = False,
+                      conn: Connection | None = None) -> RequeueReport:
         """Put jobs back to pending, due now, their age limits counted from now.
 
-        Landed jobs are never touched. The lease token is bumped, so an answer still in
-        flight for a requeued job cannot overwrite the reset. An open stuck record stays
-        open: it closes when the row lands, not when someone retries."""
-        if (job_ids is None) == (state is None):
-            raise ValueError("requeue takes job IDs or a state, not both")
-        where = "job_id = ANY($1::uuid[])" if job_ids is not None else "state = $1"
-        arg: Any = list(job_ids) if job_ids is not None else state
-        sql = f"""
-            WITH requeued AS (
-                UPDATE harvester.jobs
-                   SET state = 'pending', next_poll_at = now(), requeued_at = now(),
-                       updated_at = now(), attempt = 0, consecutive_500s = 0,
-                       failed_reason = NULL, leased_until = NULL, leased_by = NULL,
-                       lease_seq = lease_seq + 1
-                 WHERE {where} AND state <> 'landed'
-                RETURNING 1
-            )
-            SELECT count(*) FROM requeued
-        """  # noqa: S608 - the interpolated part is one of two fixed strings
-        report = RequeueReport()
-        async with translated(), self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(DURABLE)
-            report.requeued = int(await conn.fetchval(sql, arg))
+        Either ``job_ids`` (any job but a landed one) or a ``selection`` (``state`` is the
+        short form of a selection without filters). Landed jobs are never touched. The
+        lease token is bumped, so an answer still in flight for a requeued job cannot
+        overwrite the reset. A requeued job starts over as a freshly fed one does:
+        followed through batch-status first (``next_step = 'status'``), its landing-lag
+        origin and 403 streak cleared; its poll count and last answer are kept as history.
+        An open stuck record stays open: it closes when the job ends (lands, fails,
+        expires) or when an operator acknowledges it, not when someone retries.
+
+        ``dry_run`` counts what would be requeued and changes nothing. With ``conn`` (a
+        connection in a transaction) the caller batches many calls into one commit."""
+        if state is not None:
+            if selection is not None:
+                raise ValueError("requeue takes a state or a selection, not both")
+            selection = Selection(state)
+        if (job_ids is None) == (selection is None):
+            raise ValueError("requeue takes job IDs or a selection, not both")
+        report = RequeueReport(dry_run=dry_run)
+        if job_ids is not None:
+            where, args = "j.job_id = ANY($1::uuid[])", [list(dict.fromkeys(job_ids))]
+        else:
+            assert selection is not None
+            where, args = selection.where()
+        async with translated(), self._connection(conn) as c:
+            if dry_run:
+                report.requeued = int(await c.fetchval(
+                    f"SELECT count(*) FROM harvester.jobs AS j "  # noqa: S608 - fixed fragments
+                    f"WHERE {where} AND j.state <> 'landed'", *args))
+            else:
+                if not c.is_in_transaction():
+                    raise ValueError("requeue needs a connection in a transaction")
+                await c.execute(DURABLE)
+                report.requeued = int(await c.fetchval(_REQUEUE_SQL.format(where=where), *args))
+                if report.requeued:
+                    await c.execute("SELECT pg_notify($1, '')", CHANNEL_JOBS)
             if job_ids is not None:
-                rows = await conn.fetch(
+                rows = await c.fetch(
                     """
                     SELECT u.job_id, j.state
                       FROM unnest($1::uuid[]) AS u(job_id)
                       LEFT JOIN harvester.jobs j USING (job_id)
                      WHERE j.job_id IS NULL OR j.state = 'landed'
                      ORDER BY u.job_id
-                    """, list(dict.fromkeys(job_ids)))
+                    """, args[0])
                 report.landed = [r["job_id"] for r in rows if r["state"] == "landed"]
                 report.unknown = [r["job_id"] for r in rows if r["state"] is None]
-            if report.requeued:
-                await conn.execute("SELECT pg_notify($1, '')", CHANNEL_JOBS)
         return report
+
+    @asynccontextmanager
+    async def _connection(self, conn: Connection | None) -> AsyncIterator[Connection]:
+        """``conn`` as is, or a pooled connection in a transaction of its own."""
+        if conn is not None:
+            yield conn
+            return
+        async with self.pool.acquire() as own, own.transaction():
+            yield own
 
     # ------------------------------------------------------------ daemons
 
@@ -656,13 +795,17 @@ class Store:
                 "DELETE FROM harvester.workers WHERE heartbeat_at < now() - interval '1 day'")
 
     # ------------------------------------------------------------ reading
+    #
+    # What operators see: `harvester status`, `stuck`, `jobs`, the admin API's job
+    # pages and the queue gauges of /metrics. Every list is bounded and walks an index
+    # in its order (README "Commands", "Operating").
 
     async def status(self) -> dict[str, Any]:
         """The numbers `harvester status` prints."""
         async with translated(), self.pool.acquire() as conn:
             open_counts = await conn.fetch(
-                "SELECT state, count(*) AS n FROM harvester.jobs "
-                "WHERE state IN ('pending', 'stuck') GROUP BY state")
+                "SELECT state, upstream_status, count(*) AS n FROM harvester.jobs "
+                "WHERE state IN ('pending', 'stuck') GROUP BY state, upstream_status")
             closed_counts = await conn.fetch(
                 "SELECT state, count(*) AS n FROM harvester.jobs "
                 "WHERE state IN ('landed', 'failed') GROUP BY state")
@@ -674,7 +817,7 @@ class Store:
                  WHERE state IN ('pending', 'stuck') AND next_poll_at <= now()
                    AND (leased_until IS NULL OR leased_until <= now())
                 """)
-            in_flight = await conn.fetchval(
+            leased = await conn.fetchval(
                 "SELECT count(*) FROM harvester.jobs WHERE state IN ('pending', 'stuck') "
                 "AND leased_until > now()")
             landed = await _one(conn,
@@ -690,38 +833,52 @@ class Store:
             stuck_open = await conn.fetchval("SELECT count(*) FROM harvester.open_stuck_jobs")
             workers = await conn.fetch(
                 """
-                SELECT worker_id, hostname, pid, version, auth_circuit, paused_until, in_flight,
+                SELECT worker_id, hostname, pid, version, auth_circuit, permission_circuit,
+                       upstream_alarm, send_rate, paused_until, in_flight,
                        extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age
                   FROM harvester.workers
                  WHERE heartbeat_at > now() - interval '2 minutes'
                  ORDER BY worker_id
                 """)
         states = {"pending": 0, "stuck": 0, "landed": 0, "failed": 0}
-        for row in [*open_counts, *closed_counts]:
+        by_upstream: dict[str, int] = {}
+        for row in open_counts:
+            states[row["state"]] += row["n"]
+            label = "not_asked" if row["upstream_status"] is None else row["upstream_status"]
+            by_upstream[label] = by_upstream.get(label, 0) + row["n"]
+        for row in closed_counts:
             states[row["state"]] = row["n"]
         live = [dict(w) for w in workers]
         return {
             "jobs": states,
             "total": sum(states.values()),
+            "open_by_upstream_status": dict(sorted(by_upstream.items(),
+                                                   key=lambda kv: (-kv[1], kv[0]))),
             "due_now": due["due_now"],
             "oldest_due_age_seconds": due["oldest_due_age"],
-            "in_flight": in_flight,
+            "leased": leased,
+            # The same number under its first name; "leased" says what it counts.
+            "in_flight": leased,
             "stuck_open": stuck_open,
             "landed_last_minute": landed["last_minute"],
             "landed_last_hour": landed["last_hour"],
             "failed_by_reason": {r["failed_reason"]: r["n"] for r in failed},
             "auth_circuit_open": any(w["auth_circuit"] == "open" for w in live),
+            "permission_circuit_open": any(w["permission_circuit"] == "open" for w in live),
+            "upstream_alarms": sorted({w["upstream_alarm"] for w in live
+                                       if w["upstream_alarm"] is not None}),
             "workers": live,
         }
 
     async def queue_gauges(self) -> dict[str, float]:
-        """Cheap numbers for /metrics: open jobs by state, due backlog, oldest due age.
+        """Cheap numbers for /metrics: open jobs by state and upstream status, due
+        backlog, oldest due age, open stuck records.
 
-        Both queries walk only the partial index of open jobs."""
+        The queries walk only the partial indexes of open jobs and open stuck records."""
         async with translated(), self.pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT state, count(*) AS n FROM harvester.jobs "
-                "WHERE state IN ('pending', 'stuck') GROUP BY state")
+                "SELECT state, upstream_status, count(*) AS n FROM harvester.jobs "
+                "WHERE state IN ('pending', 'stuck') GROUP BY state, upstream_status")
             due = await _one(conn,
                 """
                 SELECT count(*) AS due,
@@ -739,34 +896,120 @@ class Store:
                 """)
         gauges = {"pending": 0.0, "stuck": 0.0}
         for row in rows:
-            gauges[row["state"]] = float(row["n"])
+            gauges[row["state"]] += float(row["n"])
+            key = f"upstream:{row['state']}:{upstream_status_label(row['upstream_status'])}"
+            gauges[key] = gauges.get(key, 0.0) + float(row["n"])
         gauges["due"] = float(due["due"])
         gauges["oldest_due_age"] = float(due["age"])
         gauges["stuck_open"] = float(stuck["open"])
         gauges["oldest_stuck_age"] = float(stuck["age"])
         return gauges
 
-    async def open_stuck(self) -> list[dict[str, Any]]:
-        async with translated():
-            rows = await self.pool.fetch(
+    async def stuck_records(self, which: Literal["open", "resolved", "all"] = "open",
+                            limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Stuck records and how many there are in all (``limit`` caps the list only).
+
+        Open ones (and ``all``) oldest first; resolved ones most recently closed first."""
+        where = {"open": "s.resolved_at IS NULL", "resolved": "s.resolved_at IS NOT NULL",
+                 "all": "true"}[which]
+        order = ("s.resolved_at DESC, s.job_id" if which == "resolved"
+                 else "s.first_seen_at, s.job_id")
+        async with translated(), self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"""
+                SELECT s.job_id, s.first_seen_at, s.last_seen_at, s.times_seen, s.last_status,
+                       s.last_body,
+                       extract(epoch FROM coalesce(s.resolved_at, now()) - s.first_seen_at
+                               )::float8 AS open_for_seconds,
+                       j.state, j.next_poll_at, s.resolved_at, s.resolution, s.resolved_by,
+                       s.resolution_note
+                  FROM harvester.stuck_jobs s
+                  JOIN harvester.jobs j USING (job_id)
+                 WHERE {where}
+                 ORDER BY {order}
+                 LIMIT $1
+                """, limit)  # noqa: S608 - fixed fragments chosen above
+            total = await conn.fetchval(
+                f"SELECT count(*) FROM harvester.stuck_jobs s WHERE {where}")  # noqa: S608
+        return [dict(r) for r in rows], int(total)
+
+    async def open_stuck(self, limit: int | None = None) -> list[dict[str, Any]]:
+        rows, _ = await self.stuck_records("open", limit)
+        return rows
+
+    async def acknowledge_stuck(self, job_ids: Sequence[UUID], by: str, note: str,
+                                conn: Connection | None = None) -> AckReport:
+        """Close open stuck records by hand: ``resolution = 'acknowledged'``, who, why.
+
+        Only open records change; the jobs themselves keep their state and their
+        recheck, so a row that lands later is still mirrored. The report says what
+        happened to every ID: acknowledged now, closed already (and how), never stuck,
+        or not in the queue."""
+        unique = list(dict.fromkeys(job_ids))
+        async with translated(), self._connection(conn) as c:
+            rows = await c.fetch(
                 """
-                SELECT job_id, first_seen_at, last_seen_at, times_seen, last_status, last_body,
-                       extract(epoch FROM open_for)::float8 AS open_for_seconds, state,
-                       next_poll_at
-                  FROM harvester.open_stuck_jobs
-                 ORDER BY first_seen_at, job_id
-                """)
-        return [dict(r) for r in rows]
+                WITH acked AS (
+                    UPDATE harvester.stuck_jobs
+                       SET resolved_at = now(), resolution = 'acknowledged',
+                           resolved_by = $2, resolution_note = $3
+                     WHERE job_id = ANY($1::uuid[]) AND resolved_at IS NULL
+                    RETURNING job_id
+                )
+                SELECT u.job_id, a.job_id IS NOT NULL AS acked, j.job_id IS NOT NULL AS known,
+                       s.job_id IS NOT NULL AS was_stuck, s.resolution, s.resolved_by
+                  FROM unnest($1::uuid[]) AS u(job_id)
+                  LEFT JOIN acked a USING (job_id)
+                  LEFT JOIN harvester.jobs j USING (job_id)
+                  LEFT JOIN harvester.stuck_jobs s USING (job_id)
+                 ORDER BY u.job_id
+                """, unique, by, note)
+        report = AckReport()
+        for row in rows:
+            if row["acked"]:
+                report.acknowledged.append(row["job_id"])
+            elif not row["known"]:
+                report.unknown.append(row["job_id"])
+            elif not row["was_stuck"]:
+                report.never_stuck.append(row["job_id"])
+            else:
+                report.closed_already.append(
+                    (row["job_id"], row["resolution"] or "unknown", row["resolved_by"]))
+        return report
+
+    async def list_jobs(self, state: str, *, reasons: Sequence[str] = (), limit: int = 100,
+                        after: JobCursor | None = None
+                        ) -> tuple[list[dict[str, Any]], JobCursor | None]:
+        """One page of jobs in ``state`` and the cursor of the next page (None: last).
+
+        Each state is listed in the order of its own index, so a page costs ``limit``
+        rows however large the queue: open jobs by next poll time (the most overdue
+        first), landed ones by landing time and failed ones by failure time (the most
+        recent first). Keyset pagination: a page starts after the (time, job_id) of the
+        previous one, so pages do not shift when jobs are added; a live queue moves,
+        and a job whose next poll time changes may move to another page."""
+        sql, args = list_jobs_sql(state, reasons=reasons, limit=limit, after=after)
+        async with translated():
+            rows = await self.pool.fetch(sql, *args)
+        column = _LIST_ORDER[state][0]
+        page = [dict(r) for r in rows[:limit]]
+        following = None
+        if len(rows) > limit:
+            last = page[-1]
+            following = JobCursor(last[column], last["job_id"])
+        return page, following
 
     async def job(self, job_id: UUID) -> dict[str, Any] | None:
-        """One job as the admin API shows it: its queue row, its mirror row when landed
-        (``result``, JSON columns decoded), and its stuck record if it ever had one."""
+        """One job as the admin API shows it: its queue row (with what batch-status last
+        said of it), its mirror row when landed (``result``, JSON columns decoded), and
+        its stuck record if it ever had one (with how, by whom and why it closed)."""
         async with translated(), self.pool.acquire() as conn:
             row = await conn.fetchrow(
                 """
                 SELECT job_id, state, enqueued_at, requeued_at, updated_at, next_poll_at, polls,
-                       last_status, last_error, failed_reason, upstream_status, landed_at,
-                       leased_until, leased_by
+                       last_status, last_error, failed_reason, upstream_status,
+                       status_checked_at, status_since, finished_seen_at, next_step,
+                       status_checks, landed_at, leased_until, leased_by
                   FROM harvester.jobs WHERE job_id = $1
                 """, job_id)
             if row is None:
@@ -787,15 +1030,14 @@ class Store:
                 mirror["payload"] = json.loads(mirror["payload"])
                 found["result"] = mirror
             stuck = await conn.fetchrow(
-                "SELECT first_seen_at, last_seen_at, times_seen, last_status, resolved_at "
+                "SELECT first_seen_at, last_seen_at, times_seen, last_status, resolved_at, "
+                "resolution, resolved_by, resolution_note "
                 "FROM harvester.stuck_jobs WHERE job_id = $1", job_id)
             found["stuck"] = None if stuck is None else dict(stuck)
         return found
-
     async def ping(self) -> None:
         async with translated():
             await self.pool.fetchval("SELECT 1")
-
 
     # ------------------------------------------------------------ notifications
 
@@ -847,6 +1089,38 @@ class Store:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), timeout=2.0)
             await asyncio.sleep(min(LISTEN_RETRY_CAP, 0.5 * 2 ** min(failures, 6)))
+
+
+def list_jobs_sql(state: str, *, reasons: Sequence[str] = (), limit: int = 100,
+                  after: JobCursor | None = None) -> tuple[str, list[Any]]:
+    """The statement behind :meth:`Store.list_jobs` (one more row than ``limit``, to know
+    whether a next page exists), apart so that a test can EXPLAIN it."""
+    column, descending = _LIST_ORDER[state]  # a KeyError for any other text
+    args: list[Any] = [limit + 1]
+    # The state is written into the statement, not bound: a partial index is only
+    # usable when the planner can see its predicate holds, also in a generic plan.
+    where = [f"j.state = '{state}'"]
+    if state in ("pending", "stuck"):
+        where.append("j.state IN ('pending', 'stuck')")  # the open jobs' index
+    if reasons:
+        args.append(list(reasons))
+        where.append(f"j.failed_reason = ANY(${len(args)}::text[])")
+    if after is not None:
+        args += [after.at, after.job_id]
+        compare = "<" if descending else ">"
+        where.append(f"(j.{column}, j.job_id) {compare} (${len(args) - 1}, ${len(args)})")
+    direction = "DESC" if descending else "ASC"
+    sql = f"""
+        SELECT j.job_id, j.state, j.enqueued_at, j.requeued_at, j.updated_at,
+               j.next_poll_at, j.polls, j.last_status, j.last_error, j.failed_reason,
+               j.upstream_status, j.status_checked_at, j.next_step, j.landed_at,
+               j.leased_until
+          FROM harvester.jobs AS j
+         WHERE {" AND ".join(where)}
+         ORDER BY j.{column} {direction}, j.job_id {direction}
+         LIMIT $1
+    """  # noqa: S608 - state, columns and operators from fixed tables above
+    return sql, args
 
 
 async def _one(conn: Connection, sql: str, *args: Any) -> asyncpg.Record:

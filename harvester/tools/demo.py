@@ -5,8 +5,9 @@ The demo starts, in one process tree, the embedded PostgreSQL, the simulated ups
 production), feeds a few thousand jobs with a realistic mix (most land after a few
 202s, some get stuck, some 404, one short 429 window), shows live progress, and ends
 with a summary and a sample query over the mirror. The database stays in place
-afterwards (``harvester psql --database harvester_demo`` opens it). Ctrl-C at any
-moment stops everything cleanly.
+afterwards, and the demo ends by printing the commands that look at it
+(``harvester status --database harvester_demo`` and friends). Ctrl-C at any moment stops
+everything cleanly.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -166,10 +168,29 @@ async def run_demo(settings: Settings, jobs: int, max_seconds: float, out: TextI
             await _summary(pool, api_url, jobs, elapsed, console)
     finally:
         await asyncio.to_thread(embedded.stop)
-    where = "" if data_dir == default_data_dir() else f" --data-dir {data_dir}"
-    console.print(f"\nThe demo database is kept: [bold]harvester psql --database {DEMO_DATABASE}"
-                  f"{where}[/] opens it (the server starts for the session).")
+    console.print("\nThe demo database is kept. Next, on the same database (each command starts "
+                  "the embedded server for its session):")
+    commands = next_commands(data_dir)
+    width = max(len(command) for command, _ in commands) + 2
+    for command, what in commands:
+        console.print(f"  [bold]{command}[/]{' ' * (width - len(command))}# {what}",
+                      soft_wrap=True)
     return 0
+
+
+def next_commands(data_dir: Path) -> list[tuple[str, str]]:
+    """The commands a newcomer runs after the demo, pointed at the demo's database
+    (README "Try it"; a test runs each of them)."""
+    where = f" --database {DEMO_DATABASE}"
+    if data_dir != default_data_dir():
+        where += f" --data-dir {shlex.quote(str(data_dir))}"
+    return [
+        (f"harvester status{where}", "queue counts, backlog, circuits"),
+        (f"harvester stuck{where}", "the open stuck records"),
+        (f"harvester jobs --state failed{where}", "failed jobs and why"),
+        (f"harvester requeue --reason not_found --dry-run{where}", "what a requeue would do"),
+        (f"harvester psql{where}", "SQL over the mirror"),
+    ]
 
 
 async def _watch(pool: asyncpg.Pool, api_url: str, jobs: int, started: float,

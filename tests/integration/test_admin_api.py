@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -331,3 +332,120 @@ async def test_a_database_that_is_away_is_a_json_503_and_nothing_half_done(db_ur
                                                  "try again"})
         status, body = await call(client, "GET", f"/v1/jobs/{uuid.uuid4()}", headers=AUTH)
         assert (status, body) == (503, {"error": "database unavailable"})
+
+
+# ---------------------------------------------------------------- following and listing
+
+
+async def test_get_shows_what_batch_status_said_and_how_a_stuck_record_closed(
+    store: Store, pool: asyncpg.Pool
+) -> None:
+    f = await put_jobs_in_each_state(pool)
+    await pool.execute(
+        """
+        UPDATE harvester.jobs
+           SET upstream_status = 'running', status_checked_at = now() - interval '5 seconds',
+               status_since = now() - interval '10 minutes', status_checks = 12,
+               next_step = 'status'
+         WHERE job_id = $1
+        """, f.due_later)
+    await pool.execute(
+        "UPDATE harvester.stuck_jobs SET resolved_at = now(), resolution = 'acknowledged', "
+        "resolved_by = 'alice', resolution_note = 'ticket 4711' WHERE job_id = $1", f.stuck)
+    async with admin_client(store) as client:
+        status, body = await call(client, "GET", f"/v1/jobs/{f.due_later}", headers=AUTH)
+        assert status == 200
+        assert (body["upstream_status"], body["status_checks"], body["next_step"]) == \
+            ("running", 12, "status")
+        assert body["finished_seen_at"] is None
+        checked = datetime.fromisoformat(body["status_checked_at"])
+        since = datetime.fromisoformat(body["status_since"])
+        assert since < checked
+        status, body = await call(client, "GET", f"/v1/jobs/{f.pending}", headers=AUTH)
+        assert (body["upstream_status"], body["next_step"], body["status_checked_at"]) == \
+            ("extraction_done", "result", None)
+        status, body = await call(client, "GET", f"/v1/jobs/{f.stuck}", headers=AUTH)
+        assert {k: body["stuck"][k] for k in ("resolution", "resolved_by", "resolution_note")} \
+            == {"resolution": "acknowledged", "resolved_by": "alice",
+                "resolution_note": "ticket 4711"}
+        status, body = await call(client, "GET", f"/v1/jobs/{f.stuck_resolved}", headers=AUTH)
+        assert (body["stuck"]["resolution"], body["stuck"]["resolved_by"]) == \
+            ("landed", "harvester")
+
+
+async def add_jobs(pool: asyncpg.Pool, n: int, state: str, reason: str | None = None
+                   ) -> list[uuid.UUID]:
+    """``n`` jobs in ``state``, one second apart in that state's order column."""
+    ids = [uuid.uuid4() for _ in range(n)]
+    await pool.execute(
+        """
+        INSERT INTO harvester.jobs (job_id, state, failed_reason, next_poll_at, landed_at,
+                                    updated_at)
+        SELECT id, $2,
+               CASE WHEN $2 = 'failed' THEN coalesce($3, 'not_found') END,
+               CASE WHEN $2 IN ('pending', 'stuck') THEN now() + make_interval(secs => n) END,
+               CASE WHEN $2 = 'landed' THEN now() - make_interval(secs => n) END,
+               now() - make_interval(secs => n)
+          FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, n)
+        """, ids, state, reason)
+    return ids
+
+
+async def test_jobs_are_listed_by_state_a_bounded_page_at_a_time(store: Store,
+                                                                  pool: asyncpg.Pool) -> None:
+    pending = await add_jobs(pool, 5, "pending")
+    failed_404 = await add_jobs(pool, 4, "failed", "not_found")
+    failed_403 = await add_jobs(pool, 2, "failed", "forbidden")
+    landed = await add_jobs(pool, 3, "landed")
+    async with admin_client(store) as client:
+        async def pages(query: str) -> list[list[str]]:
+            found: list[list[str]] = []
+            cursor: str | None = None
+            while True:
+                path = f"/v1/jobs?{query}" + (f"&after={cursor}" if cursor else "")
+                status, body = await call(client, "GET", path, headers=AUTH)
+                assert status == 200, body
+                found.append([job["job_id"] for job in body["jobs"]])
+                cursor = body["next"]
+                if cursor is None:
+                    return found
+
+        # Open jobs: the next due first; landed and failed: the most recent first.
+        assert await pages("state=pending&limit=2") == [
+            [str(j) for j in pending[:2]], [str(j) for j in pending[2:4]], [str(pending[4])]]
+        assert await pages("state=landed&limit=5") == [[str(j) for j in landed]]
+        assert await pages("reason=not_found&limit=3") == [
+            [str(j) for j in failed_404[:3]], [str(failed_404[3])]]
+        both = await pages("state=failed&reason=forbidden&reason=not_found&limit=10")
+        assert sorted(both[0]) == sorted(str(j) for j in failed_404 + failed_403)
+        assert await pages("state=stuck") == [[]]
+
+        status, body = await call(client, "GET", "/v1/jobs?reason=not_found&limit=1",
+                                  headers=AUTH)
+        job = body["jobs"][0]
+        assert (job["state"], job["failed_reason"]) == ("failed", "not_found")
+        assert sorted(job) == sorted([
+            "job_id", "state", "enqueued_at", "requeued_at", "updated_at", "next_poll_at",
+            "polls", "last_status", "last_error", "failed_reason", "upstream_status",
+            "status_checked_at", "next_step", "landed_at", "leased_until"])
+
+        for query, message in [
+            ("", "state must be one of pending, stuck, landed, failed"),
+            ("state=everything", "state must be one of pending, stuck, landed, failed"),
+            ("state=pending&reason=not_found", "reason applies to state=failed only"),
+            ("reason=gone", "reason must be one of forbidden, upstream_failed, not_found, "
+                            "expired or http_<status>"),
+            ("state=failed&limit=0", "limit must be a whole number from 1 to 1000"),
+            ("state=failed&limit=1001", "limit must be a whole number from 1 to 1000"),
+            ("state=failed&limit=ten", "limit must be a whole number from 1 to 1000"),
+            ("state=failed&after=bogus", 'after must be the cursor of a previous page '
+                                         '(its "next")'),
+            ("state=failed&page=2", "unknown query parameter(s): page"),
+        ]:
+            status, body = await call(client, "GET", f"/v1/jobs?{query}", headers=AUTH)
+            assert (status, body) == (400, {"error": message}), query
+        status, body = await call(client, "GET", "/v1/jobs?state=failed")
+        assert status == 401
+    async with admin_client(store, token=None) as client:
+        status, body = await call(client, "GET", "/v1/jobs?state=landed")
+        assert (status, len(body["jobs"])) == (200, 3)

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harvester.store import Store
 from harvester.tools.simulator import result_row
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
@@ -44,7 +45,8 @@ async def put_jobs_in_each_state(pool: asyncpg.Pool) -> Fixture:
     # Enqueued two hours ago and still pending: the oldest due job.
     await pool.execute(
         "UPDATE harvester.jobs SET enqueued_at = now() - interval '2 hours', "
-        "next_poll_at = now() - interval '90 minutes', polls = 4, last_status = 202 "
+        "next_poll_at = now() - interval '90 minutes', polls = 4, last_status = 202, "
+        "upstream_status = 'extraction_done', next_step = 'result' "
         "WHERE job_id = $1", f.pending)
     await pool.execute(
         "UPDATE harvester.jobs SET next_poll_at = now() + interval '1 hour', polls = 1, "
@@ -53,6 +55,7 @@ async def put_jobs_in_each_state(pool: asyncpg.Pool) -> Fixture:
         """
         UPDATE harvester.jobs
            SET state = 'stuck', polls = 3, last_status = 500, consecutive_500s = 3,
+               upstream_status = 'completed', next_step = 'result',
                last_error = 'stuck: 3 consecutive 500s', next_poll_at = now() + interval '15 minutes'
          WHERE job_id = $1
         """, f.stuck)
@@ -85,8 +88,10 @@ async def put_jobs_in_each_state(pool: asyncpg.Pool) -> Fixture:
             datetime.fromisoformat(row["deliveredAt"]) if row["deliveredAt"] else None,
             datetime.fromisoformat(row["createdAt"]), json.dumps(row))
     await pool.execute(
-        "INSERT INTO harvester.stuck_jobs (job_id, times_seen, last_status, resolved_at) "
-        "VALUES ($1, 3, 500, now())", f.stuck_resolved)
+        "INSERT INTO harvester.stuck_jobs (job_id, first_seen_at, times_seen, last_status, "
+        "resolved_at, resolution, resolved_by) "
+        "VALUES ($1, now() - interval '1 hour', 3, 500, now(), 'landed', 'harvester')",
+        f.stuck_resolved)
     await pool.execute(
         """
         UPDATE harvester.jobs
@@ -111,28 +116,56 @@ def table_rows(text: str) -> list[list[str]]:
 # ---------------------------------------------------------------- status
 
 
-async def test_status_json_is_stable_and_counts_every_state(cli: Any, pool: asyncpg.Pool) -> None:
-    await put_jobs_in_each_state(pool)
+async def add_workers(pool: asyncpg.Pool) -> None:
+    """Two live daemons as their heartbeats leave them (one with a learned rate and both
+    circuits open), and one whose heartbeat stopped long ago."""
     await pool.execute(
-        "INSERT INTO harvester.workers (worker_id, hostname, pid, version, auth_circuit, "
-        "in_flight) VALUES ('w1', 'host-a', 42, '0.1.0', 'open', 3)")
+        """
+        INSERT INTO harvester.workers (worker_id, hostname, pid, version, auth_circuit,
+                                       permission_circuit, upstream_alarm, send_rate,
+                                       paused_until, in_flight, heartbeat_at)
+        VALUES ('w1', 'host-a', 42, '0.1.0', 'open', 'open', 'base_url_suspect', 287.5,
+                now() + interval '30 seconds', 3, now()),
+               ('w2', 'host-b', 43, '0.1.0', 'closed', 'closed', NULL, NULL, NULL, 0, now()),
+               ('w0', 'host-c', 41, '0.1.0', 'closed', 'closed', NULL, NULL, NULL, 9,
+                now() - interval '1 hour')
+        """)
+
+
+async def test_status_json_is_stable_and_counts_every_state(cli: Any, pool: asyncpg.Pool) -> None:
+    f = await put_jobs_in_each_state(pool)
+    await add_workers(pool)
+    await pool.execute("UPDATE harvester.jobs SET leased_until = now() + interval '1 minute' "
+                       "WHERE job_id = $1", f.due_later)
     result = await cli("status", "--json")
     assert result.status == 0, result.err
     document = result.json()
     assert sorted(document) == [
         "auth_circuit_open", "due_now", "failed_by_reason", "in_flight", "jobs",
-        "landed_last_hour", "landed_last_minute", "oldest_due_age_seconds", "stuck_open",
-        "total", "workers"]
+        "landed_last_hour", "landed_last_minute", "leased", "oldest_due_age_seconds",
+        "open_by_upstream_status", "permission_circuit_open", "stuck_open", "total",
+        "upstream_alarms", "workers"]
     assert document["jobs"] == {"pending": 2, "stuck": 1, "landed": 2, "failed": 2}
     assert document["total"] == 7
     assert document["due_now"] == 1
     assert 90 * 60 - 5 < document["oldest_due_age_seconds"] < 90 * 60 + 60
-    assert document["in_flight"] == 0
+    # Leased = claimed by a daemon whose outcome is not written yet; in_flight is the
+    # same number under its first name.
+    assert (document["leased"], document["in_flight"]) == (1, 1)
+    assert document["open_by_upstream_status"] == {"completed": 1, "extraction_done": 1,
+                                                   "not_asked": 1}
     assert document["stuck_open"] == 1
     assert (document["landed_last_minute"], document["landed_last_hour"]) == (2, 2)
     assert document["failed_by_reason"] == {"expired": 1, "forbidden": 1}
     assert document["auth_circuit_open"] is True
-    assert [(w["worker_id"], w["in_flight"]) for w in document["workers"]] == [("w1", 3)]
+    assert document["permission_circuit_open"] is True
+    assert document["upstream_alarms"] == ["base_url_suspect"]
+    workers = document["workers"]
+    assert [(w["worker_id"], w["in_flight"], w["send_rate"], w["permission_circuit"],
+             w["upstream_alarm"]) for w in workers] == [
+        ("w1", 3, 287.5, "open", "base_url_suspect"), ("w2", 0, None, "closed", None)]
+    assert datetime.fromisoformat(workers[0]["paused_until"]).tzinfo is not None
+    assert workers[1]["paused_until"] is None
 
 
 async def test_status_on_an_empty_queue(cli: Any) -> None:
@@ -140,9 +173,12 @@ async def test_status_on_an_empty_queue(cli: Any) -> None:
     assert document["jobs"] == {"pending": 0, "stuck": 0, "landed": 0, "failed": 0}
     assert document["oldest_due_age_seconds"] is None
     assert document["auth_circuit_open"] is False
+    assert document["permission_circuit_open"] is False
+    assert (document["open_by_upstream_status"], document["upstream_alarms"]) == ({}, [])
     table = await cli("status")
     assert table.status == 0
     assert "daemons alive: none" in table.out
+    assert "open jobs by upstream status" not in table.out
 
 
 async def test_status_table_is_readable(cli: Any, pool: asyncpg.Pool) -> None:
@@ -154,15 +190,42 @@ async def test_status_table_is_readable(cli: Any, pool: asyncpg.Pool) -> None:
     rows = table_rows(result.out)
     assert rows[0] == ["state", "jobs", "detail"]
     assert rows[1:] == [
-        ["pending", "2", "claimed by a daemon right now 0"],
+        ["pending", "2", "leased now 0 (claimed by a daemon, outcome not yet written)"],
         ["stuck", "1", "open stuck records 1"],
         ["landed", "2", "last minute 2, last hour 2"],
         ["failed", "2", "expired 1, forbidden 1"],
         ["total", "7", ""],
     ]
     assert "due now: 1 (the oldest has waited 90.0m)" in lines
-    assert "auth circuit: closed" in result.out
+    assert ("open jobs by upstream status: completed 1, extraction_done 1, not asked yet 1"
+            in lines)
+    assert "auth circuit: closed" in lines
+    assert "permission circuit: closed" in lines
     assert "\x1b[" not in result.out  # no colour codes when stdout is not a terminal
+
+
+async def test_status_shows_each_live_daemon_with_its_rate_circuits_and_alarm(
+    cli: Any, pool: asyncpg.Pool
+) -> None:
+    await add_workers(pool)
+    result = await cli("status")
+    assert result.status == 0, result.err
+    lines = result.out.splitlines()
+    assert "auth circuit: OPEN (upstream rejects the API token)" in lines
+    assert "permission circuit: OPEN (the API token lacks a permission, e.g. jobs:read)" in lines
+    assert ("upstream alarm: base_url_suspect (every answer is a web page: check "
+            "HARVESTER_API_BASE_URL)") in lines
+    assert "daemons alive: 2" in lines
+    rows = table_rows(result.out)
+    header = rows.index(["daemon", "host", "pid", "version", "requests in flight", "send rate",
+                         "paused", "auth", "permission", "alarm", "heartbeat"])
+    w1, w2 = rows[header + 1], rows[header + 2]
+    assert w1[:6] == ["w1", "host-a", "42", "0.1.0", "3", "287.5/s"]
+    assert w1[6].startswith("for ")
+    assert w1[7:10] == ["open", "open", "base_url_suspect"]
+    assert w2[:10] == ["w2", "host-b", "43", "0.1.0", "0", "no limit found", "-", "closed",
+                       "closed", "-"]
+    assert w2[10].endswith("s ago")
 
 
 # ---------------------------------------------------------------- stuck
@@ -182,8 +245,10 @@ async def test_stuck_lists_open_records_oldest_first_in_both_forms(cli: Any, poo
     assert [r["job_id"] for r in records] == [str(f.stuck), str(newer)]  # resolved one absent
     first = records[0]
     assert sorted(first) == ["first_seen_at", "job_id", "last_body", "last_seen_at",
-                             "last_status", "next_poll_at", "open_for_seconds", "state",
+                             "last_status", "next_poll_at", "open_for_seconds", "resolution",
+                             "resolution_note", "resolved_at", "resolved_by", "state",
                              "times_seen"]
+    assert (first["resolved_at"], first["resolution"], first["resolved_by"]) == (None, None, None)
     assert first["times_seen"] == 7
     assert first["last_status"] == 500
     assert first["state"] == "stuck"
@@ -206,6 +271,119 @@ async def test_stuck_lists_open_records_oldest_first_in_both_forms(cli: Any, poo
 async def test_stuck_with_none_open_says_so(cli: Any) -> None:
     assert (await cli("stuck")).out == "no open stuck jobs\n"
     assert (await cli("stuck", "--json")).json() == []
+    assert (await cli("stuck", "--resolved")).out == "no closed stuck records\n"
+
+
+async def add_stuck(pool: asyncpg.Pool, n: int) -> list[uuid.UUID]:
+    """``n`` open stuck records, first seen one minute apart (the first is the oldest)."""
+    ids = [uuid.uuid4() for _ in range(n)]
+    await pool.execute(
+        "INSERT INTO harvester.jobs (job_id, state, polls, last_status) "
+        "SELECT unnest($1::uuid[]), 'stuck', 3, 500", ids)
+    await pool.execute(
+        "INSERT INTO harvester.stuck_jobs (job_id, first_seen_at, last_status) "
+        "SELECT id, now() - make_interval(mins => $2 - n::int), 500 "
+        "FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, n)", ids, n)
+    return ids
+
+
+async def test_stuck_limit_bounds_the_list_and_says_how_many_there_are(
+    cli: Any, pool: asyncpg.Pool
+) -> None:
+    ids = await add_stuck(pool, 7)
+    table = await cli("stuck", "--limit", "3")
+    assert table.status == 0, table.err
+    assert "open stuck jobs (7), oldest first" in table.out
+    assert [r[0] for r in table_rows(table.out)[1:]] == [str(i) for i in ids[:3]]
+    assert "showing 3 of 7 open stuck jobs; --limit N shows more (--limit 0: all)" in table.out
+
+    as_json = await cli("stuck", "--json", "--limit", "2")
+    assert [r["job_id"] for r in as_json.json()] == [str(i) for i in ids[:2]]
+    assert as_json.err == ("harvester: showing 2 of 7 open stuck jobs; --limit N shows more "
+                           "(--limit 0: all)\n")
+    everything = await cli("stuck", "--json", "--limit", "0")
+    assert len(everything.json()) == 7
+    assert everything.err == ""
+    assert len((await cli("stuck", "--json")).json()) == 7  # the default bound is 100
+    negative = await cli("stuck", "--limit", "-1")
+    assert (negative.status, negative.err) == (
+        2, "harvester: --limit: must be 0 (no limit) or more (got -1)\n")
+
+
+async def test_stuck_ack_closes_records_with_who_and_why_and_the_gauge_drops(
+    cli: Any, pool: asyncpg.Pool, store: Store
+) -> None:
+    f = await put_jobs_in_each_state(pool)
+    never, unknown = f.pending, uuid.uuid4()
+    assert (await store.queue_gauges())["stuck_open"] == 1
+    result = await cli("stuck", "ack", str(f.stuck), str(f.stuck_resolved), str(never),
+                       str(unknown), "--by", "alice", "--note", "reported to justcrawl, #4711")
+    assert result.status == 0, result.err
+    assert result.out.splitlines() == [
+        "acknowledged 1 stuck record(s) as alice",
+        f"closed already 1: {f.stuck_resolved} (landed by harvester)",
+        f"never stuck 1 job(s): {never}",
+        f"not in the queue 1 job ID(s): {unknown}",
+    ]
+    record = await pool.fetchrow("SELECT * FROM harvester.stuck_jobs WHERE job_id = $1", f.stuck)
+    assert record is not None
+    assert (record["resolution"], record["resolved_by"], record["resolution_note"]) == \
+        ("acknowledged", "alice", "reported to justcrawl, #4711")
+    assert record["resolved_at"] is not None
+    # The job keeps its state and its recheck; only the record closed.
+    job = (await jobs_by_id(pool))[f.stuck]
+    assert (job["state"], job["next_poll_at"] is not None) == ("stuck", True)
+    gauges = await store.queue_gauges()
+    assert (gauges["stuck_open"], gauges["oldest_stuck_age"]) == (0.0, 0.0)
+    assert (await cli("stuck")).out == "no open stuck jobs\n"
+
+    # Acknowledging again changes nothing and says who closed it.
+    again = await cli("stuck", "ack", str(f.stuck), "--by", "bob", "--note", "again", "--json")
+    assert again.json() == {
+        "acknowledged": 0, "acknowledged_ids": [], "never_stuck": [], "never_stuck_count": 0,
+        "unknown": [], "unknown_count": 0, "resolved_by": "bob", "note": "again",
+        "closed_already": [{"job_id": str(f.stuck), "resolution": "acknowledged",
+                            "resolved_by": "alice"}], "closed_already_count": 1}
+    closed = await cli("stuck", "--resolved")
+    rows = table_rows(closed.out)
+    assert rows[0][-2:] == ["closed", "note"]
+    by_id = {r[0]: r for r in rows[1:]}
+    assert by_id[str(f.stuck)][-2].startswith("acknowledged by alice, ")
+    assert by_id[str(f.stuck)][-1] == "reported to justcrawl, #4711"
+    assert by_id[str(f.stuck_resolved)][-2].startswith("landed by harvester, ")
+    assert len((await cli("stuck", "--all", "--json")).json()) == 2
+
+
+async def test_stuck_ack_reads_ids_from_stdin_and_refuses_bad_input_whole(
+    cli: Any, pool: asyncpg.Pool
+) -> None:
+    ids = await add_stuck(pool, 3)
+    bad = await cli("stuck", "ack", "-", "--note", "n", "--by", "ops",
+                    stdin=f"{ids[0]}\nnope\n".encode())
+    assert bad.status == 2
+    assert bad.err.splitlines() == [
+        'line 2: not a UUID (expected 8-4-4-4-12 hexadecimal digits): "nope"',
+        "harvester: 1 invalid line(s); nothing acknowledged"]
+    assert await pool.fetchval("SELECT count(*) FROM harvester.open_stuck_jobs") == 3
+    good = await cli("stuck", "ack", "--file", "-", "--note", "upstream incident 12",
+                     "--by", "ops", stdin="\n".join(map(str, ids[:2])).encode() + b"\n")
+    assert good.status == 0, good.err
+    assert good.out == "acknowledged 2 stuck record(s) as ops\n"
+    assert await pool.fetchval("SELECT count(*) FROM harvester.open_stuck_jobs") == 1
+    for args, message in [
+        (("stuck", "ack", str(ids[2]), "--note", "  "),
+         "harvester: --note: say why, in 1 to 2000 characters\n"),
+        (("stuck", "ack", "--note", "why"),
+         "harvester: give the job IDs to acknowledge as arguments, with --file PATH, or - "
+         "for stdin\n"),
+        (("stuck", "ack", str(ids[2]), "--note", "why", "--by", "\x1b[31m"),
+         "harvester: --by: a name of 1 to 200 printable characters\n"),
+    ]:
+        refused = await cli(*args)
+        assert (refused.status, refused.err) == (2, message)
+    missing_note = await cli("stuck", "ack", str(ids[2]))
+    assert missing_note.status == 2
+    assert "--note" in missing_note.err
 
 
 # ---------------------------------------------------------------- requeue
@@ -225,7 +403,8 @@ async def test_requeue_failed_resets_to_pending_due_now_with_age_from_now(
     before = await jobs_by_id(pool)
     result = await cli("requeue", "--state", "failed", "--json")
     assert result.status == 0, result.err
-    assert result.json() == {"requeued": 2, "landed_untouched": [], "unknown": []}
+    assert result.json() == {"requeued": 2, "dry_run": False, "landed_untouched": [],
+                             "landed_untouched_count": 0, "unknown": [], "unknown_count": 0}
     after = await jobs_by_id(pool)
     for job_id in (f.failed, f.failed_expired):
         job = after[job_id]
@@ -275,14 +454,17 @@ async def test_requeue_by_id_leaves_landed_jobs_alone_and_names_unknown_ones(
     assert unknown not in after
 
     as_json = await cli("requeue", str(f.landed), "--json")
-    assert as_json.json() == {"requeued": 0, "landed_untouched": [str(f.landed)], "unknown": []}
+    assert as_json.json() == {"requeued": 0, "dry_run": False,
+                              "landed_untouched": [str(f.landed)], "landed_untouched_count": 1,
+                              "unknown": [], "unknown_count": 0}
 
 
 async def test_requeue_refuses_bad_usage_in_one_line(cli: Any, pool: asyncpg.Pool) -> None:
     f = await put_jobs_in_each_state(pool)
     neither = await cli("requeue")
     assert (neither.status, neither.err) == (
-        2, "harvester: give job IDs or --state failed|stuck (one of the two)\n")
+        2, "harvester: give job IDs (arguments, --file PATH, or - for stdin) or "
+           "--state failed|stuck\n")
     both = await cli("requeue", str(f.failed), "--state", "failed")
     assert both.status == 2
     bad = await cli("requeue", str(f.failed), "nope")
@@ -293,3 +475,94 @@ async def test_requeue_refuses_bad_usage_in_one_line(cli: Any, pool: asyncpg.Poo
     wrong_state = await cli("requeue", "--state", "landed")
     assert wrong_state.status == 2
     assert "invalid choice: 'landed'" in wrong_state.err
+
+
+async def add_failed(pool: asyncpg.Pool, reason: str, failed_ago: str, n: int = 1
+                     ) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(n)]
+    await pool.execute(
+        "INSERT INTO harvester.jobs (job_id, state, failed_reason, next_poll_at, updated_at, "
+        "polls, next_step, upstream_status, finished_seen_at, consecutive_403s) "
+        "SELECT unnest($1::uuid[]), 'failed', $2, NULL, now() - $3::text::interval, 5, 'result', "
+        "'failed', now() - $3::text::interval, 2", ids, reason, failed_ago)
+    return ids
+
+
+async def test_requeue_aims_by_reason_and_age(cli: Any, pool: asyncpg.Pool) -> None:
+    f = await put_jobs_in_each_state(pool)  # failed: forbidden and expired, just now
+    old_404 = await add_failed(pool, "not_found", "3 days")
+    new_404 = await add_failed(pool, "not_found", "10 minutes")
+    gone = await add_failed(pool, "http_410", "2 hours")
+
+    preview = await cli("requeue", "--reason", "not_found", "--dry-run")
+    assert preview.out == "would requeue 2 job(s) (dry run: nothing changed)\n"
+    assert (await jobs_by_id(pool))[old_404[0]]["state"] == "failed"
+
+    recent = await cli("requeue", "--reason", "not_found", "--newer-than", "1h", "--json")
+    assert recent.status == 0, recent.err
+    assert recent.json()["requeued"] == 1
+    after = await jobs_by_id(pool)
+    assert after[new_404[0]]["state"] == "pending"
+    assert after[old_404[0]]["state"] == "failed"
+
+    both = await cli("requeue", "--state", "failed", "--reason", "http_410",
+                     "--reason", "not_found", "--older-than", "1.5h")
+    assert both.out == "requeued 2 job(s); they are due now\n"
+    after = await jobs_by_id(pool)
+    assert {after[j]["state"] for j in (old_404[0], gone[0])} == {"pending"}
+    assert {after[j]["state"] for j in (f.failed, f.failed_expired)} == {"failed"}
+    # A requeued job starts over as a fed one does: followed through batch-status first.
+    job = after[gone[0]]
+    assert (job["next_step"], job["finished_seen_at"], job["status_since"],
+            job["consecutive_403s"], job["failed_reason"]) == ("status", None, None, 0, None)
+    assert (job["polls"], job["upstream_status"]) == (5, "failed")  # history is kept
+
+    stuck_aged = await cli("requeue", "--state", "stuck", "--older-than", "4h", "--dry-run")
+    assert stuck_aged.out == "would requeue 0 job(s) (dry run: nothing changed)\n"
+    stuck_young = await cli("requeue", "--state", "stuck", "--older-than", "2h", "--dry-run")
+    assert stuck_young.out == "would requeue 1 job(s) (dry run: nothing changed)\n"
+
+
+async def test_requeue_reads_ids_from_a_file_or_stdin_all_or_nothing(
+    cli: Any, pool: asyncpg.Pool, tmp_path: Any
+) -> None:
+    f = await put_jobs_in_each_state(pool)
+    path = tmp_path / "ids.txt"
+    path.write_text(f"# from the incident\n{f.failed}\n{f.landed}\n\n{f.failed_expired}\n")
+    dry = await cli("requeue", "--file", str(path), "--dry-run", "--json")
+    assert dry.json()["requeued"] == 2
+    assert dry.json()["dry_run"] is True
+    assert (await jobs_by_id(pool))[f.failed]["state"] == "failed"
+    from_file = await cli("requeue", "--file", str(path))
+    assert from_file.status == 0, from_file.err
+    assert from_file.out.splitlines() == ["requeued 2 job(s); they are due now",
+                                          f"left alone 1 landed job(s): {f.landed}"]
+    bad = await cli("requeue", "-", stdin=f"{f.stuck}\n{{not-a-uuid}}\n".encode())
+    assert bad.status == 2
+    assert bad.err.splitlines() == [
+        'line 2: not a UUID (expected 8-4-4-4-12 hexadecimal digits): "{not-a-uuid}"',
+        "harvester: 1 invalid line(s); nothing requeued"]
+    assert (await jobs_by_id(pool))[f.stuck]["state"] == "stuck"
+    braces = await cli("requeue", "-", stdin=f"{{{f.stuck}}}\n".encode())
+    assert braces.out == "requeued 1 job(s); they are due now\n"
+    assert (await jobs_by_id(pool))[f.stuck]["state"] == "pending"
+
+
+async def test_requeue_refuses_mixed_or_malformed_aims_in_one_line(cli: Any) -> None:
+    job = str(uuid.uuid4())
+    for args, message in [
+        (("requeue", job, "--reason", "not_found"),
+         "give job IDs (arguments, --file or -) or a selection (--state, --reason, "
+         "--older-than, --newer-than), not both"),
+        (("requeue", "--older-than", "1h"),
+         "--older-than and --newer-than need --state failed|stuck (or --reason)"),
+        (("requeue", "--state", "stuck", "--reason", "expired"),
+         "--reason applies to failed jobs only"),
+        (("requeue", "--reason", "gone"),
+         "--reason: 'gone' is not a failure reason (one of forbidden, upstream_failed, "
+         "not_found, expired, or http_<status> such as http_410)"),
+        (("requeue", "--state", "failed", "--older-than", "yesterday"),
+         "--older-than: expected a duration such as 90s, 15m, 6h or 7d (got 'yesterday')"),
+    ]:
+        result = await cli(*args)
+        assert (result.status, result.err) == (2, f"harvester: {message}\n"), args

@@ -679,7 +679,8 @@ BUILTIN_SERIES = {"up"}
 # Read from the shared database: every replica reports the same value.
 SHARED_GAUGES = {"harvester_queue_jobs", "harvester_due_jobs", "harvester_oldest_due_age_seconds",
                  "harvester_stuck_open", "harvester_oldest_stuck_age_seconds",
-                 "harvester_queue_gauges_read_timestamp_seconds"}
+                 "harvester_queue_gauges_read_timestamp_seconds",
+                 "harvester_queue_jobs_by_upstream_status"}
 
 
 def selectors(expr: str) -> Iterator[tuple[str, dict[str, str], str]]:

@@ -44,6 +44,12 @@ def good(data: bytes) -> list[uuid.UUID | None]:
     "3f2504e04f8911d39a0c0305e82c3301",
     "  3f2504e0-4f89-11d3-9a0c-0305e82c3301\t\r\n",
     "\u00a03f2504e0-4f89-11d3-9a0c-0305e82c3301\u00a0",
+    "{3f2504e0-4f89-11d3-9a0c-0305e82c3301}",
+    "{3F2504E0-4F89-11D3-9A0C-0305E82C3301}",
+    "{3f2504e04f8911d39a0c0305e82c3301}",
+    "urn:uuid:3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+    "URN:UUID:3F2504E0-4F89-11D3-9A0C-0305E82C3301",
+    " urn:uuid:3f2504e04f8911d39a0c0305e82c3301 ",
 ])
 def test_any_spelling_of_a_uuid_is_normalised(text: str) -> None:
     assert parse_job_id(text) == JOB
@@ -55,7 +61,14 @@ def test_any_spelling_of_a_uuid_is_normalised(text: str) -> None:
     ("   ", "empty"),
     ("3f2504e0-4f89-11d3-9a0c-0305e82c330", "not a UUID"),
     ("3f2504e0-4f89-11d3-9a0c-0305e82c330g", "not a UUID"),
-    ("{3f2504e0-4f89-11d3-9a0c-0305e82c3301}", "too long for a UUID"),
+    ("{3f2504e0-4f89-11d3-9a0c-0305e82c3301", "not a UUID"),
+    ("3f2504e0-4f89-11d3-9a0c-0305e82c3301}", "not a UUID"),
+    ("{{3f2504e0-4f89-11d3-9a0c-0305e82c3301}}", "not a UUID"),
+    ("{}", "not a UUID"),
+    ("urn:uuid:", "not a UUID"),
+    ("urn:uuid:{3f2504e0-4f89-11d3-9a0c-0305e82c3301}", "too long for a UUID"),
+    ("uuid:3f2504e0-4f89-11d3-9a0c-0305e82c3301", "not a UUID"),
+    ("urn:uuid:3f2504e0-4f89-11d3-9a0c-0305e82c3301-extra", "too long for a UUID"),
     ("3f2504e0-4f89-11d3-9a0c-0305e82c3301\x00", "contains a NUL byte"),
     ("3f2504e0 4f89 11d3 9a0c 0305e82c3301", "not a UUID"),
     ("٣f2504e0-4f89-11d3-9a0c-0305e82c3301", "not a UUID"),  # an Arabic-Indic digit
@@ -72,7 +85,8 @@ def test_what_is_not_a_job_id_says_why(text: str, why: str) -> None:
 def test_every_uuid_but_nil_round_trips_in_every_spelling(value: uuid.UUID) -> None:
     if value.int == 0:
         return
-    for spelling in (str(value), str(value).upper(), value.hex, value.hex.upper()):
+    for spelling in (str(value), str(value).upper(), value.hex, value.hex.upper(),
+                     f"{{{value}}}", value.urn, value.urn.upper()):
         assert parse_job_id(spelling) == value
 
 
@@ -120,7 +134,8 @@ def test_a_utf8_byte_order_mark_at_the_start_is_tolerated() -> None:
     assert good(b"\xef\xbb\xbf# comment\n3f2504e0-4f89-11d3-9a0c-0305e82c3301\n") == [JOB]
     # Only at the start of the input: elsewhere it is a stray character.
     assert bad(b"3f2504e0-4f89-11d3-9a0c-0305e82c3301\n\xef\xbb\xbf3f2504e0-4f89-11d3-9a0c-0305e82c3302\n") \
-        == ['line 2: too long for a UUID: "\\ufeff3f2504e0-4f89-11d3-9a0c-0305e82c3302"']
+        == ['line 2: not a UUID (expected 8-4-4-4-12 hexadecimal digits): '
+            '"\\ufeff3f2504e0-4f89-11d3-9a0c-0305e82c3302"']
 
 
 def test_each_kind_of_bad_line_is_reported_with_its_number_and_why() -> None:

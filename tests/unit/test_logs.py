@@ -11,7 +11,7 @@ import pytest
 import structlog
 from pydantic import SecretStr
 
-from harvester.logs import REDACTED, Redactor, configure_logging, get_logger
+from harvester.logs import REDACTED, QuietForeignErrors, Redactor, configure_logging, get_logger
 
 TOKEN = "jc_live_9f8e7d6c5b4a39281706"
 ADMIN = "admin-0123456789abcdef"
@@ -75,3 +75,77 @@ def test_console_format_is_redacted_too() -> None:
         logging.getLogger().handlers.clear()
     assert TOKEN not in stream.getvalue()
     assert "console.line" in stream.getvalue()
+
+
+# ---------------------------------------------------------------- asyncpg's noise
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _pool_warning(logger: logging.Logger) -> None:
+    """What asyncpg's pool logs on each failed reconnect while PostgreSQL is away."""
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+        except ConnectionRefusedError as inner:
+            raise OSError("Multiple exceptions: [Errno 111] Connect call failed\nsecond line") \
+                from inner
+    except OSError:
+        logger.warning("Failed to restore the pool connection floor; retrying", exc_info=True)
+
+
+def test_asyncpg_outage_warnings_are_one_line_without_traceback_and_rate_limited() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", [], stream=stream)
+    clock = Clock()
+    quiet = QuietForeignErrors(window=60.0, clock=clock)
+    handler = logging.getLogger().handlers[0]
+    handler.filters[:] = [quiet]  # the same filter, on a clock the test moves
+    pool_log = logging.getLogger("asyncpg.pool")
+    try:
+        for _ in range(50):
+            _pool_warning(pool_log)
+            clock.now += 1.0  # one retry a second: 50 in 50 s, all within one window
+        clock.now += 11.0
+        _pool_warning(pool_log)
+        logging.getLogger("aiohttp.client").warning("other libraries are left alone")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["logger"] for line in lines] == ["asyncpg.pool", "asyncpg.pool", "aiohttp.client"]
+    first, second = lines[0], lines[1]
+    assert first["event"] == ("Failed to restore the pool connection floor; retrying "
+                              "(OSError: Multiple exceptions: [Errno 111] Connect call failed)")
+    assert "exception" not in first
+    assert "Traceback" not in stream.getvalue()
+    assert second["event"].endswith("[49 more like this in the last 60 s not shown]")
+    assert first["level"] == "warning"
+
+
+def test_the_quiet_filter_keys_on_message_and_exception_type() -> None:
+    clock = Clock()
+    quiet = QuietForeignErrors(window=10.0, clock=clock)
+
+    def record(name: str, msg: str, exc: BaseException | None = None) -> logging.LogRecord:
+        info = (type(exc), exc, None) if exc is not None else None
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, msg, None, info)
+
+    assert quiet.filter(record("asyncpg.pool", "a", OSError("x")))
+    assert not quiet.filter(record("asyncpg.pool", "a", OSError("y")))
+    assert quiet.filter(record("asyncpg.pool", "a", TimeoutError()))  # another kind of failure
+    assert quiet.filter(record("asyncpg.pool", "b"))
+    assert quiet.filter(record("asyncpg", "a", OSError("x")))  # another logger
+    assert quiet.filter(record("asyncpgx", "a", OSError("x")))  # not asyncpg's
+    assert quiet.filter(record("asyncpgx", "a", OSError("x")))
+    clock.now += 10.0
+    kept = record("asyncpg.pool", "a", OSError("z"))
+    assert quiet.filter(kept)
+    assert kept.getMessage() == "a (OSError: z) [1 more like this in the last 10 s not shown]"
+    assert kept.exc_info is None

@@ -1,0 +1,245 @@
+"""What operators watch agrees with what the daemon exports (README "Operating").
+
+The Grafana dashboard (deploy/grafana/harvester.json) is checked against the dashboard
+JSON model Grafana imports (the fields it needs, a grid that does not overlap) and every
+query in it against the metric names and labels the daemon really exports; the alert
+rules are checked the same way in test_deploy.py, and here for the failure modes of
+issue 15; the migrate Job runs a real command with the Deployment's configuration; the
+README's metric and alert tables name everything there is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, cast
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from harvester.cli import build_parser
+from harvester.metrics import FAILED_REASONS, UPSTREAM_STATUSES, Metrics
+from tests.unit.test_deploy import (
+    DEPLOY,
+    KUBE,
+    SHARED_GAUGES,
+    alert_rules,
+    container,
+    exported_metrics,
+    kustomization,
+    load_all,
+    load_one,
+    manifests,
+    pod_spec,
+    selectors,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = DEPLOY / "grafana" / "harvester.json"
+MIGRATE = KUBE / "migrate"
+# Labels Prometheus adds to every scraped series.
+TARGET_LABELS = {"job", "instance"}
+PANEL_TYPES = {"row", "timeseries", "stat", "gauge", "bargauge", "table", "state-timeline",
+               "text", "heatmap"}
+
+
+def dashboard() -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(DASHBOARD.read_text()))
+
+
+def panels() -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for panel in dashboard()["panels"]:
+        found.append(panel)
+        found += panel.get("panels", [])  # a collapsed row keeps its panels inside
+    return found
+
+
+def expressions() -> list[tuple[str, str]]:
+    return [(panel["title"], target["expr"]) for panel in panels()
+            for target in panel.get("targets", [])]
+
+
+# ------------------------------------------------------------------ the dashboard
+
+
+def test_the_dashboard_is_a_grafana_dashboard_model_that_imports() -> None:
+    board = dashboard()
+    for key, kind in {"uid": str, "title": str, "schemaVersion": int, "panels": list,
+                      "templating": dict, "time": dict, "tags": list}.items():
+        assert isinstance(board.get(key), kind), key
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", board["uid"])
+    assert board["schemaVersion"] >= 36  # Grafana 9 and later
+    assert "id" not in board or board["id"] is None  # importable into any Grafana
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert "harvester_build_info" in variables["job"]["definition"]
+
+    ids = [panel["id"] for panel in panels()]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    cells: set[tuple[int, int]] = set()
+    for panel in panels():
+        assert panel["type"] in PANEL_TYPES, panel["title"]
+        assert panel["title"].strip()
+        grid = panel["gridPos"]
+        assert set(grid) == {"x", "y", "w", "h"}
+        assert grid["x"] >= 0 and grid["w"] >= 1 and grid["x"] + grid["w"] <= 24, panel["title"]
+        covered = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
+                   for y in range(grid["y"], grid["y"] + grid["h"])}
+        assert not covered & cells, f"{panel['title']} overlaps another panel"
+        cells |= covered
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert len(panel.get("description", "")) > 10, panel["title"]
+        targets = panel["targets"]
+        assert targets, panel["title"]
+        assert len({t["refId"] for t in targets}) == len(targets)
+        for target in targets:
+            assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
+
+
+def test_every_dashboard_query_uses_metrics_and_labels_the_daemon_exports() -> None:
+    exported = exported_metrics()
+    for title, expr in expressions():
+        found = list(selectors(expr))
+        assert found, (title, expr)
+        for name, labels, function in found:
+            assert name in exported, f"{title}: {name} is not exported"
+            unknown = set(labels) - exported[name] - TARGET_LABELS
+            assert not unknown, f"{title}: {name} has no label {unknown}"
+            assert labels.get("job") == "$job", f"{title}: {name} is not filtered by $job"
+            if name in SHARED_GAUGES:
+                assert function == "max", f"{title}: aggregate {name} with max()"
+        for bound in re.findall(r'le="([^"]*)"', expr):
+            # A bucket bound must be one the histogram has, spelt as the client spells it.
+            assert any(f'le="{bound}"' in line for line in Metrics().render().decode()
+                       .splitlines()), f"{title}: no bucket le={bound}"
+
+
+def test_the_dashboard_shows_what_a_team_watches_on_day_one() -> None:
+    used = {name for _, expr in expressions() for name, _, _ in selectors(expr)}
+    for needed in (
+        "harvester_landed_total",                             # throughput
+        "harvester_landing_lag_seconds_bucket",               # landing lag
+        "harvester_enqueue_to_landed_seconds_bucket",         # the SLO latency
+        "harvester_queue_jobs",                               # queue by state
+        "harvester_queue_jobs_by_upstream_status",            # ... by upstream status
+        "harvester_due_jobs", "harvester_oldest_due_age_seconds",  # due backlog
+        "harvester_stuck_open", "harvester_oldest_stuck_age_seconds",  # stuck
+        "harvester_failed_total",                             # failures by reason
+        "harvester_auth_circuit_open", "harvester_permission_circuit_open",  # circuits
+        "harvester_upstream_alarm",
+        "harvester_send_rate_limit", "harvester_rate_limited_total",  # rate
+        "harvester_paused_seconds_total",
+        "harvester_batch_status_requests_total",
+    ):
+        assert needed in used, needed
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def test_known_label_values_exist_before_the_first_event() -> None:
+    """rate() needs a series to exist before its first increment, and a dashboard shows
+    0 rather than "no data": the known failure reasons, alarms and upstream statuses
+    are exported from the start (http_<status> reasons stay dynamic)."""
+    metrics = Metrics()
+
+    async def read() -> dict[str, float]:
+        return {}
+
+    metrics.attach_queue_gauges(read)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metrics.render().decode())
+               for s in family.samples}
+    for reason in FAILED_REASONS:
+        assert samples[("harvester_failed_total", (("reason", reason),))] == 0
+    assert not [k for k in samples if k[0] == "harvester_failed_total"
+                and dict(k[1])["reason"].startswith("http_")]
+    assert samples[("harvester_upstream_alarm", (("alarm", "base_url_suspect"),))] == 0
+    for state in ("pending", "stuck"):
+        for status in UPSTREAM_STATUSES:
+            key = ("harvester_queue_jobs_by_upstream_status",
+                   (("state", state), ("upstream_status", status)))
+            assert samples[key] == 0
+
+
+# ------------------------------------------------------------------ alerts
+
+
+def test_the_alerts_issue_15_asks_for_exist_and_divide_by_the_right_thing() -> None:
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    for name, metric in {
+        "HarvesterBatchStatusFailing": "harvester_batch_status_requests_total",
+        "HarvesterNothingLands": "harvester_landed_total",
+        "HarvesterPermissionCircuitOpen": "harvester_permission_circuit_open",
+        "HarvesterBaseUrlSuspect": "harvester_upstream_alarm",
+    }.items():
+        assert name in rules, name
+        assert metric in {n for n, _, _ in selectors(rules[name]["expr"])}, name
+    nothing = [s for s in selectors(rules["HarvesterNothingLands"]["expr"])]
+    assert ("harvester_queue_jobs_by_upstream_status",
+            {"state": "pending", "upstream_status": "extraction_done|completed"}, "max") in nothing
+    # "> 50 % of 200s": the denominator is the 200 answers (landed or invalid), not all polls.
+    invalid = list(selectors(rules["HarvesterInvalidAnswers"]["expr"]))
+    assert [labels for _, labels, _ in invalid] == [{"outcome": "invalid"},
+                                                    {"outcome": "landed|invalid"}]
+    replica = rules["HarvesterReplicaDown"]["annotations"]["runbook"]
+    assert "has not started its admin server" not in replica
+    assert "admin server starts before" in replica
+
+
+# ------------------------------------------------------------------ the migrate Job
+
+
+def test_the_migrate_job_runs_harvester_migrate_with_the_daemons_configuration() -> None:
+    (job,) = load_all(MIGRATE / "job.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    own = load_one(MIGRATE / "kustomization.yaml")
+    assert own["resources"] == ["job.yaml"]
+    assert own["images"] == kustomization()["images"], "the same image as the Deployment"
+    spec = job["spec"]["template"]["spec"]
+    assert spec["restartPolicy"] == "Never"
+    assert job["spec"]["backoffLimit"] >= 1
+    (migrate,) = spec["containers"]
+    assert migrate["image"] in {image["name"] for image in own["images"]}
+    args = build_parser().parse_args(migrate["args"])
+    assert args.command == "migrate"
+    daemon = container()
+    # The same settings, secrets, mounts and hardening as the daemon: a Job that reads
+    # another configuration would migrate another database.
+    for key in ("envFrom", "env", "securityContext", "volumeMounts"):
+        assert migrate.get(key) == daemon.get(key), key
+    for key in ("securityContext", "volumes", "automountServiceAccountToken",
+                "enableServiceLinks"):
+        assert spec.get(key) == pod_spec().get(key), key
+    names = {(doc["kind"], doc["metadata"]["name"]) for doc in manifests().values()}
+    for source in migrate.get("envFrom", []):
+        if "configMapRef" in source:
+            assert ("ConfigMap", source["configMapRef"]["name"]) in names
+        if "secretRef" in source:
+            assert ("Secret", source["secretRef"]["name"]) in names
+
+
+# ------------------------------------------------------------------ README
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_the_readme_tables_name_every_alert_and_every_metric() -> None:
+    operating = readme_section("Operating")
+    for rule in alert_rules():
+        assert f"| {rule['alert']} " in operating, rule["alert"]
+    documented = {re.sub(r"_(total|info)$", "", name) for name in
+                  re.findall(r"`(harvester_[a-z_]+)(?:\{[^}]*\})?`", operating)}
+    families = {re.sub(r"_(total|info|created|bucket|sum|count)$", "", name)
+                for name in exported_metrics() if name.startswith("harvester_")}
+    assert "harvester_landing_lag_seconds" in families  # histograms are families too
+    assert families - documented == set()
