@@ -257,7 +257,7 @@ def test_the_final_stage_is_slim_python_with_the_venv_and_nothing_to_build_with(
     assert "venv --without-pip /opt/venv" in built
     assert "harvester-*.whl" in built
     assert "[embedded]" not in built, "production sets a DSN; no embedded PostgreSQL"
-    assert "--extra" not in built and "--all-extras" not in built
+    assert "--extra embedded" not in built and "--all-extras" not in built
 
 
 def test_the_dockerfile_pulls_no_frontend_image() -> None:
