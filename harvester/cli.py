@@ -244,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging(sim)
     sim.set_defaults(handler=_simulate)
 
+    hc = sub.add_parser("healthcheck", help="ask the running daemon's admin server (HEALTHCHECK)",
+                        description="Exit 0 if the admin server of the `harvester run` beside "
+                                    "it answers /healthz (or /readyz with --ready) with 2xx, "
+                                    "else 1. It asks where that daemon listens: "
+                                    "HARVESTER_ADMIN_HOST/PORT (environment, .env), then the "
+                                    "daemon's own --admin-host/--admin-port (read from /proc), "
+                                    "then the flags given here; 0.0.0.0 and :: are asked on "
+                                    "loopback.")
+    hc.add_argument("--admin-host", dest="admin_host", metavar="HOST")
+    hc.add_argument("--admin-port", dest="admin_port", type=int, metavar="PORT")
+    hc.add_argument("--ready", action="store_true",
+                    help="ask /readyz (database reachable, auth circuit closed)")
+    hc.add_argument("--timeout", type=_seconds, default=4.0, metavar="SECONDS")
+    hc.set_defaults(handler=_healthcheck)
+
     from harvester import commands  # noqa: PLC0415 - keeps `harvester --help` light
     from harvester.tools import bench, demo  # noqa: PLC0415
 
@@ -354,6 +369,19 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     from harvester.tools.simulator import cmd_simulate  # noqa: PLC0415
 
     return cmd_simulate(args)
+
+
+def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    from harvester import healthcheck  # noqa: PLC0415
+
+    daemon = healthcheck.find_daemon_argv()
+    if daemon is not None:
+        # The daemon's settings: the same environment and .env, its flags, then ours.
+        merged = vars(build_parser().parse_args(daemon))
+        merged.update({name: getattr(args, name) for name in ("admin_host", "admin_port")
+                       if getattr(args, name) is not None})
+        settings = settings_from(argparse.Namespace(**merged))
+    return healthcheck.cmd_healthcheck(settings, args.ready, args.timeout, sys.stdout)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -22,6 +23,9 @@ import pytest
 import yaml
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,7 +33,13 @@ from harvester.admin import Admin
 from harvester.cli import build_parser
 from harvester.errors import ConfigError
 from harvester.metrics import Metrics
-from harvester.settings import ENV_PREFIX, SECRET_FIELDS, Settings, load_settings
+from harvester.settings import (
+    ENV_PREFIX,
+    SECRET_FIELDS,
+    Settings,
+    is_loopback_host,
+    load_settings,
+)
 from harvester.store import Store
 from harvester.tools.simulator import Mix
 
@@ -172,19 +182,39 @@ def dockerfile_stages() -> list[Stage]:
         pending = ""
     assert not pending, "Dockerfile ends in a continuation"
     stages: list[Stage] = []
+    global_args = dockerfile_global_args()
     for line in logical:
         keyword, _, args = line.partition(" ")
         keyword = keyword.upper()
         if keyword == "FROM":
             words = args.split()
             name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(words[0], name))
+            base = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m[1]], words[0])
+            stages.append(Stage(base, name))
         elif keyword == "ARG" and not stages:
             continue
         else:
             assert stages, f"{keyword} before FROM"
             stages[-1].instructions.append((keyword, args.strip()))
     return stages
+
+
+def dockerfile_global_args() -> dict[str, str]:
+    """The ARGs before the first FROM (usable in FROM lines only), with their defaults."""
+    found: dict[str, str] = {}
+    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if line.upper().startswith("FROM "):
+            break
+        if line.upper().startswith("ARG "):
+            key, _, default = line[4:].strip().partition("=")
+            found[key] = default
+    return found
+
+
+def stage_args(stage: Stage) -> dict[str, str]:
+    return {key: default for key, _, default in
+            (args.partition("=") for args in stage.all("ARG"))}
 
 
 def final_stage() -> Stage:
@@ -231,10 +261,89 @@ def test_the_final_stage_is_slim_python_with_the_venv_and_nothing_to_build_with(
                              args), args
     # The builder builds a wheel of this project and installs it into the venv.
     built = " ".join(builder.all("RUN"))
-    assert "pip wheel" in built
-    assert "venv /opt/venv" in built
+    assert "uv build --wheel" in built
+    assert "venv --without-pip /opt/venv" in built
     assert "harvester-*.whl" in built
     assert "[embedded]" not in built, "production sets a DSN; no embedded PostgreSQL"
+    assert "--extra embedded" not in built and "--all-extras" not in built
+
+
+def test_the_dockerfile_pulls_no_frontend_image() -> None:
+    """A `# syntax=` directive makes BuildKit fetch a frontend from a registry first."""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        assert not re.match(r"#\s*syntax\s*=", line, re.IGNORECASE), line
+        assert not re.match(r"#\s*check\s*=", line, re.IGNORECASE), line
+
+
+def test_index_and_ca_are_builder_arguments_that_never_reach_the_image() -> None:
+    stages = dockerfile_stages()
+    builder, final = stages[0], stages[-1]
+    declared = stage_args(builder)
+    assert declared["PIP_INDEX_URL"].startswith("https://")
+    assert declared["EXTRA_CA_PEM"] == ""
+    for stage in stages[1:]:
+        assert not {"PIP_INDEX_URL", "EXTRA_CA_PEM"} & set(stage_args(stage)), stage.name
+        for args in stage.all("COPY"):
+            assert "/build" not in args, "the builder's CA bundle and tools stay there"
+    assert not {"PIP_INDEX_URL", "EXTRA_CA_PEM"} & set(dockerfile_global_args())
+    env = dockerfile_env(builder)
+    assert env["PIP_CERT"] == env["SSL_CERT_FILE"] == "/build/ca.pem"
+    assert not {"PIP_CERT", "SSL_CERT_FILE"} & set(dockerfile_env(final))
+    installs = [args for args in builder.all("RUN") if "install" in args]
+    assert installs
+    for args in installs:
+        assert '--index-url "$PIP_INDEX_URL"' in args or "--no-deps /build/wheels" in args, args
+    # Index credentials come as a secret mount (no log, layer or cache keeps one).
+    downloads = [args for args in builder.all("RUN") if "--index-url" in args]
+    for args in downloads:
+        assert args.startswith("--mount=type=secret,id=netrc,target=/root/.netrc"), args
+
+
+def test_the_image_installs_exactly_what_uv_lock_pins() -> None:
+    builder = dockerfile_stages()[0]
+    runs = " ".join(builder.all("RUN"))
+    assert "uv export --locked --no-dev --no-emit-project" in runs
+    assert "uv export --locked --only-group build" in runs
+    assert "--require-hashes --only-binary :all: --no-deps --requirement /build/runtime.txt" in runs
+    assert "--build-constraints /build/build.txt --require-hashes" in runs
+    copied = [args.split()[:-1] for args in builder.all("COPY")]
+    assert ["pyproject.toml", "uv.lock"] in copied
+    assert not dockerignore_excludes("uv.lock")
+    # The uv of the image is the uv of CI.
+    ci = re.search(r"^UV_VERSION=(\S+)$", (ROOT / ".ci" / "run").read_text(), re.MULTILINE)
+    assert ci, ".ci/run pins UV_VERSION"
+    assert stage_args(builder)["UV_VERSION"] == ci[1]
+    assert re.search(r'uv sync .*--locked', (ROOT / ".ci" / "run").read_text())
+
+
+def test_uv_lock_is_current_with_pyproject() -> None:
+    """What `uv lock --check` compares: the lock records the requirements it was made
+    from. A dependency added without scripts/lock fails here, offline."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    own = next(package for package in lock["package"] if package["name"] == "harvester")
+
+    def normal(name: str, specifier: str, extra: str | None = None) -> tuple[str, str, str]:
+        return (canonicalize_name(name), str(SpecifierSet(specifier)), extra or "")
+
+    wanted = {normal(r.name, str(r.specifier)) for r in map(Requirement, project["project"]["dependencies"])}
+    for extra, requirements in project["project"]["optional-dependencies"].items():
+        wanted |= {normal(r.name, str(r.specifier), extra) for r in map(Requirement, requirements)}
+    recorded = set()
+    for item in own["metadata"]["requires-dist"]:
+        marker = re.fullmatch(r"extra == '([\w-]+)'", item.get("marker", ""))
+        recorded.add(normal(item["name"], item.get("specifier", ""), marker[1] if marker else None))
+    assert wanted == recorded, "uv.lock is stale: run scripts/lock"
+    groups = {name: {normal(r.name, str(r.specifier)) for r in map(Requirement, requirements)}
+              for name, requirements in project["dependency-groups"].items()}
+    locked_groups = {name: {normal(item["name"], item.get("specifier", "")) for item in items}
+                     for name, items in own["metadata"]["requires-dev"].items()}
+    assert groups == locked_groups, "uv.lock is stale: run scripts/lock"
+    # The locked build backend is the one [build-system] asks for.
+    assert {normal(r.name, str(r.specifier)) for r in
+            map(Requirement, project["build-system"]["requires"])} == groups["build"]
 
 
 def test_the_image_runs_harvester_run_as_a_fixed_non_root_user() -> None:
@@ -256,13 +365,31 @@ def test_the_image_listens_on_the_admin_port_and_checks_health_without_curl(
     assert "/opt/venv/bin" in env["PATH"]
     harvester_env = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
     settings = settings_from_env(monkeypatch, harvester_env)
-    assert settings.admin_host == "0.0.0.0"
+    # Loopback unless the deployment says otherwise: under --network host a baked-in
+    # 0.0.0.0 would put /metrics and the write API on every host interface.
+    assert "HARVESTER_ADMIN_HOST" not in harvester_env
+    assert is_loopback_host(settings.admin_host)
     assert final.last("EXPOSE").split() == [f"{settings.admin_port}"]
     check = final.last("HEALTHCHECK")
-    assert "/healthz" in check
     assert "curl" not in check
     assert "wget" not in check
-    assert exec_form(check.split("CMD", 1)[1])[:2] == ["python", "-c"]
+    command = exec_form(check.split("CMD", 1)[1])
+    assert command[0] == "harvester"
+    parsed = build_parser().parse_args(command[1:])
+    assert parsed.command == "healthcheck"
+    assert not parsed.ready, "liveness: the database being down is no reason to restart"
+
+
+def test_the_working_directory_is_root_owned_and_not_tmp() -> None:
+    """The settings read .env from the working directory: nobody but root may write there."""
+    final = final_stage()
+    workdirs = [args for kw, args in final.instructions if kw == "WORKDIR"]
+    assert workdirs and workdirs[-1] not in ("/tmp", "/var/tmp", "/dev/shm")
+    keywords = [kw for kw, _ in final.instructions]
+    assert keywords.index("WORKDIR") < keywords.index("USER"), \
+        "made before USER, so that even BuildKit makes it root's"
+    mounts = {m["mountPath"] for m in container()["volumeMounts"]}
+    assert workdirs[-1] not in mounts, "Kubernetes must not mount a writable volume there"
 
 
 def dockerignore_regex(pattern: str) -> re.Pattern[str]:
@@ -308,7 +435,8 @@ def test_the_build_context_holds_the_package_and_never_secrets_or_history() -> N
                if not word.startswith("--")]
     for source in sources:
         assert not dockerignore_excludes(source.rstrip("/")), f"COPY {source} is ignored"
-    for kept in ("pyproject.toml", "README.md", "harvester/engine.py", "sql/001_initial.sql"):
+    for kept in ("pyproject.toml", "uv.lock", "README.md", "harvester/engine.py",
+                 "sql/001_initial.sql"):
         assert not dockerignore_excludes(kept), kept
     for dropped in (".git/config", ".env", ".venv/bin/python", "tests/conftest.py",
                     "harvester/__pycache__/engine.cpython-311.pyc", "deploy/compose.yaml"):
@@ -636,11 +764,13 @@ async def test_compose_healthchecks_ask_ports_that_are_served() -> None:
     simulate = build_parser().parse_args(compose_command("simulator"))
     simulator_check = " ".join(services["simulator"]["healthcheck"]["test"])
     assert f"127.0.0.1:{simulate.port}/" in simulator_check
-    daemon_check = " ".join(services["daemon"]["healthcheck"]["test"])
-    port = compose_env("daemon")["HARVESTER_ADMIN_PORT"]
-    match = re.search(rf"127\.0\.0\.1:{port}(/\w+)", daemon_check)
-    assert match, daemon_check
-    assert match[1] in served_get_paths(admin_app())
+    # The daemon's: `harvester healthcheck --ready`, which finds the admin address itself.
+    test = services["daemon"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "harvester"]
+    parsed = build_parser().parse_args(test[2:])
+    assert parsed.command == "healthcheck"
+    assert parsed.ready
+    assert "/readyz" in served_get_paths(admin_app())
 
 
 # ------------------------------------------------------------------ alerts
