@@ -1,0 +1,282 @@
+"""The engine in-process, over in-memory fakes of its ports (tests/fakes.py).
+
+What only the engine does, shown in seconds: jobs followed by status before any GET,
+batches of at most 100 IDs, the fallback when batch-status fails, shutdown hand-back,
+fencing refusals, write refusals, pause and circuit hand-back, dispatcher wake-ups.
+README "How a job is followed", "Pace" and "Operating".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from harvester.engine import Engine
+from harvester.errors import StoreError
+from harvester.metrics import Metrics
+from harvester.policy import Response, StatusAnswer
+from harvester.ports import Outcome
+from harvester.settings import Settings, load_settings
+from tests.fakes import MemoryStore, ScriptedUpstream
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "api_base_url": "http://127.0.0.1:9", "concurrency": 8, "request_timeout": 2,
+        "lease_seconds": 10, "shutdown_grace": 1, "auth_probe_interval": 0.2,
+        "status_min_interval": 0.1, "status_max_interval": 0.5, "default_retry_after": 0.2,
+        "min_poll_interval": 0.1, **overrides}
+    return load_settings(values, env_file=None)
+
+
+@asynccontextmanager
+async def running(engine: Engine) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(engine.run())
+    await asyncio.wait_for(engine.started.wait(), 5)
+    try:
+        yield task
+    finally:
+        engine.stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def engine_for(store: MemoryStore, upstream: ScriptedUpstream, **overrides: Any) -> Engine:
+    return Engine(settings(**overrides), store, upstream, Metrics(), worker_id="test")
+
+
+async def test_fed_jobs_are_asked_about_in_batches_then_fetched_once() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    ids = [uuid.uuid4() for _ in range(250)]
+    store.feed(ids)
+    async with running(engine_for(store, upstream, concurrency=16)):
+        await until(lambda: store.states()["landed"] == 250)
+    assert all(len(call) <= 100 for call in upstream.calls)
+    assert sum(len(call) for call in upstream.calls) == 250  # every job asked once
+    assert len(upstream.calls) <= 6  # in batches, not one call per job
+    assert sorted(upstream.gets) == sorted(ids)  # exactly one GET each
+
+
+async def test_running_jobs_are_followed_by_status_not_by_gets() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    running_job, failed_job, unknown_job = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    upstream.statuses[running_job] = ["running", "running", "extraction_done", "completed"]
+    upstream.statuses[failed_job] = ["failed"]
+    upstream.statuses[unknown_job] = [None]
+    upstream.results[unknown_job] = [Response(404, b'{"error": "not found"}', "application/json")]
+    store.feed([running_job, failed_job, unknown_job])
+    async with running(engine_for(store, upstream, not_found_timeout=1.5)):
+        await until(lambda: store.states()["landed"] == 1 and store.states()["failed"] == 2)
+    assert upstream.gets.count(running_job) == 1
+    assert store.rows[running_job].status_checks == 4
+    assert failed_job not in upstream.gets
+    assert store.rows[failed_job].failed_reason == "upstream_failed"
+    assert upstream.gets.count(unknown_job) == 1  # once, then followed until the timeout
+    assert store.rows[unknown_job].failed_reason == "not_found"
+    assert store.rows[unknown_job].upstream_status == "unknown"
+
+
+async def test_batch_status_failing_falls_back_to_gets_then_comes_back() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    upstream.status_call = StatusAnswer(None, 503, "batch-status answered HTTP 503")
+    first = [uuid.uuid4() for _ in range(20)]
+    store.feed(first)
+    engine = engine_for(store, upstream)
+    with capture_logs() as logs:
+        async with running(engine):
+            await until(lambda: store.states()["landed"] == 20)
+            assert sorted(upstream.gets) == sorted(first)  # result polling meanwhile
+            upstream.status_call = None  # batch-status is back
+            later = [uuid.uuid4() for _ in range(20)]
+            await asyncio.sleep(1.2)  # past the first retry of the endpoint
+            calls_before = len(upstream.calls)
+            store.feed(later)
+            await until(lambda: store.states()["landed"] == 40)
+    events = [e["event"] for e in logs]
+    assert events.count("upstream.batch_status_failing") == 1
+    assert "upstream.batch_status_recovered" in events
+    assert len(upstream.calls) > calls_before  # the later jobs were asked about again
+
+
+async def test_a_fed_job_wakes_the_dispatcher_at_once() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    async with running(engine_for(store, upstream)):
+        await asyncio.sleep(0.2)  # idle: the dispatcher sleeps up to 5 s while listening
+        job = uuid.uuid4()
+        fed = time.monotonic()
+        store.feed([job])
+        await until(lambda: store.states()["landed"] == 1, timeout=2.0)
+        assert time.monotonic() - fed < 1.0  # woken by the notification, not the timer
+
+
+async def test_shutdown_hands_back_unstarted_jobs_and_cuts_requests_in_flight() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    upstream.release.clear()  # every GET hangs until the grace period cuts it
+    ids = [uuid.uuid4() for _ in range(30)]
+    store.feed(ids, step="result")
+    engine = engine_for(store, upstream, concurrency=4, shutdown_grace=0.3)
+    async with running(engine):
+        await until(lambda: upstream.in_flight == 4)
+    released = {r.job.job_id: r for r in store.releases}
+    in_flight = set(upstream.gets)
+    assert len(in_flight) == 4
+    assert set(released) == set(ids)  # every claimed job given back, none left leased
+    for job_id in in_flight:  # cut by the grace: they may have reached upstream
+        assert released[job_id].polled
+        assert released[job_id].delay == pytest.approx(0.2)
+    for job_id in set(ids) - in_flight:
+        assert not released[job_id].polled and released[job_id].delay == 0.0
+    assert all(row.leased_until == 0.0 for row in store.rows.values())
+
+
+async def test_a_late_answer_from_a_lease_taken_over_is_fenced_off() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    upstream.release.clear()
+    job = uuid.uuid4()
+    store.feed([job], step="result")
+    engine = engine_for(store, upstream)
+    with capture_logs() as logs:
+        async with running(engine):
+            await until(lambda: upstream.in_flight == 1)
+            store.steal(job)  # another daemon claimed it meanwhile
+            upstream.release.set()
+            await until(lambda: store.fenced_writes == 1)
+    assert store.rows[job].state == "pending"
+    assert job not in store.mirror
+    assert [e["event"] for e in logs].count("job.fenced") == 1
+
+
+async def test_a_batch_the_database_refuses_is_retried_row_by_row_as_backoff() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    ids = [uuid.uuid4() for _ in range(3)]
+    bad = ids[0]
+
+    def refuse(outcomes: Any) -> Exception | None:
+        if any(o.job.job_id == bad and o.decision.__class__.__name__ == "Land" for o in outcomes):
+            return StoreError("database error: DataError: value too long")
+        return None
+
+    store.fail_writes = refuse
+    store.feed(ids, step="result")
+    with capture_logs() as logs:
+        async with running(engine_for(store, upstream)):
+            await until(lambda: store.states()["landed"] == 2)
+            await until(lambda: store.rows[bad].last_error is not None)
+    assert store.rows[bad].state == "pending"
+    assert "refused" in (store.rows[bad].last_error or "")
+    assert "store.write_refused" in [e["event"] for e in logs]
+
+
+async def test_a_429_pauses_every_request_and_lowers_the_send_rate() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    ids = [uuid.uuid4() for _ in range(400)]
+    limited = ids[200]
+    upstream.results[limited] = [Response(429, b"{}", "application/json", retry_after="1")]
+    answered: list[float] = []
+    original = upstream.fetch_result
+
+    async def timed(job_id: uuid.UUID) -> Any:
+        answer = await original(job_id)
+        answered.append(time.monotonic())
+        if job_id == limited:
+            upstream.results[limited] = []  # the next poll finds the row
+        return answer
+
+    upstream.fetch_result = timed  # type: ignore[method-assign]
+    store.feed(ids, step="result")
+    engine = engine_for(store, upstream, concurrency=8)
+    with capture_logs() as logs:
+        async with running(engine):
+            await until(lambda: engine.gate.paused_until > 0)
+            pause_end = engine.gate.paused_until
+            before = engine.gate.rate.allowed
+            await until(lambda: store.states()["landed"] == 400, timeout=20)
+    # Requests already in flight may answer during the pause; none leaves during it.
+    sent_during = [t for t in answered if pause_end - 0.9 < t < pause_end - 0.01]
+    assert len(sent_during) <= 8
+    assert before < 6400
+    events = [e["event"] for e in logs]
+    assert events.count("upstream.paused") == 1
+    assert events.count("upstream.rate_limited") == 1
+
+
+async def test_a_401_opens_the_circuit_and_hands_jobs_back_uncharged() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    ids = [uuid.uuid4() for _ in range(12)]
+    unauthorized = Response(401, b'{"error": "invalid token"}', "application/json")
+    for job_id in ids:
+        upstream.results[job_id] = [unauthorized, unauthorized]
+        upstream.results[job_id].append(unauthorized)
+    store.feed(ids, step="result")
+    engine = engine_for(store, upstream)
+    with capture_logs() as logs:
+        async with running(engine):
+            await until(lambda: engine.gate.auth.is_open)
+            assert engine.health()["auth_circuit_closed"] is False
+            await asyncio.sleep(0.6)  # a few probe intervals
+            for job_id in ids:
+                upstream.results[job_id] = []  # the token works again
+            await until(lambda: store.states()["landed"] == 12)
+    assert all(row.attempt == 0 for row in store.rows.values())
+    assert [e["event"] for e in logs].count("auth.circuit_open") == 1
+    assert len(upstream.gets) < 12 + 12 + 10  # probes, not a storm
+
+
+async def test_a_vital_task_that_dies_stops_the_daemon_with_its_error() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+
+    async def broken(*_args: Any) -> Any:
+        raise RuntimeError("the claim query is broken")
+
+    store.claim = broken  # type: ignore[method-assign,assignment]
+    engine = engine_for(store, upstream)
+    with capture_logs() as logs, pytest.raises(RuntimeError, match="claim query is broken"):
+        await asyncio.wait_for(engine.run(), 10)
+    assert "daemon.task_failed" in [e["event"] for e in logs]
+
+
+async def test_a_database_outage_is_waited_out() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    store.unavailable = True
+    ids = [uuid.uuid4() for _ in range(5)]
+    store.feed(ids)
+    with capture_logs() as logs:
+        async with running(engine_for(store, upstream)):
+            await asyncio.sleep(0.5)
+            store.unavailable = False
+            await until(lambda: store.states()["landed"] == 5)
+    events = [e["event"] for e in logs]
+    assert events.count("store.unavailable") >= 1
+    assert "store.recovered" in events
+
+
+def _written(store: MemoryStore) -> list[Outcome]:
+    return [o for batch in store.writes for o in batch]
+
+
+async def test_a_job_still_running_is_written_back_with_its_next_check() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    job = uuid.uuid4()
+    upstream.statuses[job] = ["running"]
+    store.feed([job])
+    async with running(engine_for(store, upstream)):
+        await until(lambda: store.rows[job].status_checks >= 2)
+    follows = [o for o in _written(store) if o.job.job_id == job]
+    assert all(not o.polled and o.seen == "running" for o in follows)
+    assert upstream.gets == []
+
+
