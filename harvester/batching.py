@@ -9,10 +9,14 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-async def gather_batch(queue: asyncio.Queue[T], first: T, limit: int, linger: float) -> list[T]:
+async def gather_batch(queue: asyncio.Queue[T], first: T, limit: int, linger: float,
+                       batch: list[T] | None = None) -> list[T]:
     """``first`` plus whatever else is queued or arrives within ``linger`` seconds, up to
-    ``limit`` items."""
-    batch = [first]
+    ``limit`` items. Pass ``batch`` to gather into a list someone else can see meanwhile
+    (what is taken off the queue is never out of sight, e.g. at shutdown)."""
+    if batch is None:
+        batch = []
+    batch.append(first)
     deadline = time.monotonic() + linger
     while len(batch) < limit:
         try:

@@ -156,11 +156,12 @@ async def _pool(target: Target, *, create: bool = False, max_size: int = 2
             pool = await create_pool(dsn, min_size=1, max_size=max_size)
         except StoreError as exc:
             if isinstance(exc.__cause__, asyncpg.InvalidCatalogNameError):
-                hint = (f"`harvester migrate{target.flags}` creates it"
-                        if target.settings.database_url is None
-                        else "create it (CREATE DATABASE), then run `harvester migrate"
-                             f"{target.flags}`")
-                raise UserError(f"{where} does not exist: {hint}") from None
+                if target.settings.database_url is None:
+                    raise UserError(f"{where} does not exist: `harvester migrate{target.flags}` "
+                                    "creates it") from None
+                raise UserError(f"HARVESTER_DATABASE_URL: {where} does not exist "
+                                "(InvalidCatalogNameError): create it (CREATE DATABASE), then "
+                                f"run `harvester migrate{target.flags}`") from None
             raise
         try:
             yield pool, where

@@ -223,10 +223,11 @@ class Engine:
         # must reach the local queue to be handed back below, not wait out their lease.
         await asyncio.wait({dispatcher}, timeout=max(1.0, min(5.0, grace)))
         await _cancel(dispatcher)
-        # Jobs waiting for batch-status, and claimed jobs not started, go straight back.
+        # Jobs waiting for batch-status, and claimed jobs not started, go straight back
+        # (taken out of the follower before its calls are cancelled, which forget them).
+        unstarted = [ReleaseRow(c.job, 0.0) for c in self.follower.unasked()]
         for task in followers:
             await _cancel(task)
-        unstarted = [ReleaseRow(c.job, 0.0) for c in self.follower.unasked()]
         while not self.local.empty():
             item = self.local.get_nowait()
             if item is not None:

@@ -90,8 +90,8 @@ class StatusFollower:
         """One of :data:`CALLS` loops, each with at most one call in flight."""
         while True:
             first = await self.inbox.get()
-            batch = await gather_batch(self.inbox, first, BATCH_STATUS_LIMIT, LINGER)
-            self._asking[caller] = batch
+            batch = self._asking[caller] = []
+            await gather_batch(self.inbox, first, BATCH_STATUS_LIMIT, LINGER, batch)
             try:
                 await self._ask(batch)
             finally:

@@ -138,6 +138,8 @@ def configure_logging(
     stream: TextIO | None = None,
 ) -> None:
     """Configure structlog and the stdlib root logger once, at the edge."""
+    global _generation  # noqa: PLW0603 - loggers made before this must pick it up
+    _generation += 1
     stream = stream if stream is not None else sys.stderr
     REDACTOR.add(secrets)
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
@@ -177,6 +179,32 @@ def configure_logging(
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+class _Named:
+    """A logger bound to a name, rebuilt whenever :func:`configure_logging` runs.
+
+    Modules create their loggers at import time, often before the configuration exists;
+    a plain ``bind()`` then would freeze structlog's defaults (console, stdout) into
+    them for good."""
+
+    __slots__ = ("_bound", "_generation", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._generation = -1
+        self._bound: Any = None
+
+    def __getattr__(self, method: str) -> Any:
+        if self._generation != _generation:
+            self._bound = structlog.get_logger().bind(logger=self._name)
+            self._generation = _generation
+        return getattr(self._bound, method)
+
+
+_generation = 0
+
+
 def get_logger(name: str | None = None) -> Any:
     """A structlog logger; the name becomes the ``logger`` key."""
-    return structlog.get_logger(name) if name is None else structlog.get_logger().bind(logger=name)
+    if name is None:
+        return structlog.get_logger()
+    return _Named(name)

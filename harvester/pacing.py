@@ -259,8 +259,11 @@ class SendRate:
             return self._cut(now, sent_at)
         self._grow(now)
         if self.episode_cuts and now - self.last_limited >= EPISODE_QUIET:
+            # A quiet minute: the limit that was found no longer binds (or is gone).
+            # Back to ramping from here, so a higher limit is found at the ramp's pace.
             cuts, self.episode_cuts = self.episode_cuts, 0
-            return RateChange("recovered", self.allowed, self.refused, cuts)
+            refused, self.refused = self.refused, None
+            return RateChange("recovered", self.allowed, refused, cuts)
         return None
 
     def _cut(self, now: float, sent_at: float) -> RateChange | None:

@@ -103,7 +103,12 @@ async def test_upstream_chaos_never_downs_the_daemon_and_every_job_ends_with_a_r
     rows = {r["job_id"]: r for r in await pool.fetch(
         "SELECT job_id, state, failed_reason, last_error, next_poll_at, polls "
         "FROM harvester.jobs")}
+    # Per-job poll errors: the first few of each window in full, the rest summarised
+    # (README "Operating": logs stay proportionate during an incident).
     poll_errors = {e["job_id"]: e for e in daemon.events("job.poll_error")}
+    summarised = sum(e["more"] for e in daemon.events("log.summary")
+                     if e["summarised"] == "job.poll_error")
+    troubled = 0
     for job_id in drawn:
         state, reason = expected_end(job_id, MIX)
         row = rows[job_id]
@@ -114,7 +119,11 @@ async def test_upstream_chaos_never_downs_the_daemon_and_every_job_ends_with_a_r
         # against it, with what was wrong.
         fate = plan_for(job_id, MIX).fate
         if fate.startswith("malformed") or fate in ("truncated", "huge", "slow", "fault:reset"):
-            assert poll_errors[str(job_id)]["error"], (fate, poll_errors[str(job_id)])
+            troubled += 1
+            if str(job_id) in poll_errors:
+                assert poll_errors[str(job_id)]["error"], (fate, poll_errors[str(job_id)])
+    assert poll_errors
+    assert len(poll_errors) + summarised >= troubled
     for name, job_id in lands.items():
         row = rows[job_id]
         assert row["state"] == "landed", (name, dict(row))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import datetime
@@ -202,6 +203,7 @@ async def test_a_401_window_pauses_and_recovers_with_no_job_failed(
         status, body = await daemon.get("/readyz")
         assert status == 503
         assert body["checks"]["auth_circuit_closed"] is False
+        await asyncio.sleep(0.5)  # the requests already in flight when it opened come back
         during = sim.state.statuses[401]
         await daemon.wait_for_event("auth.circuit_closed", 15)
         await wait_for_states(pool, 60, landed=400)
@@ -212,7 +214,7 @@ async def test_a_401_window_pauses_and_recovers_with_no_job_failed(
     assert len(daemon.events("auth.circuit_open")) == 1
     assert len(daemon.events("auth.circuit_closed")) == 1
     # While open, a probe every 0.5 s: a handful of 401s, not a storm.
-    assert sim.state.statuses[401] < during + 20
+    assert sim.state.statuses[401] < during + 12
     failed = await pool.fetchval("SELECT count(*) FROM harvester.jobs WHERE state = 'failed'")
     assert failed == 0
     charged = await pool.fetchval("SELECT max(attempt) FROM harvester.jobs")

@@ -122,17 +122,18 @@ async def test_metrics_carry_every_family_and_count_what_happened(
 ) -> None:
     plain = [uuid.uuid4() for _ in range(30)]
     forbidden, gone_upstream, stuck = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    fault_then_row, html_then_row = uuid.uuid4(), uuid.uuid4()
+    fault_then_row, html_then_row, racing = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     upstream.script(
         {forbidden: ["403"], gone_upstream: ["404"], stuck: ["500"],
-         fault_then_row: ["502", "200"], html_then_row: ["html", "200"]},
+         fault_then_row: ["502", "200"], html_then_row: ["html", "200"], racing: ["404", "200"]},
         batch_status={gone_upstream: "failed"})
     later = [uuid.uuid4() for _ in range(4)]
     await pool.execute(
         "INSERT INTO harvester.jobs (job_id, next_poll_at) "
         "SELECT unnest($1::uuid[]), now() + interval '1 hour'", later)
-    await enqueue(pool, [*plain, forbidden, gone_upstream, stuck, fault_then_row, html_then_row])
-    landed = len(plain) + 2
+    await enqueue(pool, [*plain, forbidden, gone_upstream, stuck, fault_then_row, html_then_row,
+                         racing])
+    landed = len(plain) + 3
 
     daemon = Daemon(db_url, upstream.url, tmp_path, env={"HARVESTER_STUCK_AFTER": "2"}).start()
     try:
@@ -165,7 +166,11 @@ async def test_metrics_carry_every_family_and_count_what_happened(
     assert page.value("harvester_polls_total") == polls_in_db == upstream.state.requests
     assert page.total("harvester_requests_total") == page.value("harvester_polls_total")
     assert page.value("harvester_requests_total", status_class="2xx", outcome="landed") == landed
+    # The refused job: held twice (refused while others were answered), failed the third time.
+    assert page.value("harvester_requests_total", status_class="4xx", outcome="held") == 2
     assert page.value("harvester_requests_total", status_class="4xx", outcome="failed") == 1
+    # Upstream-failed jobs cost no GET; a 404 although batch-status said completed is one.
+    assert upstream.requests_for(gone_upstream) == []
     assert page.value("harvester_requests_total", status_class="4xx", outcome="not_found") == 1
     # The outcome labels the alert rules select on are the ones the daemon emits.
     assert page.value("harvester_requests_total", status_class="5xx", outcome="fault") == 1
@@ -208,7 +213,7 @@ async def test_health_readiness_follows_the_auth_circuit_and_unknown_paths_are_j
         ready = await ready_until(daemon, 200)
         assert ready == {"ready": True, "checks": {
             "database": True, "migrations_current": True, "auth_circuit_closed": True,
-            "running": True}}
+            "permission_circuit_closed": True, "base_url_plausible": True, "running": True}}
 
         for path in ("/nope", "/metrics/extra", "/v1", "/healthz/"):
             status, body, headers = await fetch(daemon, path)
@@ -233,7 +238,9 @@ async def test_health_readiness_follows_the_auth_circuit_and_unknown_paths_are_j
         assert status == 200
         page = await scrape(daemon)
         assert page.value("harvester_auth_circuit_open") == 1
-        assert page.value("harvester_requests_total", status_class="4xx", outcome="held") >= 1
+        # The 401 came to a result GET (held) or to a batch-status call (an error).
+        assert (page.value("harvester_requests_total", status_class="4xx", outcome="held")
+                + page.value("harvester_batch_status_requests_total", result="error")) >= 1
         assert page.value("harvester_landed_total") == 0
         assert page.value("harvester_queue_jobs", state="pending") == len(jobs)
 

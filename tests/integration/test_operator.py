@@ -87,10 +87,10 @@ async def test_a_missing_database_is_named_and_not_created(cli: Any, pool: async
     missing = f"harvester_missing_{uuid.uuid4().hex[:8]}"
     result = await cli("status", "--database", missing)
     assert result.status == 2
-    assert result.err.startswith(f'harvester: database "{missing}" on ')
+    assert result.err.startswith(f'harvester: HARVESTER_DATABASE_URL: database "{missing}" on ')
     assert result.err.endswith(
-        f" does not exist: create it (CREATE DATABASE), then run `harvester migrate --database "
-        f"{missing}`\n")
+        " does not exist (InvalidCatalogNameError): create it (CREATE DATABASE), then run "
+        f"`harvester migrate --database {missing}`\n")
     exists = await pool.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", missing)
     assert exists == 0
 

@@ -10,8 +10,10 @@ from collections.abc import Iterator
 import pytest
 import structlog
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from harvester.logs import REDACTED, QuietForeignErrors, Redactor, configure_logging, get_logger
+from harvester.observer import WarningDigest
 
 TOKEN = "jc_live_9f8e7d6c5b4a39281706"
 ADMIN = "admin-0123456789abcdef"
@@ -149,3 +151,23 @@ def test_the_quiet_filter_keys_on_message_and_exception_type() -> None:
     assert quiet.filter(kept)
     assert kept.getMessage() == "a (OSError: z) [1 more like this in the last 10 s not shown]"
     assert kept.exc_info is None
+
+
+def test_repeated_per_job_warnings_are_summarised_not_repeated() -> None:
+    """README "Operating": during an incident the log stays proportionate: the first few
+    of each per-job warning in full, then one summary per window with counts and samples."""
+    now = [0.0]
+    digest = WarningDigest(every=30.0, shown=5, clock=lambda: now[0])
+    with capture_logs() as logs:
+        for n in range(1000):
+            digest.warn("job.poll_error", f"job-{n}", "200 with an HTML page", status=200)
+        digest.flush()  # the window is not over: nothing yet
+        now[0] = 31.0
+        digest.flush()
+        digest.warn("job.poll_error", "job-late", "timeout")
+    assert [e["event"] for e in logs].count("job.poll_error") == 6  # 5, then a new window
+    (summary,) = [e for e in logs if e["event"] == "log.summary"]
+    assert summary["summarised"] == "job.poll_error"
+    assert summary["more"] == 995
+    assert summary["sample_job_ids"] == ["job-5", "job-6", "job-7", "job-8", "job-9"]
+    assert summary["by_reason"] == {"200 with an HTML page": 995}

@@ -376,6 +376,7 @@ def test_an_episode_is_one_line_when_it_begins_and_one_when_it_ends() -> None:
     change = rate.observe(quiet, limited=False, sent_at=quiet)
     assert change is not None
     assert (change.kind, change.cuts) == ("recovered", 5)
+    assert rate.ramping  # a higher limit is looked for at the ramp's pace again
 
 
 @settings(deadline=None, max_examples=200)
