@@ -402,9 +402,11 @@ class Engine:
 
     async def _handle(self, item: Claimed, answer: Any, sent: float) -> None:
         job = item.job
+        # batch-status itself missing (404, a web page) is already a sign of a wrong base
+        # URL: until a result answers, no job is failed not_found because of it.
+        trust = not (self.base_url.suspect or self.base_url.status_missing)
         context = Context(seen=item.seen, status_usable=item.status_usable,
-                          others_answered=self.gate.others_answered(),
-                          trust_not_found=not self.base_url.suspect)
+                          others_answered=self.gate.others_answered(), trust_not_found=trust)
         decision = decide(answer, job, self.config, datetime.now(UTC), self.rand, context)
         status = answer.status if isinstance(answer, Response) else None
         pause = decision.pause_for if isinstance(decision, Hold) else None

@@ -220,17 +220,20 @@ class SendRate:
     def ramping(self) -> bool:
         return self.refused is None
 
-    def reserve(self, now: float, spacing: float = 0.0) -> float:
+    def reserve(self, now: float, spacing: float = 0.0, within: float = math.inf) -> float:
         """Reserve the next departure; returns how long to wait for it (0: go now).
 
-        ``spacing`` is a minimum gap imposed from outside (the fault throttle)."""
+        ``spacing`` is a minimum gap imposed from outside (the fault throttle). A
+        departure more than ``within`` seconds away is not reserved (the caller gives its
+        job back instead), so a slot nobody will use never pushes the others back."""
         gap = max(1.0 / self.allowed, spacing)
         tolerance = BURST if spacing == 0.0 else 0.0
         start = max(self.tat, now)
         wait = max(0.0, start - tolerance - now)
         if wait > 0.0:
             self.last_wait = now
-        self.tat = start + gap
+        if wait <= within:
+            self.tat = start + gap
         return wait
 
     def hold_until(self, until: float) -> None:
@@ -289,7 +292,9 @@ class SendRate:
             # gateway's burst lasted no time), it is far below: cut deep; refused only
             # after a while at the plateau, it is just below: cut gently.
             if self.ramping:
-                refused *= RAMP_EXIT
+                # A ramp that met a limit early (a few requests sent, or a limit reached by
+                # others) has learned little: never below the ramp's start.
+                refused = max(refused, RAMP_START) * RAMP_EXIT
             soon = self.ramping or now - self.resumed_at < SOON
             self.refused = max(MIN_RATE, refused)
             self.rate = self.plateau = max(MIN_RATE, (CUT if soon else GENTLE_CUT) * self.refused)
@@ -412,7 +417,7 @@ class Gate:
                                  (self.permission, "permission circuit open")):
                 if circuit.is_open and not circuit.try_probe(now):
                     raise Released(0.0, why)
-            wait = self.rate.reserve(now, self.throttle.spacing)
+            wait = self.rate.reserve(now, self.throttle.spacing, within=patience)
             if wait > patience:
                 raise Released(wait, "the send rate leaves no slot within the lease")
             if wait > 0:

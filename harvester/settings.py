@@ -69,7 +69,7 @@ def _seconds(default: float, ge: float, le: float, what: str) -> Any:
 
 
 class Settings(BaseSettings):
-    """The whole configuration table of SPEC section 3, plus a few operational knobs."""
+    """The README's configuration table, every row of it."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,

@@ -90,7 +90,8 @@ async def test_a_claim_in_flight_at_sigterm_is_handed_back(
     left: list[str] = []
     try:
         sim = await simulators(Mix(latency=0.02))
-        await enqueue(pool, new_ids(2000))
+        # Enough that three cycles never run out of work, however fast each one lands.
+        await enqueue(pool, new_ids(8000))
         fleet = fleets(link.url, sim.url, {"HARVESTER_CONCURRENCY": "32"})
         for cycle in range(3):
             daemon = fleet.spawn(f"stop-{cycle + 1}")

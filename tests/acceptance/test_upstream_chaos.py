@@ -148,7 +148,8 @@ async def test_upstream_chaos_never_downs_the_daemon_and_every_job_ends_with_a_r
 async def test_a_connection_reset_counts_as_a_poll_of_its_own(
     db_url: str, pool: asyncpg.Pool, simulators: StartSimulator, fleets: MakeFleet,
 ) -> None:
-    """``polls`` counts every request made for a job (SPEC 4), and the fault backoff
+    """``polls`` counts every result request made for a job (README "Querying the
+    mirror"), and the fault backoff
     decides when the next one goes out: a GET that met a reset must not be repeated
     at once, unseen, by the HTTP client."""
     sim = await simulators()

@@ -1,4 +1,5 @@
-"""The admin server of a real daemon: /metrics, /healthz, /readyz and the 404s (SPEC 6).
+"""The admin server of a real daemon: /metrics, /healthz, /readyz and the 404s
+(README "Probes and metrics").
 
 The daemon is ``harvester run`` as a subprocess against a real PostgreSQL and the
 simulated upstream. Metrics are read with prometheus-client's own parser, so the
@@ -31,7 +32,7 @@ from tests.helpers import (
     wait_for_states,
 )
 
-# What SPEC section 6 and the issue ask /metrics to carry: family name -> type, labels.
+# What README "Probes and metrics" says /metrics carries: family name -> type, labels.
 REQUIRED_FAMILIES: dict[str, tuple[str, set[str]]] = {
     "harvester_requests": ("counter", {"status_class", "outcome"}),
     "harvester_polls": ("counter", set()),

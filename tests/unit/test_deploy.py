@@ -1,4 +1,4 @@
-"""The delivery files agree with the code they deploy (SPEC section 8).
+"""The delivery files agree with the code they deploy (README "Running it for real").
 
 There is no container engine or cluster in CI, so the Dockerfile, the Kubernetes
 manifests, the compose file and the alert rules are checked statically, against the

@@ -1,4 +1,5 @@
-"""The pure core: every row of SPEC section 4 from one table, the numbers with hypothesis.
+"""The pure core: every row of README "How upstream answers are handled" from one table,
+the numbers with hypothesis.
 
 ``now`` and the random source are fixed, so each decision is exact; the delay of a row
 is checked at both ends of the random range (0 and just below 1) as a window whose ends
