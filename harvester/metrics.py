@@ -43,8 +43,9 @@ _SLO_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.
                 14400.0, 28800.0, 86400.0, 259200.0, 604800.0)
 # Why a job fails (harvester.jobs.failed_reason), besides the dynamic http_<status>.
 FAILED_REASONS = ("forbidden", "upstream_failed", "not_found", "expired")
-# Upstream job statuses (README "How a job is followed") as the queue gauges label them: not_asked = batch-status
-# not asked yet (NULL), unknown = batch-status does not know the ID, other = anything new.
+# Upstream job statuses (README "How a job is followed") as the queue gauges label them:
+# not_asked = batch-status not asked yet (NULL), unknown = batch-status does not know the
+# ID, other = anything new.
 UPSTREAM_STATUSES = ("not_asked", "unknown", "pending", "running", "waiting_retry", "extracting",
                      "extraction_done", "completed", "failed", "other")
 OPEN_STATES = ("pending", "stuck")
