@@ -278,7 +278,14 @@ class SendRate:
         measured = self.measured(now)
         refused = current if pacing_bound or measured == 0 else min(current, measured)
         probing = self.refused is not None and now - self.resumed_at > HOLD
-        if probing:
+        if not pacing_bound and measured > 0:
+            # Refused while sending less than allowed (others filled the gateway, or a
+            # passing overload): no limit of ours was found. Back off from what was being
+            # sent and ramp again: a real limit is met again within a fraction of a second,
+            # this time while pushing against it, and then settled properly.
+            self.refused = None
+            self.rate = max(MIN_RATE, CUT * refused)
+        elif probing:
             # A gateway's burst hides the limit for a while: the rate a second earlier on
             # the probe is the better estimate of where refusals began. Just under it is
             # known to work; the pause that comes with this answer empties nothing, so
@@ -298,12 +305,13 @@ class SendRate:
             soon = self.ramping or now - self.resumed_at < SOON
             self.refused = max(MIN_RATE, refused)
             self.rate = self.plateau = max(MIN_RATE, (CUT if soon else GENTLE_CUT) * self.refused)
+        self.rate = min(self.rate, self.ceiling) if math.isfinite(self.ceiling) else self.rate
         self.cut_at = now
         self.resumed_at = max(now, self.tat)
         self.last_grow = now
         self.episode_cuts += 1
         if self.episode_cuts == 1:
-            return RateChange("limited", self.allowed, self.refused, 1)
+            return RateChange("limited", self.allowed, self.refused or refused, 1)
         return None
 
     def _grow(self, now: float) -> None:

@@ -155,8 +155,8 @@ async def run_demo(settings: Settings, jobs: int, max_seconds: float, out: TextI
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
             stack.push_async_callback(pool.close)
             api_url = await _start_simulator(stack, logs / "simulator.log")
-            console.print(f"simulated upstream at {api_url} (mix: most land after 1-3 × 202, "
-                          "some stuck, some 404, a short 429)")
+            console.print(f"simulated upstream at {api_url} (jobs finish 0-12 s after they are "
+                          "fed, then index for 2 s; some stuck, some failed, a short 429)")
             await _start_daemon(stack, dsn, api_url, logs / "daemon.log")
             console.print(f"daemon running (logs in {logs}); feeding {jobs:,} jobs\n")
             ids = [uuid.uuid4() for _ in range(jobs)]
@@ -251,10 +251,11 @@ async def _summary(pool: asyncpg.Pool, api_url: str, jobs: int, elapsed: float,
     console.print(table)
     p50, p99 = percentile(lags, 50), percentile(lags, 99)
     if p50 is not None and p99 is not None:
-        console.print(f"landing lag after upstream's Retry-After allowed the poll: "
-                      f"p50 {p50:.2f} s, p99 {p99:.2f} s ({len(lags):,} jobs)")
-    console.print(f"upstream saw {stats['requests']:,} polls, "
-                  f"{stats['statuses'].get('429', 0)} answered 429, "
+        console.print(f"landing lag, from the moment upstream had the row to the moment it was in "
+                      f"the mirror: p50 {p50:.2f} s, p99 {p99:.2f} s ({len(lags):,} jobs)")
+    console.print(f"upstream saw {stats['requests']:,} result GETs and "
+                  f"{stats['batch_requests']:,} batch-status calls for {jobs:,} jobs, "
+                  f"{stats['answered_429']} answered 429, "
                   f"{stats['early_polls']} earlier than its Retry-After, "
                   f"{stats['overlaps']} concurrent polls of one job")
     console.print("\n[bold]A query over the mirror:[/]")

@@ -89,8 +89,10 @@ class Mix:
             "lifecycle": {"done_share": 0.25, "run_min": 2.0, "run_max": 120.0,
                           "index_seconds": 4.0, "retry_after": 5.0},
             "pending": {"pending_min": 0, "pending_max": 5, "retry_after": 1.0},
+            # Fed as crawls start: 30 % already finished, the rest finishing within 12 s,
+            # then 2 s of indexing; a few of every kind of trouble.
             "demo": {"done_share": 0.3, "run_min": 1.0, "run_max": 12.0, "index_seconds": 2.0,
-                     "pending_min": 0, "pending_max": 1, "retry_after": 1.0,
+                     "pending_min": 0, "pending_max": 0, "retry_after": 1.0,
                      "retry_after_style": "mixed", "stuck": 0.03, "stuck_then_land": 0.01,
                      "not_found_failed": 0.02, "not_found_running": 0.03,
                      "not_found_unknown": 0.0, "forbidden": 0.005, "malformed": 0.01,
@@ -339,6 +341,8 @@ class SimulatorState:
     gateway: Gateway | None = None
     rate_limited: int = 0
     """Requests the gateway limit answered with 429."""
+    answered_429: int = 0
+    """Every 429 (gateway or a 429 window), result GETs and batch-status calls alike."""
     during_pause: int = 0
     """Requests that arrived while a 429/503 the simulator had just sent asked to wait."""
     pause_until: float = 0.0
@@ -375,6 +379,7 @@ class SimulatorState:
             "batch_sizes": {f"{k * 10 + 1}-{k * 10 + 10}": v
                             for k, v in sorted(self.batch_sizes.items())},
             "rate_limited": self.rate_limited,
+            "answered_429": self.answered_429,
             "during_pause": self.during_pause,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "jobs_seen": len(self.jobs),
@@ -586,6 +591,7 @@ class Simulator:
             wait = float(math.ceil(state.mix.rate_retry_after))
         else:
             return None
+        state.answered_429 += 1
         return _json({"error": "rate limited"}, 429, {"Retry-After": str(int(wait))}), wait
 
     async def _answer(self, request: web.Request, job_id: UUID, record: JobRecord
@@ -686,9 +692,19 @@ class Simulator:
         return _json({"error": f"unknown simulated step {kind}"}, 500), kind, None
 
     async def batch_status(self, request: web.Request) -> web.Response:
+        """POST batch-status; recorded in the log under job ``batch-status``."""
+        started = time.monotonic()
+        response = await self._batch_status(request, started)
+        if self.state.record:
+            announced = self.state.pause_until - started if response.status == 429 else None
+            self.state.log.append(Served("batch-status", started, time.monotonic(),
+                                         response.status, "status", announced,
+                                         response.status != 401))
+        return response
+
+    async def _batch_status(self, request: web.Request, now: float) -> web.Response:
         state = self.state
         state.batch_requests += 1
-        now = time.monotonic()
         if not self._authorized(request):
             return _json({"error": "invalid or missing API token"}, 401)
         if now < state.forbidden_until:
