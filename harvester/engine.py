@@ -33,7 +33,7 @@ from harvester import __version__
 from harvester.alarms import BaseUrlCheck, StatusEndpoint
 from harvester.batching import gather_batch
 from harvester.errors import StoreError, StoreUnavailable
-from harvester.follower import CALLS, Claimed, StatusFollower
+from harvester.follower import CALLS, TOP_UP_WITHIN, Claimed, StatusFollower
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
 from harvester.observer import Observer
@@ -41,6 +41,7 @@ from harvester.pacing import Gate, Released
 from harvester.policy import (
     Context,
     Hold,
+    Job,
     PolicyConfig,
     Random,
     Response,
@@ -140,7 +141,7 @@ class Engine:
         self.follower = StatusFollower(
             upstream, self.gate, self.observer, self.config, rand,
             fetch=self.local.put_nowait, write=self.outcomes.put, hand_back=self.releases.put,
-            patience=self._patience)
+            patience=self._patience, top_up=self._top_up)
         self.busy: dict[UUID, Claimed] = {}
         self.sent: set[UUID] = set()
         """Jobs whose result request has gone out (a subset of busy)."""
@@ -360,6 +361,17 @@ class Engine:
         self.listening = listening
         if not listening:
             self.work_ready.set()  # shorten the idle sleep to the polling fallback
+
+    async def _top_up(self, room: int) -> list[Job]:
+        """Jobs whose status check is due within a second, for a batch-status call with
+        room (none while stopping, or while the database is away: the call goes as is)."""
+        if self.stopping.is_set():
+            return []
+        try:
+            return await self.store.claim_soon(room, self.settings.lease_seconds,
+                                               self.worker_id, TOP_UP_WITHIN)
+        except StoreUnavailable:
+            return []
 
     def _patience(self, item: Claimed) -> float:
         """How long a request for this job may still wait for its slot: its lease must

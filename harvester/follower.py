@@ -38,6 +38,10 @@ LINGER: Final = 0.02
 """Seconds a batch may wait for more jobs: claims arrive in bursts, so batches fill."""
 CALLS: Final = 4
 """batch-status calls in flight at once."""
+TOP_UP_WITHIN: Final = 1.0
+"""A call with room also asks about jobs whose check is due within this many seconds
+(every check interval is at least 2 s longer, so no job is asked about more often than
+HARVESTER_STATUS_MIN_INTERVAL): fuller calls, fewer of them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,8 @@ class StatusFollower:
                  fetch: Callable[[Claimed], None],
                  write: Callable[[Outcome], Awaitable[None]],
                  hand_back: Callable[[ReleaseRow], Awaitable[None]],
-                 patience: Callable[[Claimed], float]) -> None:
+                 patience: Callable[[Claimed], float],
+                 top_up: Callable[[int], Awaitable[list[Job]]] | None = None) -> None:
         self.upstream = upstream
         self.gate = gate
         self.observer = observer
@@ -67,6 +72,7 @@ class StatusFollower:
         self._write = write
         self._hand_back = hand_back
         self._patience = patience
+        self._top_up = top_up
         self.inbox: asyncio.Queue[Claimed] = asyncio.Queue()
         self._asking: dict[int, list[Claimed]] = {}
 
@@ -92,6 +98,10 @@ class StatusFollower:
             first = await self.inbox.get()
             batch = self._asking[caller] = []
             await gather_batch(self.inbox, first, BATCH_STATUS_LIMIT, LINGER, batch)
+            if self._top_up is not None and len(batch) < BATCH_STATUS_LIMIT:
+                claimed_at = time.monotonic()
+                batch.extend(Claimed(job, claimed_at)
+                             for job in await self._top_up(BATCH_STATUS_LIMIT - len(batch)))
             try:
                 await self._ask(batch)
             finally:

@@ -148,13 +148,13 @@ last rate that was surely accepted (TCP's slow-start exit)."""
 PLATEAU: Final = 0.95
 """Refused while probing above a rate that worked, the rate settles at this share of the
 refused one (the pause that comes with the refusal has already given the gateway room)."""
-HOLD: Final = 5.0
+HOLD: Final = 6.0
 """Seconds at the plateau, from the end of the pause, before probing above it. Every
 probe that finds the limit costs a Retry-After pause, so probes are spaced."""
 PROBE: Final = 0.012
 """Probing above the plateau: rate = plateau × (1 + PROBE·t³), CUBIC's convex part:
 +10 % after 2 s, ×2.5 after 5 s, so a limit that was raised is found within seconds."""
-PROBE_LOOKBACK: Final = 1.0
+PROBE_LOOKBACK: Final = 0.5
 """Seconds back along the probe where refusals are taken to have begun (a gateway's
 burst absorbs the excess for about that long before it answers 429)."""
 MIN_RATE: Final = 0.5
@@ -162,6 +162,10 @@ MIN_RATE: Final = 0.5
 BURST: Final = 0.02
 """Seconds of the current rate that may leave back to back (at least one request)."""
 MEASURE_WINDOW: Final = 1.0
+RECENT_WINDOW: Final = 0.05
+"""The ramp never allows more than twice what was really sent over this window (TCP's
+congestion-window validation): answers come back faster than 30 ms, and a rate that
+doubled on every one of them would run far ahead of anything sent."""
 EPISODE_QUIET: Final = 60.0
 """An episode of rate limiting ends after this long without a rate-limit answer."""
 
@@ -256,6 +260,15 @@ class SendRate:
         recent = sum(1 for t in sends if t > start) if start > now - MEASURE_WINDOW else len(sends)
         return recent / max(now - start, BURST)
 
+    def recent(self, now: float) -> float:
+        """Requests per second sent over the last RECENT_WINDOW."""
+        count = 0
+        for sent in reversed(self._sends):
+            if sent <= now - RECENT_WINDOW:
+                break
+            count += 1
+        return count / RECENT_WINDOW
+
     def observe(self, now: float, *, limited: bool, sent_at: float) -> RateChange | None:
         """One answer. ``limited``: a 429 (or a 503 with Retry-After)."""
         if limited:
@@ -319,8 +332,9 @@ class SendRate:
         if last is None or now - self.last_wait > 0.25:
             return  # not using the rate it has: nothing learned, nothing to grow
         if self.refused is None:
-            # At most a doubling per answer: the rate never runs far ahead of its use.
-            self.rate *= min(2.0, 2.0 ** ((now - last) / RAMP_DOUBLING))
+            ceiling = max(RAMP_START, 2.0 * self.recent(now))
+            if self.rate < ceiling:
+                self.rate = min(ceiling, self.rate * 2.0 ** ((now - last) / RAMP_DOUBLING))
         else:
             self.rate = max(self.rate, self.target(now))
         self.rate = min(self.rate, self.ceiling)

@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 from uuid import UUID
 
@@ -184,6 +184,10 @@ class Retry:
     """An upstream fault (5xx, transport): feeds the fleet-wide fault throttle."""
     keep_last_answer: bool = False
     """Only batch-status was asked: ``last_status``/``last_error`` keep the last GET's."""
+    due_at: datetime | None = None
+    """For a status check on the shared grid: the exact instant (the daemon's clock), so
+    that every job checked at it comes due together and shares one call. Never used for
+    a wait upstream asked for, which counts from the database's clock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,8 +547,9 @@ def _decide_404(job: Job, config: PolicyConfig, now: datetime, rand: Random,
         return _not_found(age, "unknown to batch-status")
     why = f"upstream reports {shorten(known, 40)}" if known and known != UNKNOWN else \
         "unknown to batch-status"
-    return Retry(delay=follow_interval(age, config, now), status=404, attempt=attempt,
-                 consecutive_500s=0, step="status", error=f"404; {why}")
+    delay = follow_interval(age, config, now)
+    return Retry(delay=delay, status=404, attempt=attempt, consecutive_500s=0, step="status",
+                 error=f"404; {why}", due_at=now + timedelta(seconds=delay))
 
 
 def _not_found(age: float, why: str) -> Fail:
@@ -669,7 +674,7 @@ def decide_status(job: Job, seen: str, config: PolicyConfig, now: datetime
     follow = Retry(delay=delay, status=None, error=None, attempt=job.attempt,
                    consecutive_500s=job.consecutive_500s,
                    state="stuck" if job.state == "stuck" else "pending",
-                   step="status", keep_last_answer=True)
+                   step="status", keep_last_answer=True, due_at=now + timedelta(seconds=delay))
     return _expire(follow, job, config, now)  # type: ignore[no-any-return]
 
 

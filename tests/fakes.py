@@ -112,6 +112,14 @@ class MemoryStore:
                             consecutive_403s=row.consecutive_403s))
         return jobs
 
+    async def claim_soon(self, limit: int, lease_seconds: float, worker_id: str,
+                         within: float) -> list[Job]:
+        soon = [r for r in self.rows.values() if r.next_step == "status"
+                and time.monotonic() < r.next_poll <= time.monotonic() + within]
+        for row in soon:  # claim() takes what is due now: make these due now
+            row.next_poll = time.monotonic()
+        return await self.claim(limit, lease_seconds, worker_id)
+
     async def next_due_at(self) -> datetime | None:
         self._check()
         now = time.monotonic()

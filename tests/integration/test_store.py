@@ -205,3 +205,18 @@ async def test_the_daemon_pool_skips_the_flush_but_feeding_waits_for_it(db_url: 
         assert await fast.fetchval("SHOW synchronous_commit") == "off"  # SET LOCAL only
     finally:
         await fast.close()
+
+
+async def test_claim_soon_takes_status_checks_due_within_the_window_only(
+        store: Store, pool: asyncpg.Pool) -> None:
+    """README "How a job is followed": a batch-status call with room also asks about jobs
+    due within a second; never results to fetch, never jobs due later."""
+    soon, later, result_step = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO harvester.jobs (job_id, next_poll_at, next_step) VALUES "
+        "($1, now() + interval '0.5 second', 'status'), "
+        "($2, now() + interval '30 seconds', 'status'), "
+        "($3, now() + interval '0.5 second', 'result')", soon, later, result_step)
+    claimed = await store.claim_soon(10, 60, "w", within=1.0)
+    assert [j.job_id for j in claimed] == [soon]
+    assert await store.claim_soon(10, 60, "w2", within=1.0) == []  # leased now

@@ -129,7 +129,7 @@ def test_step_parse_refuses_a_bad_delay() -> None:
 def test_presets() -> None:
     assert Mix.preset("first-poll") == Mix()
     demo = Mix.preset("demo")
-    assert (demo.pending_min, demo.pending_max, demo.retry_after_style) == (0, 1, "mixed")
+    assert (demo.pending_min, demo.pending_max, demo.retry_after_style) == (0, 0, "mixed")
     assert (demo.run_min, demo.run_max) == (1.0, 12.0)  # rows arrive as jobs finish
     lifecycle = Mix.preset("lifecycle")
     assert (lifecycle.done_share, lifecycle.run_min, lifecycle.run_max) == (0.25, 2.0, 120.0)
