@@ -17,7 +17,6 @@ import json
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, Final
 from uuid import UUID
 
@@ -28,7 +27,7 @@ from harvester.feed import InvalidJobId, parse_job_id, shorten_for_display
 from harvester.logs import get_logger
 from harvester.metrics import CONTENT_TYPE, FAILED_REASONS, Metrics
 from harvester.settings import Settings, is_loopback_host
-from harvester.store import LISTABLE_STATES, JobCursor, Store, is_failed_reason
+from harvester.store import LISTABLE_STATES, JobCursor, Store, is_failed_reason, json_default
 
 log = get_logger("harvester.admin")
 
@@ -43,15 +42,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, default=_default))
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, UUID):
-        return str(value)
-    raise TypeError(type(value).__name__)
+    return web.json_response(data, status=status,
+                             dumps=lambda o: json.dumps(o, default=json_default))
 
 
 def _json_type(value: Any) -> str:

@@ -59,6 +59,7 @@ from harvester.store import (
     Store,
     create_pool,
     is_failed_reason,
+    json_default,
     translated,
 )
 
@@ -69,16 +70,8 @@ DEFAULT_LIST: Final = 100
 MAX_LIST: Final = 1000
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, UUID):
-        return str(value)
-    raise TypeError(type(value).__name__)
-
-
 def dump_json(data: Any, out: TextIO) -> None:
-    out.write(json.dumps(data, default=_json_default, indent=2, sort_keys=True) + "\n")
+    out.write(json.dumps(data, default=json_default, indent=2, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------- which database

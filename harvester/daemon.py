@@ -34,6 +34,7 @@ from harvester.migrations import (
     newer_versions,
     pending_migrations,
 )
+from harvester.policy import backoff
 from harvester.settings import Settings
 from harvester.store import ConnectTarget, Store, create_pool, translated
 from harvester.upstream import Upstream
@@ -85,7 +86,7 @@ async def connect_with_retry(dsn: str, stop: asyncio.Event, max_size: int) -> as
                 stop, create_pool(dsn, min_size=2, max_size=max_size, wait_for_flush=False))
         except StoreUnavailable as exc:
             attempt += 1
-            delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+            delay = backoff(attempt, base=0.5, cap=30.0)
             log.warning("store.connect_failed", error=str(exc), attempt=attempt,
                         retry_in=delay)
             with contextlib.suppress(TimeoutError):
@@ -187,7 +188,7 @@ async def _with_retry(what: str, stop: asyncio.Event,
             return
         except StoreUnavailable as exc:
             attempt += 1
-            delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+            delay = backoff(attempt, base=0.5, cap=30.0)
             log.warning("store.unavailable", during=what, error=str(exc), retry_in=delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)

@@ -46,7 +46,7 @@ from harvester.dsn import (
 from harvester.errors import DatabaseConfigError, StoreError, StoreUnavailable
 from harvester.logs import get_logger
 from harvester.metrics import FAILED_REASONS, upstream_status_label
-from harvester.policy import Fail, Job, Land, Retry, Stuck
+from harvester.policy import Fail, Job, Land, Retry, Stuck, backoff
 from harvester.ports import Outcome, ReleaseRow, WorkerState, WriteReport
 
 CHANNEL_JOBS: Final = "harvester_jobs"
@@ -1103,7 +1103,7 @@ class Store:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), timeout=2.0)
-            await asyncio.sleep(min(LISTEN_RETRY_CAP, 0.5 * 2 ** min(failures, 6)))
+            await asyncio.sleep(backoff(failures, base=0.5, cap=LISTEN_RETRY_CAP))
 
 
 def list_jobs_sql(state: str, *, reasons: Sequence[str] = (), limit: int = 100,
@@ -1136,6 +1136,16 @@ def list_jobs_sql(state: str, *, reasons: Sequence[str] = (), limit: int = 100,
          LIMIT $1
     """  # noqa: S608 - state, columns and operators from fixed tables above
     return sql, args
+
+
+def json_default(value: Any) -> Any:
+    """The store's values that JSON lacks (timestamps, UUIDs), for ``json.dumps`` in the
+    CLI's ``--json`` and the admin API."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(type(value).__name__)
 
 
 async def _one(conn: Connection, sql: str, *args: Any) -> asyncpg.Record:
