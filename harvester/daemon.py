@@ -35,6 +35,7 @@ from harvester.migrations import (
     pending_migrations,
 )
 from harvester.policy import backoff
+from harvester.retention import Purger, Retention
 from harvester.settings import Settings
 from harvester.store import ConnectTarget, Store, create_pool, translated
 from harvester.upstream import Upstream
@@ -157,8 +158,15 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
                     return
                 store = Store(pool, dsn=dsn)
                 metrics.attach_queue_gauges(store.queue_gauges)
+                retention = Retention.from_settings(settings)
+                background = {}
+                if retention.enabled:
+                    background["retention"] = Purger(retention, store, metrics).run
+                else:
+                    log.info("retention.off", note="HARVESTER_FINISHED_RETENTION is 0 and "
+                             "HARVESTER_RESULT_RETENTION unset: nothing is deleted")
                 async with Upstream(settings) as upstream:
-                    engine = Engine(settings, store, upstream, metrics)
+                    engine = Engine(settings, store, upstream, metrics, background=background)
                     admin.attach(store, _readiness(engine, store, pool))
                     if stop.is_set():
                         engine.stop()

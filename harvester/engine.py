@@ -24,7 +24,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
@@ -118,6 +118,7 @@ class Engine:
         *,
         worker_id: str | None = None,
         rand: Random = random.random,
+        background: Mapping[str, Callable[[], Coroutine[Any, Any, None]]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -154,6 +155,9 @@ class Engine:
         self._writer_holding = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._fatal: BaseException | None = None
+        self.background = dict(background or {})
+        """More tasks to own, by name (the retention purge): started with the engine's
+        own background tasks, cancelled with them, and vital like them."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -204,6 +208,7 @@ class Engine:
             self._spawn("heartbeat", self._heartbeat()),
             self._spawn("ticker", self._ticker()),
             self._spawn("listener", self.store.listen_for_jobs(self._jobs_fed, self._listening)),
+            *(self._spawn(name, start()) for name, start in self.background.items()),
         ]
         self.started.set()
         log.info("daemon.started", worker_id=self.worker_id, concurrency=self.concurrency,

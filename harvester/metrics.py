@@ -49,6 +49,8 @@ FAILED_REASONS = ("forbidden", "upstream_failed", "not_found", "expired")
 UPSTREAM_STATUSES = ("not_asked", "unknown", "pending", "running", "waiting_retry", "extracting",
                      "extraction_done", "completed", "failed", "other")
 OPEN_STATES = ("pending", "stuck")
+# Tables whose size the queue gauges report and the retention purge deletes from.
+TABLES = ("jobs", "extraction_results")
 UPSTREAM_ALARMS = ("base_url_suspect",)
 
 
@@ -204,6 +206,23 @@ class Metrics:
                                     "1 while the daemon distrusts upstream for this reason "
                                     "(base_url_suspect: every answer is a web page).",
                                     ["alarm"], registry=r)
+        # The retention purge (README "Retention"): per replica, like every counter.
+        self.retention_deleted = Counter(
+            "harvester_retention_deleted",
+            "Rows the retention purge deleted, by table (jobs: finished queue rows; "
+            "extraction_results: mirror rows).", ["table"], registry=r)
+        self.retention_failures = Counter(
+            "harvester_retention_failures",
+            "Purge batches the database refused, by table (an outage counts in "
+            "harvester_store_unavailable instead).", ["table"], registry=r)
+        self.finished_retention = Gauge(
+            "harvester_finished_retention_seconds",
+            "This daemon's HARVESTER_FINISHED_RETENTION (0: finished queue rows are kept).",
+            registry=r)
+        self.result_retention = Gauge(
+            "harvester_result_retention_seconds",
+            "This daemon's HARVESTER_RESULT_RETENTION (0: the mirror is kept for ever).",
+            registry=r)
         # Known label values exist from the start, so rate() sees the first increment and
         # a dashboard shows 0 rather than "no data".
         for result in ("ok", "error"):
@@ -212,6 +231,9 @@ class Metrics:
             self.failed.labels(reason)
         for alarm in UPSTREAM_ALARMS:
             self.upstream_alarm.labels(alarm)
+        for table in TABLES:
+            self.retention_deleted.labels(table)
+            self.retention_failures.labels(table)
         # RSS, CPU, fds, GC: what sizing a memory limit or spotting a leak needs.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

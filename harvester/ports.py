@@ -1,14 +1,16 @@
-"""The engine's two ports and the values that cross them.
+"""The engine's two ports, the purge's, and the values that cross them.
 
 The engine talks to the database and to upstream only through these protocols
 (implemented by :class:`harvester.store.Store` and :class:`harvester.upstream.Upstream`,
 and in the tests by in-memory fakes), so it imports neither asyncpg nor aiohttp and is
-tested in-process in seconds.
+tested in-process in seconds. The retention purge (:mod:`harvester.retention`) sees the
+database through :class:`RetentionPort` in the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -16,8 +18,8 @@ from uuid import UUID
 
 from harvester.policy import Answer, Decision, Job, StatusAnswer
 
-__all__ = ["Outcome", "ReleaseRow", "StatusAnswer", "StorePort", "UpstreamPort", "WorkerState",
-           "WriteReport"]
+__all__ = ["Outcome", "PurgeBatches", "ReleaseRow", "RetentionPort", "StatusAnswer",
+           "StorePort", "UpstreamPort", "WorkerState", "WriteReport"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,4 +106,23 @@ class StorePort(Protocol):
                               on_listening: Callable[[bool], None]) -> None:
         """Run until cancelled, calling ``on_fed`` when jobs are fed and ``on_listening``
         when notifications start or stop arriving (the engine polls meanwhile)."""
+        ...
+
+
+class PurgeBatches(Protocol):
+    """The purge's batches while this replica holds the purge lock: each call is one
+    transaction deleting at most ``limit`` rows older than ``older_than`` seconds, and
+    returns how many it deleted."""
+
+    async def purge_finished(self, older_than: float, limit: int) -> int: ...
+
+    async def purge_results(self, older_than: float, limit: int) -> int: ...
+
+
+class RetentionPort(Protocol):
+    """What the retention purge needs of the database."""
+
+    def purging(self) -> AbstractAsyncContextManager[PurgeBatches | None]:
+        """This replica's turn to purge, held until the context ends; None while
+        another replica's purge runs."""
         ...

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     status_max_interval: float = _seconds(60.0, 0.1, DAY, "batch-status checks of a job at least this often")
     auth_probe_interval: float = _seconds(30.0, 0.1, HOUR, "one probe this often while 401/403")
     shutdown_grace: float = _seconds(20.0, 0, HOUR, "time in-flight requests get on SIGTERM")
+    finished_retention: float = _seconds(
+        30 * DAY, 0, 3650 * DAY,
+        "queue rows of jobs landed or failed longer ago than this are deleted (0 = keep)")
+    result_retention: float | None = Field(
+        default=None, ge=0, le=36500 * DAY, allow_inf_nan=False,
+        description="mirror rows harvested longer ago than this are deleted (unset or 0 = keep)")
 
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(default=8080, ge=0, le=65535)
@@ -116,6 +122,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("result_retention", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("database_url")
     @classmethod

@@ -447,6 +447,130 @@ RETURNING j.job_id
 """  # noqa: S608 - only the fixed column list above is interpolated
 
 
+# ---------------------------------------------------------------- retention
+
+RETENTION_LOCK_KEY: Final = int.from_bytes(b"hv-purge", "big")
+"""Session advisory lock of the purge: one replica purges at a time. Fixed forever."""
+
+# One batch of the purge (README "Retention"): one statement, so one short transaction.
+# Finished jobs are walked oldest first through partial indexes that already exist:
+# landed jobs by landed_at, failed jobs by updated_at (nothing updates a failed row but
+# requeue, which reopens it). A failed job whose stuck record is still open keeps its
+# row; the foreign key takes a closed stuck record with its job. SKIP LOCKED: the purge
+# waits for nobody; claims and writes only lock open jobs, so they never wait for it
+# either. The rows are deleted by primary key from an array, not through a join, so the
+# plan is the same on a small table as on a large one.
+PURGE_FINISHED_SQL: Final = """
+WITH landed AS MATERIALIZED (
+    SELECT job_id
+      FROM harvester.jobs AS j
+     WHERE state = 'landed'
+       AND landed_at < now() - make_interval(secs => $1)
+       AND NOT EXISTS (SELECT 1 FROM harvester.stuck_jobs AS s
+                        WHERE s.job_id = j.job_id AND s.resolved_at IS NULL)
+     ORDER BY landed_at
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+), failed AS MATERIALIZED (
+    SELECT job_id
+      FROM harvester.jobs AS j
+     WHERE state = 'failed'
+       AND updated_at < now() - make_interval(secs => $1)
+       AND NOT EXISTS (SELECT 1 FROM harvester.stuck_jobs AS s
+                        WHERE s.job_id = j.job_id AND s.resolved_at IS NULL)
+     ORDER BY updated_at
+     LIMIT $2 - (SELECT count(*) FROM landed)
+       FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM harvester.jobs
+     WHERE job_id = ANY (ARRAY(SELECT job_id FROM landed UNION ALL SELECT job_id FROM failed))
+    RETURNING 1
+)
+SELECT count(*) FROM deleted
+"""
+
+PURGE_RESULTS_SQL: Final = """
+WITH doomed AS MATERIALIZED (
+    SELECT job_id
+      FROM harvester.extraction_results
+     WHERE harvested_at < now() - make_interval(secs => $1)
+     ORDER BY harvested_at
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM harvester.extraction_results
+     WHERE job_id = ANY (ARRAY(SELECT job_id FROM doomed))
+    RETURNING 1
+)
+SELECT count(*) FROM deleted
+"""
+
+
+class PurgeSession:
+    """The purge's connection while this replica holds the purge lock (see
+    :meth:`Store.purging`); each call is one batch in its own transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    async def purge_finished(self, older_than: float, limit: int) -> int:
+        """At most ``limit`` queue rows of jobs that landed or failed more than
+        ``older_than`` seconds ago; returns how many were deleted."""
+        async with translated():
+            return int(await self.conn.fetchval(PURGE_FINISHED_SQL, older_than, limit))
+
+    async def purge_results(self, older_than: float, limit: int) -> int:
+        """At most ``limit`` mirror rows harvested more than ``older_than`` seconds ago."""
+        async with translated():
+            return int(await self.conn.fetchval(PURGE_RESULTS_SQL, older_than, limit))
+
+
+async def _unlock_or_close(conn: Connection) -> None:
+    """Give the purge lock back before the connection goes back to the pool, whose reset
+    runs nothing: a session lock left behind would stop every replica's purge for as long
+    as that connection lives. When the unlock cannot be confirmed (the connection broke,
+    or the task is being cancelled) the connection is closed instead, and the server
+    drops the lock with the session."""
+    try:
+        unlocked = await asyncio.wait_for(
+            conn.fetchval("SELECT pg_advisory_unlock($1)", RETENTION_LOCK_KEY), timeout=5.0)
+    except asyncio.CancelledError:
+        conn.terminate()
+        raise
+    except Exception:  # whatever happened, the session must not keep the lock
+        conn.terminate()
+        return
+    if not unlocked:  # pragma: no cover - the lock was taken on this very session
+        conn.terminate()
+
+
+# What retention has left to do, for status and /metrics: the oldest finished row the
+# purge may delete (the first row of each finished index), and each table's size. Row
+# counts are the planner's estimate (pg_class.reltuples, refreshed by autovacuum and
+# ANALYZE), so reading them costs nothing on a table of billions of rows.
+OLDEST_FINISHED_SQL: Final = """
+SELECT extract(epoch FROM now() - least(
+           (SELECT landed_at FROM harvester.jobs AS j
+             WHERE state = 'landed'
+               AND NOT EXISTS (SELECT 1 FROM harvester.stuck_jobs AS s
+                                WHERE s.job_id = j.job_id AND s.resolved_at IS NULL)
+             ORDER BY landed_at LIMIT 1),
+           (SELECT updated_at FROM harvester.jobs AS j
+             WHERE state = 'failed'
+               AND NOT EXISTS (SELECT 1 FROM harvester.stuck_jobs AS s
+                                WHERE s.job_id = j.job_id AND s.resolved_at IS NULL)
+             ORDER BY updated_at LIMIT 1)))::float8
+"""
+
+TABLE_SIZES_SQL: Final = """
+SELECT c.relname AS name, greatest(c.reltuples, 0)::float8 AS rows,
+       pg_total_relation_size(c.oid)::float8 AS bytes
+  FROM pg_class AS c
+ WHERE c.oid IN ('harvester.jobs'::regclass, 'harvester.extraction_results'::regclass)
+"""
+SIZED_TABLES: Final = ("jobs", "extraction_results")
+
+
 def _job_row(outcome: Outcome) -> dict[str, Any]:
     """The jobs-table columns an outcome writes (README "How upstream answers are handled")."""
     job, d = outcome.job, outcome.decision
@@ -808,6 +932,29 @@ class Store:
                                     worker_id)
             await self.pool.execute(
                 "DELETE FROM harvester.workers WHERE heartbeat_at < now() - interval '1 day'")
+
+    # ------------------------------------------------------------ retention
+
+    @asynccontextmanager
+    async def purging(self) -> AsyncIterator[PurgeSession | None]:
+        """This replica's turn to purge (README "Retention"), or None while another
+        replica's purge runs.
+
+        A session advisory lock, held on one pooled connection for a whole run (the
+        batches until the purge has caught up, and the pauses between them), so that
+        one replica purges at a time whatever the number of replicas, and the purge's
+        load on the database does not grow with them. A lock per batch
+        (``pg_try_advisory_xact_lock``) would let every replica slip its batches into
+        the others' pauses. The lock is released explicitly on the way out (or the
+        connection closed): the pool's reset does not."""
+        async with translated(), self.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK_KEY):
+                yield None
+                return
+            try:
+                yield PurgeSession(conn)
+            finally:
+                await _unlock_or_close(conn)
 
     # ------------------------------------------------------------ reading
     #

@@ -68,6 +68,10 @@ BAD_SETTINGS = [
     ("HARVESTER_INSECURE", "perhaps", "true or false"),
     ("HARVESTER_AUTH_PROBE_INTERVAL", "0", "≥ 0.1"),
     ("HARVESTER_SHUTDOWN_GRACE", "-1", "≥ 0"),
+    ("HARVESTER_FINISHED_RETENTION", "-1", "≥ 0"),
+    ("HARVESTER_FINISHED_RETENTION", "30d", "finite number"),
+    ("HARVESTER_RESULT_RETENTION", "-5", "≥ 0"),
+    ("HARVESTER_RESULT_RETENTION", "forever", "finite number"),
 ]
 
 
@@ -127,6 +131,14 @@ def test_defaults_match_the_spec_table() -> None:
     assert s.max_age == 7 * 24 * 3600
     assert (s.admin_host, s.admin_port, s.admin_token) == ("127.0.0.1", 8080, None)
     assert (s.log_format, s.log_level) == ("auto", "info")
+    assert (s.finished_retention, s.result_retention) == (30 * 24 * 3600, None)
+
+
+def test_an_empty_result_retention_keeps_the_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARVESTER_RESULT_RETENTION", " ")
+    monkeypatch.setenv("HARVESTER_FINISHED_RETENTION", "0")
+    s = load_settings(env_file=None)
+    assert (s.finished_retention, s.result_retention) == (0, None)
 
 
 def test_durations_are_plain_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
