@@ -201,9 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "  --reason REASON           failed jobs with that reason (repeatable)\n"
                     "  --older-than/--newer-than how long the job has been failed or stuck\n"
                     "                            (90s, 15m, 6h, 7d)\n"
-                    "Landed jobs are left alone. Open stuck records stay open: they close when\n"
-                    "the job ends or with `harvester stuck ack`. --dry-run counts, changes\n"
-                    "nothing.")
+                    "A landed job named by ID is polled again on purpose (also one whose queue\n"
+                    "row retention deleted: the mirror still has it); landing it again is an\n"
+                    "idempotent upsert. Open stuck records stay open: they close when the job\n"
+                    "ends or with `harvester stuck ack`. --dry-run counts, changes nothing.")
     rq.add_argument("job_ids", nargs="*", metavar="JOB_ID",
                     help="job IDs; a single '-' reads stdin")
     rq.add_argument("--file", "-f", metavar="PATH", help="read IDs from PATH ('-' for stdin)")
@@ -220,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     rq.add_argument("--dry-run", dest="dry_run", action="store_true",
                     help="say how many jobs would be requeued; change nothing")
     rq.add_argument("--json", action="store_true",
-                    help="print {requeued, dry_run, landed_untouched, landed_untouched_count, "
-                         "unknown, unknown_count} as JSON (the ID lists hold the first 20)")
+                    help="print {requeued, dry_run, landed_polled_again, "
+                         "landed_polled_again_count, unknown, unknown_count} as JSON (the ID "
+                         "lists hold the first 20)")
     _add_database(rq)
     _add_database_name(rq)
     _add_logging(rq)

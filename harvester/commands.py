@@ -945,7 +945,8 @@ async def cmd_requeue(settings: Settings, ids: Sequence[str],
             return 2
     if as_json:
         dump_json({"requeued": report.requeued, "dry_run": dry_run,
-                   "landed_untouched": report.landed, "landed_untouched_count": landed_count,
+                   "landed_polled_again": report.landed,
+                   "landed_polled_again_count": landed_count,
                    "unknown": report.unknown, "unknown_count": unknown_count}, out)
         return 0
     if dry_run:
@@ -953,8 +954,8 @@ async def cmd_requeue(settings: Settings, ids: Sequence[str],
     else:
         out.write(f"requeued {report.requeued:,} job(s); they are due now\n")
     if landed_count:
-        out.write(f"left alone {landed_count:,} landed job(s): "
-                  f"{_id_list(report.landed, total=landed_count)}\n")
+        out.write(f"of which landed before, {'to be ' if dry_run else ''}polled again "
+                  f"{landed_count:,}: {_id_list(report.landed, total=landed_count)}\n")
     if unknown_count:
         out.write(f"not in the queue {unknown_count:,} job ID(s): "
                   f"{_id_list(report.unknown, total=unknown_count)}\n")

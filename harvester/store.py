@@ -279,9 +279,21 @@ RELEASE_COLUMNS: Final = Columns("u", (
 # indexed column, so PostgreSQL updates the row in place (a HOT update) without new
 # entries in the due index or the primary key. Jobs in flight stay in the due index
 # and the claim steps over them (at most the jobs in flight across all replicas).
+#
+# A job fed again whose row is already in the mirror is not polled again, whichever
+# way it was fed (README "Retention"): the claim lands it at once (``already``) and
+# returns only the others. Checked here, once per due job with a probe of the
+# mirror's primary key, rather than by a trigger on every fed row: a bulk feed stays
+# one plain INSERT, and a feeder needs no right on the mirror. A requeued job
+# (requeued_at set) is polled for real: `harvester requeue ID` asks for exactly that.
+# Landing it moves it out of the due index, so ``already`` is not a HOT update; the
+# jobs returned still are.
 CLAIM_SQL: Final = """
 WITH due AS MATERIALIZED (
-    SELECT job_id
+    SELECT job_id,
+           state = 'pending' AND requeued_at IS NULL
+           AND EXISTS (SELECT 1 FROM harvester.extraction_results AS e
+                        WHERE e.job_id = jobs.job_id) AS mirrored
       FROM harvester.jobs
      WHERE state IN ('pending', 'stuck')
        AND next_poll_at <= now()
@@ -289,6 +301,18 @@ WITH due AS MATERIALIZED (
      ORDER BY next_poll_at
      LIMIT $1
        FOR UPDATE SKIP LOCKED
+), already AS (
+    UPDATE harvester.jobs AS j
+       SET state        = 'landed',
+           landed_at    = now(),
+           next_poll_at = NULL,
+           updated_at   = now(),
+           leased_until = NULL,
+           leased_by    = NULL,
+           lease_seq    = j.lease_seq + 1
+      FROM due
+     WHERE j.job_id = due.job_id
+       AND due.mirrored
 )
 UPDATE harvester.jobs AS j
    SET leased_until = now() + make_interval(secs => $2),
@@ -296,6 +320,7 @@ UPDATE harvester.jobs AS j
        lease_seq    = j.lease_seq + 1
   FROM due
  WHERE j.job_id = due.job_id
+   AND NOT due.mirrored
 RETURNING j.job_id, j.state, coalesce(j.requeued_at, j.enqueued_at) AS age_origin,
           j.polls, j.attempt, j.consecutive_500s, j.lease_seq, j.next_step,
           j.upstream_status, j.status_since, j.finished_seen_at, j.consecutive_403s
@@ -624,7 +649,10 @@ def _stuck_row(job_id: UUID, stuck: Stuck) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class RequeueReport:
-    """What a requeue did; ``landed`` and ``unknown`` are filled when IDs were given."""
+    """What a requeue did; ``landed`` and ``unknown`` are filled when IDs were given:
+    ``landed`` are IDs that had landed (their queue row landed, or gone with retention
+    while the mirror keeps their row) and are polled again on purpose; ``unknown`` are
+    IDs neither in the queue nor in the mirror (nothing to requeue)."""
 
     requeued: int = 0
     landed: list[UUID] = field(default_factory=list)
@@ -667,6 +695,8 @@ class Selection:
         return " AND ".join(clauses), args
 
 
+# requeued_at is also what makes the claim poll a job for real although its row is in
+# the mirror (see CLAIM_SQL).
 _REQUEUE_SQL: Final = """
 WITH requeued AS (
     UPDATE harvester.jobs AS j
@@ -675,10 +705,24 @@ WITH requeued AS (
            failed_reason = NULL, leased_until = NULL, leased_by = NULL,
            lease_seq = j.lease_seq + 1, next_step = 'status', status_since = NULL,
            finished_seen_at = NULL
-     WHERE {where} AND j.state <> 'landed'
+     WHERE {where}
     RETURNING 1
 )
 SELECT count(*) FROM requeued
+"""
+
+# A job whose queue row retention deleted but whose row is in the mirror is requeued by
+# putting its row back, marked requeued.
+_REVIVE_SQL: Final = """
+WITH revived AS (
+    INSERT INTO harvester.jobs (job_id, requeued_at)
+    SELECT e.job_id, now()
+      FROM harvester.extraction_results AS e
+     WHERE e.job_id = ANY($1::uuid[])
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM revived
 """
 
 
@@ -731,6 +775,15 @@ _HTTP_REASON: Final = re.compile(r"http_[1-5]\d\d")
 def is_failed_reason(text: str) -> bool:
     """One of the known reasons, or ``http_<status>``: what ``failed_reason`` holds."""
     return text in FAILED_REASONS or bool(_HTTP_REASON.fullmatch(text))
+
+
+_JOB_COLUMNS: Final = (
+    "job_id", "state", "enqueued_at", "requeued_at", "updated_at", "next_poll_at", "polls",
+    "last_status", "last_error", "failed_reason", "upstream_status", "status_checked_at",
+    "status_since", "finished_seen_at", "next_step", "status_checks", "landed_at",
+    "leased_until", "leased_by")
+_JOB_SQL: Final = (f"SELECT {', '.join(_JOB_COLUMNS)} "  # noqa: S608 - fixed column names
+                   "FROM harvester.jobs WHERE job_id = $1")
 
 
 class Store:
@@ -847,8 +900,11 @@ class Store:
                       conn: Connection | None = None) -> RequeueReport:
         """Put jobs back to pending, due now, their age limits counted from now.
 
-        Either ``job_ids`` (any job but a landed one) or a ``selection`` (``state`` is the
-        short form of a selection without filters). Landed jobs are never touched. The
+        Either ``job_ids`` or a ``selection`` (``state`` is the short form of a selection
+        without filters). By ID any job is requeued, a landed one included: it is polled
+        again on purpose (requeued_at tells the claim not to land it from the mirror), and
+        landing it again is the usual idempotent upsert. An ID whose queue row retention
+        deleted while the mirror keeps its row is put back in the queue the same way. The
         lease token is bumped, so an answer still in flight for a requeued job cannot
         overwrite the reset. A requeued job starts over as a freshly fed one does:
         followed through batch-status first (``next_step = 'status'``), its landing-lag
@@ -871,28 +927,37 @@ class Store:
             assert selection is not None
             where, args = selection.where()
         async with translated(), self._connection(conn) as c:
+            if job_ids is not None:
+                # Before the update: which IDs had landed, which are nowhere.
+                rows = await c.fetch(
+                    """
+                    SELECT u.job_id, j.state, e.job_id IS NOT NULL AS mirrored
+                      FROM unnest($1::uuid[]) AS u(job_id)
+                      LEFT JOIN harvester.jobs j USING (job_id)
+                      LEFT JOIN harvester.extraction_results e USING (job_id)
+                     WHERE j.job_id IS NULL OR j.state = 'landed'
+                     ORDER BY u.job_id
+                    """, args[0])
+                report.landed = [r["job_id"] for r in rows
+                                 if r["state"] == "landed" or r["mirrored"]]
+                report.unknown = [r["job_id"] for r in rows
+                                  if r["state"] is None and not r["mirrored"]]
             if dry_run:
                 report.requeued = int(await c.fetchval(
                     f"SELECT count(*) FROM harvester.jobs AS j "  # noqa: S608 - fixed fragments
-                    f"WHERE {where} AND j.state <> 'landed'", *args))
+                    f"WHERE {where}", *args))
+                if job_ids is not None:
+                    report.requeued += sum(1 for r in rows
+                                           if r["state"] is None and r["mirrored"])
             else:
                 if not c.is_in_transaction():
                     raise ValueError("requeue needs a connection in a transaction")
                 await c.execute(DURABLE)
                 report.requeued = int(await c.fetchval(_REQUEUE_SQL.format(where=where), *args))
+                if job_ids is not None:
+                    report.requeued += int(await c.fetchval(_REVIVE_SQL, args[0]))
                 if report.requeued:
                     await c.execute("SELECT pg_notify($1, '')", CHANNEL_JOBS)
-            if job_ids is not None:
-                rows = await c.fetch(
-                    """
-                    SELECT u.job_id, j.state
-                      FROM unnest($1::uuid[]) AS u(job_id)
-                      LEFT JOIN harvester.jobs j USING (job_id)
-                     WHERE j.job_id IS NULL OR j.state = 'landed'
-                     ORDER BY u.job_id
-                    """, args[0])
-                report.landed = [r["job_id"] for r in rows if r["state"] == "landed"]
-                report.unknown = [r["job_id"] for r in rows if r["state"] is None]
         return report
 
     @asynccontextmanager
@@ -1164,19 +1229,22 @@ class Store:
     async def job(self, job_id: UUID) -> dict[str, Any] | None:
         """One job as the admin API shows it: its queue row (with what batch-status last
         said of it), its mirror row when landed (``result``, JSON columns decoded), and
-        its stuck record if it ever had one (with how, by whom and why it closed)."""
+        its stuck record if it ever had one (with how, by whom and why it closed).
+
+        A job whose queue row retention deleted is still shown while the mirror keeps
+        its row: ``landed`` (at the time the row was harvested), its queue history null."""
         async with translated(), self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                """
-                SELECT job_id, state, enqueued_at, requeued_at, updated_at, next_poll_at, polls,
-                       last_status, last_error, failed_reason, upstream_status,
-                       status_checked_at, status_since, finished_seen_at, next_step,
-                       status_checks, landed_at, leased_until, leased_by
-                  FROM harvester.jobs WHERE job_id = $1
-                """, job_id)
-            if row is None:
-                return None
-            found = dict(row)
+            row = await conn.fetchrow(_JOB_SQL, job_id)
+            if row is not None:
+                found = dict(row)
+            else:
+                harvested = await conn.fetchval(
+                    "SELECT harvested_at FROM harvester.extraction_results WHERE job_id = $1",
+                    job_id)
+                if harvested is None:
+                    return None
+                found = {**dict.fromkeys(_JOB_COLUMNS), "job_id": job_id, "state": "landed",
+                         "landed_at": harvested}
             result = await conn.fetchrow(
                 """
                 SELECT id, org_id, domain, schema_id, data_type, normalized, raw_blob_key,

@@ -403,8 +403,9 @@ async def test_requeue_failed_resets_to_pending_due_now_with_age_from_now(
     before = await jobs_by_id(pool)
     result = await cli("requeue", "--state", "failed", "--json")
     assert result.status == 0, result.err
-    assert result.json() == {"requeued": 2, "dry_run": False, "landed_untouched": [],
-                             "landed_untouched_count": 0, "unknown": [], "unknown_count": 0}
+    assert result.json() == {"requeued": 2, "dry_run": False, "landed_polled_again": [],
+                             "landed_polled_again_count": 0, "unknown": [],
+                             "unknown_count": 0}
     after = await jobs_by_id(pool)
     for job_id in (f.failed, f.failed_expired):
         job = after[job_id]
@@ -433,9 +434,12 @@ async def test_requeue_stuck_keeps_the_stuck_record_open(cli: Any, pool: asyncpg
     assert await pool.fetchval("SELECT count(*) FROM harvester.open_stuck_jobs") == 1
 
 
-async def test_requeue_by_id_leaves_landed_jobs_alone_and_names_unknown_ones(
+async def test_requeue_by_id_polls_landed_jobs_again_and_names_unknown_ones(
     cli: Any, pool: asyncpg.Pool
 ) -> None:
+    """A landed job named by ID is polled again on purpose (README "Retention"): reset
+    like any requeued job and marked requeued, so the claim does not land it from the
+    mirror. Its mirror row stays until the new answer is written."""
     f = await put_jobs_in_each_state(pool)
     before = await jobs_by_id(pool)
     unknown = uuid.uuid4()
@@ -443,20 +447,53 @@ async def test_requeue_by_id_leaves_landed_jobs_alone_and_names_unknown_ones(
                        str(f.due_later))
     assert result.status == 0, result.err
     assert result.out.splitlines() == [
-        "requeued 2 job(s); they are due now",
-        f"left alone 1 landed job(s): {f.landed}",
+        "requeued 3 job(s); they are due now",
+        f"of which landed before, polled again 1: {f.landed}",
         f"not in the queue 1 job ID(s): {unknown}",
     ]
     after = await jobs_by_id(pool)
-    assert dict(after[f.landed]) == dict(before[f.landed])
+    landed = after[f.landed]
+    assert (landed["state"], landed["due"], landed["requeued_now"]) == ("pending", True, True)
+    assert landed["lease_seq"] == before[f.landed]["lease_seq"] + 1
+    assert await pool.fetchval("SELECT count(*) FROM harvester.extraction_results "
+                               "WHERE job_id = $1", f.landed) == 1
     assert (after[f.failed]["state"], after[f.failed]["due"]) == ("pending", True)
     assert (after[f.due_later]["state"], after[f.due_later]["due"]) == ("pending", True)
     assert unknown not in after
 
-    as_json = await cli("requeue", str(f.landed), "--json")
-    assert as_json.json() == {"requeued": 0, "dry_run": False,
-                              "landed_untouched": [str(f.landed)], "landed_untouched_count": 1,
-                              "unknown": [], "unknown_count": 0}
+    as_json = await cli("requeue", str(f.stuck_resolved), "--json", "--dry-run")
+    assert as_json.json() == {"requeued": 1, "dry_run": True,
+                              "landed_polled_again": [str(f.stuck_resolved)],
+                              "landed_polled_again_count": 1, "unknown": [],
+                              "unknown_count": 0}
+    assert (await jobs_by_id(pool))[f.stuck_resolved]["state"] == "landed"
+
+
+async def test_requeue_by_id_brings_back_a_job_retention_deleted_from_the_queue(
+    cli: Any, pool: asyncpg.Pool
+) -> None:
+    """Retention deleted the queue row; the mirror keeps the job's row. Requeueing the ID
+    puts it back in the queue, marked requeued (so it is polled, not landed from the
+    mirror); its stuck record went with the old row."""
+    f = await put_jobs_in_each_state(pool)
+    await pool.execute("DELETE FROM harvester.jobs WHERE job_id = ANY($1::uuid[])",
+                       [f.landed, f.stuck_resolved])
+    dry = await cli("requeue", str(f.landed), "--dry-run")
+    assert dry.out.splitlines() == [
+        "would requeue 1 job(s) (dry run: nothing changed)",
+        f"of which landed before, to be polled again 1: {f.landed}"]
+    assert f.landed not in await jobs_by_id(pool)
+    result = await cli("requeue", str(f.landed), str(f.stuck_resolved), "--json")
+    assert result.status == 0, result.err
+    assert result.json()["requeued"] == 2
+    assert result.json()["landed_polled_again_count"] == 2
+    after = await jobs_by_id(pool)
+    for job_id in (f.landed, f.stuck_resolved):
+        job = after[job_id]
+        assert (job["state"], job["due"], job["requeued_now"], job["polls"]) == (
+            "pending", True, True, 0)
+    assert await pool.fetchval("SELECT count(*) FROM harvester.stuck_jobs "
+                               "WHERE job_id = $1", f.stuck_resolved) == 0
 
 
 async def test_requeue_refuses_bad_usage_in_one_line(cli: Any, pool: asyncpg.Pool) -> None:
@@ -530,13 +567,13 @@ async def test_requeue_reads_ids_from_a_file_or_stdin_all_or_nothing(
     path = tmp_path / "ids.txt"
     path.write_text(f"# from the incident\n{f.failed}\n{f.landed}\n\n{f.failed_expired}\n")
     dry = await cli("requeue", "--file", str(path), "--dry-run", "--json")
-    assert dry.json()["requeued"] == 2
+    assert dry.json()["requeued"] == 3
     assert dry.json()["dry_run"] is True
     assert (await jobs_by_id(pool))[f.failed]["state"] == "failed"
     from_file = await cli("requeue", "--file", str(path))
     assert from_file.status == 0, from_file.err
-    assert from_file.out.splitlines() == ["requeued 2 job(s); they are due now",
-                                          f"left alone 1 landed job(s): {f.landed}"]
+    assert from_file.out.splitlines() == ["requeued 3 job(s); they are due now",
+                                          f"of which landed before, polled again 1: {f.landed}"]
     bad = await cli("requeue", "-", stdin=f"{f.stuck}\n{{not-a-uuid}}\n".encode())
     assert bad.status == 2
     assert bad.err.splitlines() == [

@@ -11,7 +11,12 @@ import asyncpg
 import pytest
 
 from harvester.migrations import latest_version, load_migrations, migrate
-from harvester.store import CLAIM_SQL, Connection
+from harvester.store import (
+    CLAIM_SQL,
+    PURGE_FINISHED_SQL,
+    PURGE_RESULTS_SQL,
+    Connection,
+)
 
 EXPECTED_COLUMNS = {
     "jobs": {
@@ -145,22 +150,94 @@ async def test_claim_uses_the_partial_index_with_100k_rows_not_due(pool: asyncpg
         """)
     await pool.execute("INSERT INTO harvester.jobs (job_id) SELECT gen_random_uuid() "
                        "FROM generate_series(1, 50)")
-    await pool.execute("ANALYZE harvester.jobs")
+    # The mirror holds the landed jobs' rows and those of 10 due jobs fed again (their
+    # queue rows purged, then fed anew): the claim lands those 10 without a poll.
+    refed = [r["job_id"] for r in await pool.fetch(
+        "SELECT job_id FROM harvester.jobs WHERE state = 'pending' AND next_poll_at <= now() "
+        "LIMIT 10")]
+    await pool.execute(
+        """
+        INSERT INTO harvester.extraction_results (job_id, id, org_id, domain, data_type,
+               normalized, quality_completeness, quality_validation, quality_composite,
+               created_at, payload)
+        SELECT job_id, gen_random_uuid(), gen_random_uuid(), 'example.com', 'product', '{}',
+               1, 1, 1, now(), '{}'
+          FROM harvester.jobs WHERE state = 'landed' OR job_id = ANY($1::uuid[])
+        """, refed)
+    await pool.execute("ANALYZE harvester.jobs; ANALYZE harvester.extraction_results")
     async with pool.acquire() as conn, conn.transaction():
         plan = await conn.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + CLAIM_SQL,
                                    64, 60.0, "explain")
         claimed = await conn.fetchval(
             "SELECT count(*) FROM harvester.jobs WHERE leased_by = 'explain'")
+        landed = await conn.fetchval(
+            "SELECT count(*) FROM harvester.jobs WHERE job_id = ANY($1::uuid[]) "
+            "AND state = 'landed' AND polls = 0 AND leased_by IS NULL", refed)
     plan = json.loads(plan)
     text = json.dumps(plan)
     assert "jobs_due_idx" in text
     assert "Seq Scan" not in text
-    assert claimed == 50
+    assert (claimed, landed) == (40, 10)
     # The scan stops at the due rows: it never walks the 100,000 that are not due.
     scans = _nodes(plan[0]["Plan"], "Index Scan") + _nodes(plan[0]["Plan"], "Index Only Scan")
     due_scan = next(n for n in scans if n.get("Index Name") == "jobs_due_idx")
     assert due_scan["Actual Rows"] <= 64
-    assert due_scan["Shared Hit Blocks"] + due_scan.get("Shared Read Blocks", 0) < 100
+    # Whether a due job is in the mirror is one probe of its primary key, not a scan
+    # (the probes run inside the due scan and count in its blocks).
+    probes = [n for n in _nodes(due_scan, "Index Only Scan") + _nodes(due_scan, "Index Scan")
+              if n.get("Index Name") == "extraction_results_pkey"]
+    assert probes, text
+    assert sum(n["Actual Rows"] * n["Actual Loops"] for n in probes) <= 10
+    assert _blocks(due_scan) - sum(_blocks(n) for n in probes) < 100
+
+
+async def test_the_purge_walks_the_finished_indexes_oldest_first(pool: asyncpg.Pool) -> None:
+    """One purge batch reads about the rows it deletes, however many open and recent
+    finished jobs the queue and the mirror hold (README "Retention")."""
+    await pool.execute(
+        """
+        INSERT INTO harvester.jobs (job_id, next_poll_at)
+        SELECT gen_random_uuid(), now() + g * interval '1 second'
+          FROM generate_series(1, 50000) g
+        """)
+    for state, extra in (("landed", "landed_at"), ("failed", "failed_reason, updated_at")):
+        value = "now() - interval '2 days'" if state == "landed" else \
+            "'not_found', now() - interval '2 days'"
+        await pool.execute(
+            f"INSERT INTO harvester.jobs (job_id, state, next_poll_at, {extra}) "
+            f"SELECT gen_random_uuid(), '{state}', NULL, {value} FROM generate_series(1, 600)")
+    await pool.execute(
+        """
+        INSERT INTO harvester.jobs (job_id, state, next_poll_at, landed_at)
+        SELECT gen_random_uuid(), 'landed', NULL, now() FROM generate_series(1, 50000)
+        """)
+    await pool.execute(
+        """
+        INSERT INTO harvester.extraction_results (job_id, id, org_id, domain, data_type,
+               normalized, quality_completeness, quality_validation, quality_composite,
+               created_at, payload, harvested_at)
+        SELECT job_id, gen_random_uuid(), gen_random_uuid(), 'example.com', 'product', '{}',
+               1, 1, 1, now(), '{}', coalesce(landed_at, now())
+          FROM harvester.jobs WHERE state = 'landed'
+        """)
+    await pool.execute("ANALYZE harvester.jobs; ANALYZE harvester.extraction_results")
+    for sql, deleted, index in ((PURGE_FINISHED_SQL, 1000, ("jobs_landed_at_idx",
+                                                             "jobs_failed_idx")),
+                                (PURGE_RESULTS_SQL, 600, ("extraction_results_harvested_idx",))):
+        plan = json.loads(await pool.fetchval(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, 86400.0, 1000))
+        text = json.dumps(plan)
+        assert "Seq Scan" not in text, text
+        for name in index:
+            assert name in text
+        walked = [n for n in _nodes(plan[0]["Plan"], "Index Scan") if n["Index Name"] in index]
+        assert sum(n["Actual Rows"] for n in walked) == deleted
+        deletes = _nodes(plan[0]["Plan"], "ModifyTable")
+        assert sum(n["Actual Rows"] for n in deletes) == deleted
+
+
+def _blocks(node: dict[str, Any]) -> int:
+    return int(node["Shared Hit Blocks"] + node.get("Shared Read Blocks", 0))
 
 
 def _nodes(plan: dict[str, Any], kind: str) -> list[dict[str, Any]]:
