@@ -539,6 +539,9 @@ async def cmd_status(settings: Settings, as_json: bool, out: TextIO,
                      database: str | None = None) -> int:
     async with open_store(settings, database=database) as store:
         status = await store.status()
+    # This command's configuration: the daemons' if they share it (a ConfigMap).
+    status["retention"] = {"finished_seconds": settings.finished_retention or None,
+                           "results_seconds": settings.result_retention or None}
     if as_json:
         dump_json(status, out)
         return 0
@@ -575,6 +578,7 @@ async def cmd_status(settings: Settings, as_json: bool, out: TextIO,
         console.print(f"upstream alarm: {alarm}"
                       + (" (every answer is a web page: check HARVESTER_API_BASE_URL)"
                          if alarm == "base_url_suspect" else ""))
+    _print_retention(console, status)
     workers = status["workers"]
     if not workers:
         console.print("daemons alive: none (no heartbeat in the last 2 minutes)")
@@ -597,6 +601,32 @@ async def cmd_status(settings: Settings, as_json: bool, out: TextIO,
             f"{_duration(w['heartbeat_age'])} ago")
     console.print(daemons)
     return 0
+
+
+def _print_retention(console: Console, status: dict[str, Any]) -> None:
+    """Table sizes, the oldest finished queue row and the retention that should bound it
+    (README "Retention")."""
+    tables = status["tables"]
+    sizes = "; ".join(f"{label} ~{tables[name]['rows_estimate']:,} rows, "
+                      f"{_bytes(tables[name]['bytes'])}"
+                      for name, label in (("jobs", "queue"), ("extraction_results", "mirror")))
+    console.print(f"tables: {sizes} (rows: PostgreSQL's estimate)")
+    retention = status["retention"]
+    finished = retention["finished_seconds"]
+    results = retention["results_seconds"]
+    kept = ("retention " + (_duration(finished) if finished else "off: finished jobs are kept")
+            + "; mirror " + (f"kept {_duration(results)}" if results else "kept for ever"))
+    age = status["oldest_finished_age_seconds"]
+    console.print("oldest finished job in the queue: "
+                  + (f"{_duration(age)} ago" if age is not None else "none") + f" ({kept})")
+
+
+def _bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
 
 
 def _duration(seconds: float) -> str:

@@ -124,6 +124,25 @@ class QueueGauges(Collector):
         yield GaugeMetricFamily("harvester_oldest_stuck_age_seconds",
                                 "How long the oldest open stuck record has been open (0: none).",
                                 value=self._values.get("oldest_stuck_age", 0.0))
+        yield GaugeMetricFamily(
+            "harvester_oldest_finished_age_seconds",
+            "How long ago the oldest landed or failed job in the queue finished (0: none); "
+            "retention keeps it below HARVESTER_FINISHED_RETENTION plus the purge's pace.",
+            value=self._values.get("oldest_finished_age", 0.0))
+        rows = GaugeMetricFamily(
+            "harvester_table_rows",
+            "Rows in the queue (jobs) and the mirror (extraction_results): PostgreSQL's "
+            "estimate (pg_class.reltuples, refreshed by autovacuum and ANALYZE).",
+            labels=["table"])
+        size = GaugeMetricFamily(
+            "harvester_table_bytes",
+            "Disk used by the queue and the mirror, indexes and TOAST included "
+            "(pg_total_relation_size).", labels=["table"])
+        for table in TABLES:
+            rows.add_metric([table], self._values.get(f"table_rows:{table}", 0.0))
+            size.add_metric([table], self._values.get(f"table_bytes:{table}", 0.0))
+        yield rows
+        yield size
         yield GaugeMetricFamily("harvester_queue_gauges_read_timestamp_seconds",
                                 "Unix time the queue gauges above were last read from the "
                                 "database (0: never); they keep old values while it is away.",

@@ -1058,6 +1058,7 @@ class Store:
                 "SELECT failed_reason, count(*) AS n FROM harvester.jobs "
                 "WHERE state = 'failed' GROUP BY failed_reason ORDER BY failed_reason")
             stuck_open = await conn.fetchval("SELECT count(*) FROM harvester.open_stuck_jobs")
+            tables, oldest_finished = await _retention_figures(conn)
             workers = await conn.fetch(
                 """
                 SELECT worker_id, hostname, pid, version, auth_circuit, permission_circuit,
@@ -1095,13 +1096,18 @@ class Store:
             "upstream_alarms": sorted({w["upstream_alarm"] for w in live
                                        if w["upstream_alarm"] is not None}),
             "workers": live,
+            "tables": {name: {"rows_estimate": int(t["rows"]), "bytes": int(t["bytes"])}
+                       for name, t in tables.items()},
+            "oldest_finished_age_seconds": oldest_finished,
         }
 
     async def queue_gauges(self) -> dict[str, float]:
         """Cheap numbers for /metrics: open jobs by state and upstream status, due
-        backlog, oldest due age, open stuck records.
+        backlog, oldest due age, open stuck records, table sizes and the oldest finished
+        row.
 
-        The queries walk only the partial indexes of open jobs and open stuck records."""
+        The queries walk only the partial indexes of open jobs and open stuck records,
+        the first entry of the finished jobs' indexes, and the catalog."""
         async with translated(), self.pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT state, upstream_status, count(*) AS n FROM harvester.jobs "
@@ -1121,6 +1127,7 @@ class Store:
                   FROM harvester.stuck_jobs
                  WHERE resolved_at IS NULL
                 """)
+            tables, oldest_finished = await _retention_figures(conn)
         gauges = {"pending": 0.0, "stuck": 0.0}
         for row in rows:
             gauges[row["state"]] += float(row["n"])
@@ -1130,6 +1137,10 @@ class Store:
         gauges["oldest_due_age"] = float(due["age"])
         gauges["stuck_open"] = float(stuck["open"])
         gauges["oldest_stuck_age"] = float(stuck["age"])
+        gauges["oldest_finished_age"] = oldest_finished or 0.0
+        for name, size in tables.items():
+            gauges[f"table_rows:{name}"] = size["rows"]
+            gauges[f"table_bytes:{name}"] = size["bytes"]
         return gauges
 
     async def stuck_records(self, which: Literal["open", "resolved", "all"] = "open",
@@ -1361,6 +1372,17 @@ def json_default(value: Any) -> Any:
     if isinstance(value, UUID):
         return str(value)
     raise TypeError(type(value).__name__)
+
+
+async def _retention_figures(conn: Connection) -> tuple[dict[str, dict[str, float]],
+                                                         float | None]:
+    """Each table's size (``rows``: the planner's estimate; ``bytes``: with its indexes and
+    TOAST) and the age of the oldest finished queue row the purge may delete (None:
+    none)."""
+    sizes = {row["name"]: {"rows": row["rows"], "bytes": row["bytes"]}
+             for row in await conn.fetch(TABLE_SIZES_SQL)}
+    oldest: float | None = await conn.fetchval(OLDEST_FINISHED_SQL)
+    return sizes, oldest
 
 
 async def _one(conn: Connection, sql: str, *args: Any) -> asyncpg.Record:

@@ -143,8 +143,8 @@ async def test_status_json_is_stable_and_counts_every_state(cli: Any, pool: asyn
     assert sorted(document) == [
         "auth_circuit_open", "due_now", "failed_by_reason", "in_flight", "jobs",
         "landed_last_hour", "landed_last_minute", "leased", "oldest_due_age_seconds",
-        "open_by_upstream_status", "permission_circuit_open", "stuck_open", "total",
-        "upstream_alarms", "workers"]
+        "oldest_finished_age_seconds", "open_by_upstream_status", "permission_circuit_open",
+        "retention", "stuck_open", "tables", "total", "upstream_alarms", "workers"]
     assert document["jobs"] == {"pending": 2, "stuck": 1, "landed": 2, "failed": 2}
     assert document["total"] == 7
     assert document["due_now"] == 1
@@ -166,6 +166,42 @@ async def test_status_json_is_stable_and_counts_every_state(cli: Any, pool: asyn
         ("w1", 3, 287.5, "open", "base_url_suspect"), ("w2", 0, None, "closed", None)]
     assert datetime.fromisoformat(workers[0]["paused_until"]).tzinfo is not None
     assert workers[1]["paused_until"] is None
+
+
+async def test_status_shows_table_sizes_and_the_oldest_finished_job(
+    cli: Any, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What bounds the tables (README "Retention"): their size, and how long ago the
+    oldest finished job the purge may delete finished, next to the retention."""
+    f = await put_jobs_in_each_state(pool)
+    await pool.execute("UPDATE harvester.jobs SET updated_at = now() - interval '3 hours' "
+                       "WHERE job_id = $1", f.failed_expired)
+    await pool.execute("ANALYZE harvester.jobs; ANALYZE harvester.extraction_results")
+    monkeypatch.setenv("HARVESTER_FINISHED_RETENTION", str(3 * 86400))
+    monkeypatch.setenv("HARVESTER_RESULT_RETENTION", str(90 * 86400))
+    document = (await cli("status", "--json")).json()
+    assert 3 * 3600 - 5 < document["oldest_finished_age_seconds"] < 3 * 3600 + 60
+    assert document["retention"] == {"finished_seconds": 3 * 86400,
+                                     "results_seconds": 90 * 86400}
+    tables = document["tables"]
+    assert sorted(tables) == ["extraction_results", "jobs"]
+    assert tables["jobs"]["rows_estimate"] == 7
+    assert tables["extraction_results"]["rows_estimate"] == 2
+    assert all(t["bytes"] >= 8192 for t in tables.values())
+    lines = (await cli("status")).out.splitlines()
+    assert any(line.startswith("tables: queue ~7 rows, ") and "; mirror ~2 rows, " in line
+               for line in lines), lines
+    assert ("oldest finished job in the queue: 3.0h ago (retention 3.0d; mirror kept 90.0d)"
+            in lines)
+
+    monkeypatch.setenv("HARVESTER_FINISHED_RETENTION", "0")
+    monkeypatch.delenv("HARVESTER_RESULT_RETENTION")
+    await pool.execute("DELETE FROM harvester.jobs WHERE state IN ('landed', 'failed')")
+    document = (await cli("status", "--json")).json()
+    assert document["oldest_finished_age_seconds"] is None
+    assert document["retention"] == {"finished_seconds": None, "results_seconds": None}
+    assert ("oldest finished job in the queue: none (retention off: finished jobs are kept; "
+            "mirror kept for ever)" in (await cli("status")).out.splitlines())
 
 
 async def test_status_on_an_empty_queue(cli: Any) -> None:

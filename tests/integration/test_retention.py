@@ -10,7 +10,9 @@ from datetime import datetime
 
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from harvester.metrics import Metrics
 from harvester.policy import Retry
 from harvester.ports import Outcome
 from harvester.store import RETENTION_LOCK_KEY, Store
@@ -267,3 +269,30 @@ async def test_a_job_retention_deleted_is_still_shown_from_the_mirror(
     assert isinstance(shown["landed_at"], datetime)
     assert shown["result"]["domain"] == "example.com"
     assert await store.job(unknown) is None
+
+
+# ------------------------------------------------------------------ what operators see
+
+
+async def test_metrics_show_table_sizes_and_the_oldest_finished_job_the_purge_may_delete(
+    store: Store, pool: asyncpg.Pool
+) -> None:
+    await add_jobs(pool, 3, "landed", "2 hours")
+    await add_jobs(pool, 1, "failed", "1 hour")
+    kept = (await add_jobs(pool, 1, "failed", "5 hours"))[0]
+    await add_stuck_record(pool, kept, None)  # kept on purpose: not what the alert is about
+    await add_mirror_rows(pool, [uuid.uuid4() for _ in range(2)])
+    await pool.execute("ANALYZE harvester.jobs; ANALYZE harvester.extraction_results")
+    metrics = Metrics()
+    await metrics.attach_queue_gauges(store.queue_gauges).refresh()
+    samples = {(s.name, tuple(s.labels.values())): s.value
+               for family in text_string_to_metric_families(metrics.render().decode())
+               for s in family.samples}
+    assert 2 * 3600 - 5 < samples[("harvester_oldest_finished_age_seconds", ())] < 2 * 3600 + 60
+    assert samples[("harvester_table_rows", ("jobs",))] == 5
+    assert samples[("harvester_table_rows", ("extraction_results",))] == 2
+    assert samples[("harvester_table_bytes", ("jobs",))] >= 8192
+    assert samples[("harvester_table_bytes", ("extraction_results",))] >= 8192
+    await pool.execute("DELETE FROM harvester.jobs WHERE state = 'landed' OR job_id <> $1", kept)
+    gauges = await store.queue_gauges()
+    assert gauges["oldest_finished_age"] == 0.0  # none the purge may delete

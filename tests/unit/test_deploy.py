@@ -810,7 +810,9 @@ BUILTIN_SERIES = {"up"}
 SHARED_GAUGES = {"harvester_queue_jobs", "harvester_due_jobs", "harvester_oldest_due_age_seconds",
                  "harvester_stuck_open", "harvester_oldest_stuck_age_seconds",
                  "harvester_queue_gauges_read_timestamp_seconds",
-                 "harvester_queue_jobs_by_upstream_status"}
+                 "harvester_queue_jobs_by_upstream_status",
+                 "harvester_oldest_finished_age_seconds", "harvester_table_rows",
+                 "harvester_table_bytes"}
 
 
 def selectors(expr: str) -> Iterator[tuple[str, dict[str, str], str]]:
