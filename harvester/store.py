@@ -313,6 +313,14 @@ WITH due AS MATERIALIZED (
       FROM due
      WHERE j.job_id = due.job_id
        AND due.mirrored
+), closed AS (
+    -- Every way a job ends closes its open stuck record, this one too.
+    UPDATE harvester.stuck_jobs AS s
+       SET resolved_at = now(), resolution = 'landed', resolved_by = 'harvester'
+      FROM due
+     WHERE s.job_id = due.job_id
+       AND due.mirrored
+       AND s.resolved_at IS NULL
 )
 UPDATE harvester.jobs AS j
    SET leased_until = now() + make_interval(secs => $2),

@@ -213,6 +213,8 @@ async def test_a_job_fed_again_whose_row_is_mirrored_is_landed_by_the_claim_unpo
     fresh = [uuid.uuid4() for _ in range(3)]
     await add_mirror_rows(pool, mirrored)
     await enqueue(pool, [*mirrored, *fresh])
+    # However it came to have one, an open stuck record closes when its job ends.
+    await add_stuck_record(pool, mirrored[0], None)
     claimed = await store.claim(100, 60, "w")
     assert {j.job_id for j in claimed} == set(fresh)
     rows = {r["job_id"]: r for r in await pool.fetch("SELECT * FROM harvester.jobs")}
@@ -222,6 +224,8 @@ async def test_a_job_fed_again_whose_row_is_mirrored_is_landed_by_the_claim_unpo
             "landed", 0, None, None)
         assert row["landed_at"] is not None
         assert row["lease_seq"] == 1  # a late answer from an old lease is fenced off
+    record = await pool.fetchrow("SELECT resolution, resolved_by FROM harvester.stuck_jobs")
+    assert record is not None and tuple(record) == ("landed", "harvester")
     # Nothing else is due: a claim that only landed mirrored jobs leaves no work behind.
     assert await store.claim(100, 60, "w") == []
 
