@@ -619,6 +619,9 @@ def _print_retention(console: Console, status: dict[str, Any]) -> None:
     age = status["oldest_finished_age_seconds"]
     console.print("oldest finished job in the queue: "
                   + (f"{_duration(age)} ago" if age is not None else "none") + f" ({kept})")
+    if not status["autovacuum"]:
+        console.print("autovacuum: OFF on this server: the space of deleted rows is reused "
+                      "only after a VACUUM (README \"Retention\")")
 
 
 def _bytes(count: float) -> str:

@@ -1067,6 +1067,7 @@ class Store:
                 "WHERE state = 'failed' GROUP BY failed_reason ORDER BY failed_reason")
             stuck_open = await conn.fetchval("SELECT count(*) FROM harvester.open_stuck_jobs")
             tables, oldest_finished = await _retention_figures(conn)
+            autovacuum = await conn.fetchval("SELECT current_setting('autovacuum') = 'on'")
             workers = await conn.fetch(
                 """
                 SELECT worker_id, hostname, pid, version, auth_circuit, permission_circuit,
@@ -1107,6 +1108,8 @@ class Store:
             "tables": {name: {"rows_estimate": int(t["rows"]), "bytes": int(t["bytes"])}
                        for name, t in tables.items()},
             "oldest_finished_age_seconds": oldest_finished,
+            # Without autovacuum the space retention frees is never reused.
+            "autovacuum": bool(autovacuum),
         }
 
     async def queue_gauges(self) -> dict[str, float]:

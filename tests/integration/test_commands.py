@@ -141,7 +141,7 @@ async def test_status_json_is_stable_and_counts_every_state(cli: Any, pool: asyn
     assert result.status == 0, result.err
     document = result.json()
     assert sorted(document) == [
-        "auth_circuit_open", "due_now", "failed_by_reason", "in_flight", "jobs",
+        "auth_circuit_open", "autovacuum", "due_now", "failed_by_reason", "in_flight", "jobs",
         "landed_last_hour", "landed_last_minute", "leased", "oldest_due_age_seconds",
         "oldest_finished_age_seconds", "open_by_upstream_status", "permission_circuit_open",
         "retention", "stuck_open", "tables", "total", "upstream_alarms", "workers"]
@@ -193,6 +193,9 @@ async def test_status_shows_table_sizes_and_the_oldest_finished_job(
                for line in lines), lines
     assert ("oldest finished job in the queue: 3.0h ago (retention 3.0d; mirror kept 90.0d)"
             in lines)
+    on = await pool.fetchval("SELECT current_setting('autovacuum') = 'on'")
+    assert document["autovacuum"] is on
+    assert any(line.startswith("autovacuum: OFF") for line in lines) is not on
 
     monkeypatch.setenv("HARVESTER_FINISHED_RETENTION", "0")
     monkeypatch.delenv("HARVESTER_RESULT_RETENTION")
