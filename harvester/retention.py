@@ -5,12 +5,13 @@ runs a purge that deletes what has left it: queue rows of jobs that landed or fa
 longer ago than ``HARVESTER_FINISHED_RETENTION`` (their closed stuck records go with
 them), and, when ``HARVESTER_RESULT_RETENTION`` is set, mirror rows harvested longer ago
 than that. It deletes about 1,000 rows per statement, each statement its own short
-transaction; while it is behind it goes on after a short pause, deleting at most a fifth
-of the time, and once caught up it looks again every tenth of the retention period
-(1 s to 1 min). One replica deletes at a time: a run (the batches until caught up)
-holds an advisory lock, and a replica refused it leaves the work to the one holding
-it. A database outage is waited out; a statement the database refuses is logged,
-counted and tried again later; neither stops the daemon.
+transaction; while it is behind it goes on after a short pause, deleting at most a tenth
+of the time (some 3,800 rows/s on an idle server, less on a busy one), and once caught
+up it looks again every tenth of the retention period (1 s to 1 min). One replica
+deletes at a time: a run (the batches until caught up) holds an advisory lock, and a
+replica refused it leaves the work to the one holding it. A database outage is waited
+out; a statement the database refuses is logged, counted and tried again later; neither
+stops the daemon.
 
 When to run the next batch is decided by pure functions (:func:`pause_after`,
 :meth:`Retention.idle`, :func:`failure_pause`); the SQL and the lock are the store's,
@@ -37,10 +38,13 @@ log = get_logger("harvester.retention")
 
 BATCH: Final = 1000
 """Rows deleted by one statement at most."""
-SPACING: Final = 0.2
+SPACING: Final = 0.5
 """Seconds between two batches while the purge is behind, at the least ..."""
-BUSY_SHARE: Final = 0.2
-"""... and longer if batches are slow: the purge deletes at most this share of the time."""
+BUSY_SHARE: Final = 0.1
+"""... and longer if batches are slow: the purge deletes at most this share of the time.
+Measured with ``scripts/retention-bench claims``: at a fifth, a purge at full pace cost
+claims about a tenth of their throughput on two shared cores; at a tenth, nothing
+measurable (README "Retention")."""
 IDLE_MIN: Final = 1.0
 IDLE_MAX: Final = 60.0
 OUTAGE_BASE, OUTAGE_CAP = 0.2, 10.0
@@ -118,12 +122,14 @@ class Purger:
 
     def __init__(self, retention: Retention, store: RetentionPort, metrics: Metrics, *,
                  rand: Random = random.random,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.retention = retention
         self.store = store
         self.metrics = metrics
         self.rand = rand
         self.clock = clock
+        self.sleep = sleep
         self.tables: list[_Table] = []
         if retention.finished is not None:
             self.tables.append(_Table("jobs", retention.finished,
@@ -225,4 +231,4 @@ class Purger:
     async def _sleep_until(self, due: float) -> None:
         wait = due - self.clock()
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self.sleep(wait)

@@ -136,6 +136,28 @@ class MemoryStore:
         return deleted
 
 
+class Clock:
+    """Time that passes only when the purge sleeps: its pauses cost a test nothing."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def purger(retention: Retention, store: MemoryStore, metrics: Metrics | None = None
+           ) -> Purger:
+    clock = Clock()
+    return Purger(retention, store, metrics or Metrics(), clock=clock, sleep=clock.sleep)
+
+
 def counted(metrics: Metrics, name: str, **labels: str) -> float:
     value = metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
@@ -146,8 +168,8 @@ async def test_a_run_deletes_batch_after_batch_under_one_lock_until_caught_up(
 ) -> None:
     store = MemoryStore(jobs=35, results=12)
     metrics = Metrics()
-    purger = Purger(Retention(3600.0, 7200.0, batch=10), store, metrics)
-    await purger.turn()
+    purge = purger(Retention(3600.0, 7200.0, batch=10), store, metrics)
+    await purge.turn()
     assert store.waiting == {"jobs": 0, "extraction_results": 0}
     assert store.turns == 1 and not store.holding
     assert [b for b in store.batches if b[0] == "jobs"] == [("jobs", 3600.0, 10)] * 4
@@ -161,17 +183,20 @@ async def test_a_run_deletes_batch_after_batch_under_one_lock_until_caught_up(
     runs = {e["table"]: e for e in logs if e["event"] == "retention.purged"}
     assert (runs["jobs"]["rows"], runs["jobs"]["batches"]) == (35, 4)
     assert (runs["extraction_results"]["rows"], runs["extraction_results"]["batches"]) == (12, 2)
-    # Caught up: nothing is due before the next look (a minute here).
-    assert all(t.due >= purger.clock() + IDLE_MAX - 1 for t in purger.tables)
+    # Between full batches the purge paused; caught up, nothing is due before the next
+    # look (a minute here).
+    assert isinstance(purge.clock, Clock) and purge.clock.slept
+    assert all(pause >= SPACING for pause in purge.clock.slept)
+    assert all(t.due >= purge.clock() + IDLE_MAX - 5 for t in purge.tables)
 
 
 async def test_only_the_tables_with_a_retention_are_purged() -> None:
     store = MemoryStore(jobs=5, results=5)
-    await Purger(Retention(None, 60.0), store, Metrics()).turn()
+    await purger(Retention(None, 60.0), store).turn()
     assert store.waiting == {"jobs": 5, "extraction_results": 0}
     store = MemoryStore(jobs=5, results=5)
     metrics = Metrics()
-    await Purger(Retention(60.0, None), store, metrics).turn()
+    await purger(Retention(60.0, None), store, metrics).turn()
     assert store.waiting == {"jobs": 0, "extraction_results": 5}
     assert counted(metrics, "harvester_result_retention_seconds") == 0
 
@@ -179,22 +204,22 @@ async def test_only_the_tables_with_a_retention_are_purged() -> None:
 async def test_while_another_replica_purges_this_one_deletes_nothing_and_looks_later() -> None:
     store = MemoryStore(jobs=50)
     store.other_replica_purging = True
-    purger = Purger(Retention(5.0, None), store, Metrics())
-    await purger.turn()
+    purge = purger(Retention(5.0, None), store)
+    await purge.turn()
     assert store.batches == [] and store.waiting["jobs"] == 50
-    assert purger.tables[0].due >= purger.clock() + IDLE_MIN - 0.01
+    assert purge.tables[0].due == purge.clock() + IDLE_MIN
 
 
 async def test_an_outage_is_waited_out_and_said_once(logs: list[MutableMapping[str, Any]]) -> None:
     store = MemoryStore(jobs=3)
     store.lock_failures = [StoreUnavailable("database unavailable: gone")] * 3
     metrics = Metrics()
-    purger = Purger(Retention(60.0, None), store, metrics)
+    purge = purger(Retention(60.0, None), store, metrics)
     for _ in range(3):
-        await purger.turn()
-        assert purger.tables[0].due > purger.clock()
-        purger.tables[0].due = 0.0  # do not wait for the backoff in a test
-    await purger.turn()
+        await purge.turn()
+        assert purge.tables[0].due > purge.clock()
+        purge.tables[0].due = 0.0  # no need to wait for the backoff here
+    await purge.turn()
     assert store.waiting["jobs"] == 0
     events = [e["event"] for e in logs]
     assert events.count("store.unavailable") == 1
@@ -209,15 +234,15 @@ async def test_a_refused_batch_is_counted_logged_and_retried_later_never_raised(
     store.batch_failures = [StoreError("database error: InsufficientPrivilegeError: "
                                        "permission denied for table jobs")]
     metrics = Metrics()
-    purger = Purger(Retention(60.0, 60.0, batch=10), store, metrics)
-    jobs = purger.tables[0]
-    await purger.turn()  # the jobs batch is refused; the lock is given back
+    purge = purger(Retention(60.0, 60.0, batch=10), store, metrics)
+    jobs = purge.tables[0]
+    await purge.turn()  # the jobs batch is refused; the lock is given back
     assert not store.holding
-    assert jobs.due >= purger.clock() + REFUSED_BASE - 0.01
-    await purger.turn()  # the mirror's purge is not held back by the queue's
+    assert jobs.due >= purge.clock() + REFUSED_BASE
+    await purge.turn()  # the mirror's purge is not held back by the queue's
     assert store.waiting == {"jobs": 25, "extraction_results": 0}
     jobs.due = 0.0
-    await purger.turn()
+    await purge.turn()
     assert store.waiting["jobs"] == 0
     failed = [e for e in logs if e["event"] == "retention.failed"]
     assert [(e["table"], e["log_level"]) for e in failed] == [("jobs", "error")]
@@ -229,6 +254,8 @@ async def test_a_refused_batch_is_counted_logged_and_retried_later_never_raised(
 
 
 async def test_run_goes_on_until_cancelled_and_gives_the_lock_back() -> None:
+    """In real time: the batches are spaced out, and cancelling (the daemon stopping)
+    ends the run with the lock given back."""
     store = MemoryStore(jobs=10_000)
     task = asyncio.create_task(Purger(Retention(60.0, None), store, Metrics()).run())
     while store.waiting["jobs"] > 8000:
