@@ -286,6 +286,7 @@ RELEASE_COLUMNS: Final = Columns("u", (
 # mirror's primary key, rather than by a trigger on every fed row: a bulk feed stays
 # one plain INSERT, and a feeder needs no right on the mirror. A requeued job
 # (requeued_at set) is polled for real: `harvester requeue ID` asks for exactly that.
+# CLAIM_SOON_SQL is made from this statement, so the top-up claim does the same.
 # Landing it moves it out of the due index, so ``already`` is not a HOT update; the
 # jobs returned still are.
 CLAIM_SQL: Final = """

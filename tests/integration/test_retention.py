@@ -182,6 +182,7 @@ async def test_a_run_cancelled_midway_leaves_no_lock_behind(store: Store, pool: 
         await task
     held = await pool.fetchval(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
         "AND ((classid::bigint << 32) | objid::bigint) = $1", RETENTION_LOCK_KEY)
     assert held == 0
     async with store.purging() as batches:
@@ -228,6 +229,23 @@ async def test_a_job_fed_again_whose_row_is_mirrored_is_landed_by_the_claim_unpo
     assert record is not None and tuple(record) == ("landed", "harvester")
     # Nothing else is due: a claim that only landed mirrored jobs leaves no work behind.
     assert await store.claim(100, 60, "w") == []
+
+
+async def test_the_top_up_claim_lands_a_mirrored_job_unpolled_too(
+    store: Store, pool: asyncpg.Pool
+) -> None:
+    """A batch-status call with room claims status checks due within a second: a job fed
+    again whose row is mirrored is landed there as well, never asked about."""
+    mirrored, fresh = uuid.uuid4(), uuid.uuid4()
+    await add_mirror_rows(pool, [mirrored])
+    await pool.execute("INSERT INTO harvester.jobs (job_id, next_poll_at) "
+                       "SELECT unnest($1::uuid[]), now() + interval '0.5 seconds'",
+                       [mirrored, fresh])
+    claimed = await store.claim_soon(100, 60, "w", 1.0)
+    assert [j.job_id for j in claimed] == [fresh]
+    row = await pool.fetchrow("SELECT state, polls FROM harvester.jobs WHERE job_id = $1",
+                              mirrored)
+    assert row is not None and (row["state"], row["polls"]) == ("landed", 0)
 
 
 async def test_a_requeued_job_is_polled_although_mirrored_and_lands_again_unchanged(

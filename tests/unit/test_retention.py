@@ -13,6 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from harvester import retention
+from harvester.engine import Engine
 from harvester.errors import StoreError, StoreUnavailable
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
@@ -30,6 +31,9 @@ from harvester.retention import (
     pause_after,
 )
 from harvester.settings import DAY, Settings
+from tests.fakes import MemoryStore as EngineStore
+from tests.fakes import ScriptedUpstream
+from tests.unit.test_engine import settings as engine_settings
 
 # ------------------------------------------------------------------ the pure schedule
 
@@ -265,3 +269,36 @@ async def test_run_goes_on_until_cancelled_and_gives_the_lock_back() -> None:
         await task
     assert not store.holding
     assert 0 < store.waiting["jobs"] < 10_000  # spaced out: not all at once
+
+
+# ------------------------------------------------------------------ owned by the engine
+
+
+async def test_the_engine_owns_the_purge_cancels_it_on_stop_and_stops_if_it_dies() -> None:
+    """No fire-and-forget: the purge runs as one of the engine's background tasks, is
+    cancelled with them, and a purge that dies stops the daemon with its error."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def purge() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    engine = Engine(engine_settings(), EngineStore(), ScriptedUpstream(), Metrics(),
+                    worker_id="test", background={"retention": purge})
+    task = asyncio.create_task(engine.run())
+    await asyncio.wait_for(started.wait(), 5)
+    engine.stop()
+    await asyncio.wait_for(task, 15)
+    assert cancelled.is_set()
+
+    async def broken() -> None:
+        raise RuntimeError("a bug in the purge")
+
+    engine = Engine(engine_settings(), EngineStore(), ScriptedUpstream(), Metrics(),
+                    worker_id="test", background={"retention": broken})
+    with pytest.raises(RuntimeError, match="a bug in the purge"):
+        await asyncio.wait_for(engine.run(), 15)
