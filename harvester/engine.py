@@ -369,14 +369,23 @@ class Engine:
 
     async def _top_up(self, room: int) -> list[Job]:
         """Jobs whose status check is due within a second, for a batch-status call with
-        room (none while stopping, or while the database is away: the call goes as is)."""
+        room (none while stopping, or while the database is away: the call goes as is).
+
+        The claim is shielded: cancelled at shutdown while it is on its way back, it may
+        have committed on the server, and its jobs are handed back rather than left
+        under a lease nobody works on."""
         if self.stopping.is_set():
             return []
+        claim = asyncio.ensure_future(self.store.claim_soon(
+            room, self.settings.lease_seconds, self.worker_id, TOP_UP_WITHIN))
         try:
-            return await self.store.claim_soon(room, self.settings.lease_seconds,
-                                               self.worker_id, TOP_UP_WITHIN)
+            return await asyncio.shield(claim)
         except StoreUnavailable:
             return []
+        except asyncio.CancelledError:
+            with contextlib.suppress(StoreError):
+                await self._release_quietly([ReleaseRow(job, 0.0) for job in await claim])
+            raise
 
     def _patience(self, item: Claimed) -> float:
         """How long a request for this job may still wait for its slot: its lease must
