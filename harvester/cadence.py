@@ -63,8 +63,10 @@ def indexing_interval(in_state: float, config: Any, now: datetime) -> float:
         return aligned(raw, now)
     # The next even grid point at least the minimum away: every job that is indexing is
     # asked about at the same instants, in one call.
-    earliest: float = now.timestamp() + config.status_min_interval
-    return math.ceil(earliest / INDEXING_EVERY) * INDEXING_EVERY - now.timestamp()
+    low: float = config.status_min_interval
+    earliest = now.timestamp() + low
+    # max(): epoch seconds carry ~1e-7 s of rounding; the minimum is a promise.
+    return max(low, math.ceil(earliest / INDEXING_EVERY) * INDEXING_EVERY - now.timestamp())
 
 
 def grid(interval: float) -> float:
@@ -83,4 +85,4 @@ def aligned(interval: float, now: datetime) -> float:
         return interval
     due = now.timestamp() + interval
     snapped = math.ceil(due / step) * step
-    return interval + (snapped - due)
+    return max(interval, interval + (snapped - due))

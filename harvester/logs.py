@@ -138,13 +138,12 @@ def configure_logging(
     stream: TextIO | None = None,
 ) -> None:
     """Configure structlog and the stdlib root logger once, at the edge."""
-    global _generation  # noqa: PLW0603 - loggers made before this must pick it up
-    _generation += 1
     stream = stream if stream is not None else sys.stderr
     REDACTOR.add(secrets)
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
 
     shared: list[Any] = [
+        _logger_key,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -179,32 +178,21 @@ def configure_logging(
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-class _Named:
-    """A logger bound to a name, rebuilt whenever :func:`configure_logging` runs.
-
-    Modules create their loggers at import time, often before the configuration exists;
-    a plain ``bind()`` then would freeze structlog's defaults (console, stdout) into
-    them for good."""
-
-    __slots__ = ("_bound", "_generation", "_name")
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._generation = -1
-        self._bound: Any = None
-
-    def __getattr__(self, method: str) -> Any:
-        if self._generation != _generation:
-            self._bound = structlog.get_logger().bind(logger=self._name)
-            self._generation = _generation
-        return getattr(self._bound, method)
-
-
-_generation = 0
+def _logger_key(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Loggers carry their name as ``logger_name`` (see :func:`get_logger`); the line
+    says ``logger`` like the stdlib loggers' lines do."""
+    if "logger_name" in event:
+        event.setdefault("logger", event.pop("logger_name"))
+    return event
 
 
 def get_logger(name: str | None = None) -> Any:
-    """A structlog logger; the name becomes the ``logger`` key."""
+    """A structlog logger; the name becomes the ``logger`` key.
+
+    Lazy: modules make their loggers at import time, often before
+    :func:`configure_logging` runs (and tests reconfigure structlog at will); each call
+    uses the configuration of the moment. (``logger`` itself cannot be an initial value
+    here: it is the name of structlog's own argument for the wrapped logger.)"""
     if name is None:
         return structlog.get_logger()
-    return _Named(name)
+    return structlog.get_logger(logger_name=name)

@@ -166,6 +166,9 @@ RECENT_WINDOW: Final = 0.05
 """The ramp never allows more than twice what was really sent over this window (TCP's
 congestion-window validation): answers come back faster than 30 ms, and a rate that
 doubled on every one of them would run far ahead of anything sent."""
+WAITED_WINDOW: Final = 0.25
+"""A request that waited for its slot this recently (or two departures back, when that
+is longer) shows the rate is what holds the daemon back."""
 EPISODE_QUIET: Final = 60.0
 """An episode of rate limiting ends after this long without a rate-limit answer."""
 
@@ -286,7 +289,7 @@ class SendRate:
         self.last_limited = now
         if sent_at < self.cut_at:
             return None  # sent before the last cut: the same event, already answered
-        pacing_bound = now - self.last_wait < 0.25
+        pacing_bound = self._waited_recently(now)
         current = min(self.rate, self.ceiling)
         measured = self.measured(now)
         refused = current if pacing_bound or measured == 0 else min(current, measured)
@@ -329,7 +332,7 @@ class SendRate:
 
     def _grow(self, now: float) -> None:
         last, self.last_grow = self.last_grow, now
-        if last is None or now - self.last_wait > 0.25:
+        if last is None or not self._waited_recently(now):
             return  # not using the rate it has: nothing learned, nothing to grow
         if self.refused is None:
             ceiling = max(RAMP_START, 2.0 * self.recent(now))
@@ -338,6 +341,14 @@ class SendRate:
         else:
             self.rate = max(self.rate, self.target(now))
         self.rate = min(self.rate, self.ceiling)
+
+    def _waited_recently(self, now: float) -> bool:
+        """Requests waited for their slots lately: the rate, not the work, sets the pace.
+
+        "Lately" is at least two departures back: at a few requests a second, the
+        workers' reservations are themselves that far apart, and a rate that may only
+        grow within a fixed 0.25 s of one would never grow again."""
+        return now - self.last_wait < max(WAITED_WINDOW, 2.0 / self.allowed)
 
     def target(self, now: float) -> float:
         """Where the rate may be ``now`` after the last cut: the plateau for HOLD seconds

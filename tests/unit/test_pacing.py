@@ -284,6 +284,23 @@ def test_an_idle_rate_does_not_grow() -> None:
     assert rate.allowed == RAMP_START
 
 
+def test_a_low_rate_with_work_waiting_grows_again() -> None:
+    """The engine's workers each reserve a slot when they take a job, so at a rate of a
+    few per second reservations are half a second apart or more; requests still wait for
+    their slots, and the rate must grow back (a daemon cut to 2/s by a 429 at start-up
+    stayed there for a minute)."""
+    rate = SendRate(rate=2.0)  # as after a refusal met while barely sending: ramping
+    slots = sorted(rate.reserve(0.0) for _ in range(32))  # 32 workers, one slot each
+    for _ in range(10):
+        departure = slots.pop(0)
+        rate.sent(departure)
+        answered = departure + 0.005
+        rate.observe(answered, limited=False, sent_at=departure)
+        slots.append(answered + rate.reserve(answered))  # that worker's next job
+        slots.sort()
+    assert rate.allowed >= RAMP_START
+
+
 def test_a_rate_limit_met_while_ramping_halves_then_cuts() -> None:
     rate = SendRate()
     now, _ = busy(rate, 0.0, 0.1)

@@ -262,8 +262,10 @@ async def test_run_goes_on_until_cancelled_and_gives_the_lock_back() -> None:
     ends the run with the lock given back."""
     store = MemoryStore(jobs=10_000)
     task = asyncio.create_task(Purger(Retention(60.0, None), store, Metrics()).run())
-    while store.waiting["jobs"] > 8000:
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(30):
+        while store.waiting["jobs"] > 8000:
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
