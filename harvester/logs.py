@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 
 import structlog
 from pydantic import SecretStr
@@ -138,7 +138,7 @@ def configure_logging(
     stream: TextIO | None = None,
 ) -> None:
     """Configure structlog and the stdlib root logger once, at the edge."""
-    stream = stream if stream is not None else sys.stderr
+    stream = stream if stream is not None else cast(TextIO, _StandardError())
     REDACTOR.add(secrets)
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
 
@@ -176,6 +176,20 @@ def configure_logging(
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class _StandardError:
+    """``sys.stderr`` as it is at each write: whoever swaps it (pytest's capture, an
+    embedding program) must not leave the logs writing to a stream it has closed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 def _logger_key(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:

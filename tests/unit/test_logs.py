@@ -171,3 +171,21 @@ def test_repeated_per_job_warnings_are_summarised_not_repeated() -> None:
     assert summary["more"] == 995
     assert summary["sample_job_ids"] == ["job-5", "job-6", "job-7", "job-8", "job-9"]
     assert summary["by_reason"] == {"200 with an HTML page": 995}
+
+
+def test_the_default_stream_is_stderr_at_each_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configured while stderr was one stream (a test's capture), the logs follow stderr
+    when it is swapped and the first one closed, instead of failing on a closed file."""
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    configure_logging("info", "json", [])
+    try:
+        first.close()
+        monkeypatch.setattr("sys.stderr", second)
+        get_logger("test").info("after.swap")
+        logging.getLogger("asyncpg.pool").warning("stdlib too")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    events = [json.loads(line)["event"] for line in second.getvalue().splitlines()]
+    assert events == ["after.swap", "stdlib too"]
