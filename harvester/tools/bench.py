@@ -506,7 +506,7 @@ async def gateway(pool: asyncpg.Pool, dsn: str, concurrency: int, jobs: int, cou
     phase.figures = {
         "landed rate / limit": round(landed / seconds / limit, 3),
         "429 share of requests": round(stats["rate_limited"] / max(requests, 1), 4),
-        "requests during a pause it asked for": stats["during_pause"],
+        "requests while a 429 asked to wait": stats["during_pause"],
         "smallest daemon share of requests": round(min(shares), 3),
         "early polls": stats["early_polls"],
         "not landed": jobs - landed,
