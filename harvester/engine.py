@@ -231,9 +231,14 @@ class Engine:
         await _cancel(dispatcher)
         # Jobs waiting for batch-status, and claimed jobs not started, go straight back
         # (taken out of the follower before its calls are cancelled, which forget them).
+        # Every call is cancelled before any is awaited: a call left running while
+        # another is awaited could take in a top-up claim that had just come back, and
+        # those jobs would be in no list (a top-up cancelled on its way back hands its
+        # own jobs back, see _top_up).
         unstarted = [ReleaseRow(c.job, 0.0) for c in self.follower.unasked()]
         for task in followers:
-            await _cancel(task)
+            task.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
         while not self.local.empty():
             item = self.local.get_nowait()
             if item is not None:

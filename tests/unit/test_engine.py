@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,9 +20,10 @@ from structlog.testing import capture_logs
 
 from harvester.engine import Engine
 from harvester.errors import StoreError
+from harvester.follower import Claimed
 from harvester.metrics import Metrics
-from harvester.policy import Response, StatusAnswer
-from harvester.ports import Outcome
+from harvester.policy import Job, Response, StatusAnswer
+from harvester.ports import Outcome, ReleaseRow
 from harvester.settings import Settings, load_settings
 from tests.fakes import MemoryStore, ScriptedUpstream
 
@@ -280,3 +281,66 @@ async def test_a_job_still_running_is_written_back_with_its_next_check() -> None
     assert upstream.gets == []
 
 
+
+
+class SlowTopUps(MemoryStore):
+    """Top-up claims wait until the test lets them come back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.top_ups_back = asyncio.Event()
+        self.top_ups_waiting = 0
+
+    async def claim_soon(self, limit: int, lease_seconds: float, worker_id: str,
+                         within: float) -> list[Job]:
+        self.top_ups_waiting += 1
+        await self.top_ups_back.wait()
+        return await super().claim_soon(limit, lease_seconds, worker_id, within)
+
+    async def release(self, rows: Sequence[ReleaseRow]) -> set[uuid.UUID]:
+        await asyncio.sleep(0.05)  # a database some way off: others run meanwhile
+        return await super().release(rows)
+
+
+class StatusHangsOnceShutdownBegins(ScriptedUpstream):
+    """A batch-status call sent after the shutdown began is still in flight when the
+    calls are cancelled."""
+
+    shutdown_began = asyncio.Event()
+
+    async def batch_status(self, job_ids: Sequence[uuid.UUID]) -> StatusAnswer:
+        if self.shutdown_began.is_set():
+            await asyncio.Event().wait()
+        return await super().batch_status(job_ids)
+
+
+async def test_top_up_claims_that_come_back_during_shutdown_are_handed_back() -> None:
+    """Two calls are topping up when the shutdown begins, and their claims come back
+    just after it has taken the follower's jobs out: whichever call they belong to,
+    their jobs are handed back, not left under a lease nobody works on. (Cancelled one
+    after the other, the second call took its claim in while the first was handing
+    its own back, asked about it, and was cancelled with it in hand.)"""
+    store, upstream = SlowTopUps(), StatusHangsOnceShutdownBegins()
+    upstream.shutdown_began = store.top_ups_back
+    now = time.monotonic()
+    soon = [uuid.uuid4() for _ in range(400)]
+    store.feed(soon)
+    for job_id in soon:
+        store.rows[job_id].next_poll = now + 0.8  # due within a second: top-up fodder
+    engine = engine_for(store, upstream, concurrency=4)
+    original_unasked = engine.follower.unasked
+
+    def unasked_then_claims_come_back() -> list[Claimed]:
+        taken = original_unasked()
+        store.top_ups_back.set()
+        return taken
+
+    engine.follower.unasked = unasked_then_claims_come_back  # type: ignore[method-assign]
+    async with running(engine):
+        store.feed([uuid.uuid4() for _ in range(20)])  # one call: it tops up
+        await until(lambda: store.top_ups_waiting == 1)
+        store.feed([uuid.uuid4() for _ in range(20)])  # another call: it tops up too
+        await until(lambda: store.top_ups_waiting == 2)
+    leased = [r.job_id for r in store.rows.values()
+              if r.state == "pending" and r.leased_until > time.monotonic()]
+    assert leased == []
