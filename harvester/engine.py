@@ -37,6 +37,7 @@ from harvester.follower import CALLS, TOP_UP_WITHIN, Claimed, StatusFollower
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
 from harvester.observer import Observer
+from harvester.outage import Retrying
 from harvester.pacing import Gate, Released
 from harvester.policy import (
     Context,
@@ -47,7 +48,6 @@ from harvester.policy import (
     Response,
     Retry,
     Stuck,
-    backoff,
     decide,
     store_refused,
 )
@@ -70,33 +70,6 @@ TICK_EVERY: Final = 1.0
 LEASE_MARGIN: Final = 2.0
 """A request must end this long before its job's lease does (at most half of what the
 lease leaves beyond the request timeout)."""
-
-
-class Retrying:
-    """Backoff for a store that is away (0.2 s doubling to 10 s, jittered); logs once per
-    outage."""
-
-    def __init__(self, what: str, metrics: Metrics, rand: Random) -> None:
-        self.what = what
-        self.metrics = metrics
-        self.rand = rand
-        self.failures = 0
-
-    async def failed(self, exc: StoreError) -> None:
-        self.failures += 1
-        self.metrics.store_errors.inc()
-        delay = backoff(self.failures - 1, base=0.2, cap=10.0, rand=self.rand())
-        if self.failures == 1:
-            log.warning("store.unavailable", during=self.what, error=str(exc))
-        else:
-            log.debug("store.still_unavailable", during=self.what, failures=self.failures,
-                      retry_in=round(delay, 2))
-        await asyncio.sleep(delay)
-
-    def succeeded(self) -> None:
-        if self.failures:
-            log.info("store.recovered", during=self.what, after_failures=self.failures)
-        self.failures = 0
 
 
 async def _wait_for(event: asyncio.Event, seconds: float) -> None:
@@ -321,7 +294,7 @@ class Engine:
                                               self.settings.lease_seconds, self.worker_id)
                 self.metrics.claim_seconds.observe(time.perf_counter() - started)
             except StoreUnavailable as exc:
-                await retry.failed(exc)
+                await retry.wait_after(exc)
                 continue
             retry.succeeded()
             now = time.monotonic()
@@ -345,7 +318,7 @@ class Engine:
         try:
             next_due = await self.store.next_due_at()
         except StoreUnavailable as exc:
-            await retry.failed(exc)
+            await retry.wait_after(exc)
             return
         delay = cap
         if next_due is not None:
@@ -488,7 +461,7 @@ class Engine:
                 retry.succeeded()
                 break
             except StoreUnavailable as exc:
-                await retry.failed(exc)
+                await retry.wait_after(exc)
             except StoreError as exc:
                 # The batch and every single row were refused: log, give the jobs back.
                 log.error("store.write_refused", jobs=len(batch), error=str(exc))

@@ -30,6 +30,7 @@ from typing import Final
 from harvester.errors import StoreError, StoreUnavailable
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
+from harvester.outage import Retrying, outage_pause
 from harvester.policy import Random, backoff, clamp
 from harvester.ports import PurgeBatches, RetentionPort
 from harvester.settings import Settings
@@ -47,8 +48,6 @@ a core, and harvesting is as fast as without it (``scripts/retention-bench claim
 README "Retention")."""
 IDLE_MIN: Final = 1.0
 IDLE_MAX: Final = 60.0
-OUTAGE_BASE, OUTAGE_CAP = 0.2, 10.0
-"""Backoff while the database is away, as for claims and writes."""
 REFUSED_BASE, REFUSED_CAP = 5.0, 300.0
 """Backoff after a statement the database refused: it will likely refuse it again."""
 
@@ -92,9 +91,11 @@ def pause_after(deleted: int, limit: int, took: float, idle: float) -> float:
 
 
 def failure_pause(failures: int, outage: bool, rand: float) -> float:
-    """Seconds to wait after the ``failures``-th failure in a row (1 for the first)."""
-    base, cap = (OUTAGE_BASE, OUTAGE_CAP) if outage else (REFUSED_BASE, REFUSED_CAP)
-    return backoff(failures - 1, base=base, cap=cap, rand=rand)
+    """Seconds to wait after the ``failures``-th failure in a row (1 for the first): an
+    outage is waited out as claims and writes wait it out (:func:`outage_pause`)."""
+    if outage:
+        return outage_pause(failures, rand)
+    return backoff(failures - 1, base=REFUSED_BASE, cap=REFUSED_CAP, rand=rand)
 
 
 @dataclass(slots=True)
@@ -137,7 +138,7 @@ class Purger:
         if retention.results is not None:
             self.tables.append(_Table("extraction_results", retention.results,
                                       lambda batches: batches.purge_results))
-        self.outages = 0
+        self.outage = Retrying("retention", metrics, rand)
         self.current: _Table | None = None
         metrics.finished_retention.set(retention.finished or 0.0)
         metrics.result_retention.set(retention.results or 0.0)
@@ -163,18 +164,12 @@ class Purger:
                     return
                 await self._run(batches)
         except StoreUnavailable as exc:
-            self.outages += 1
-            self.metrics.store_errors.inc()
-            if self.outages == 1:
-                log.warning("store.unavailable", during="retention", error=str(exc))
-            self._postpone(failure_pause(self.outages, True, self.rand()))
+            self._postpone(self.outage.failed(exc))
             return
         except StoreError as exc:
             self._refused(exc)
             return
-        if self.outages:
-            log.info("store.recovered", during="retention", after_failures=self.outages)
-            self.outages = 0
+        self.outage.succeeded()
 
     async def _run(self, batches: PurgeBatches) -> None:
         now = self.clock()

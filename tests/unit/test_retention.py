@@ -17,11 +17,11 @@ from harvester.engine import Engine
 from harvester.errors import StoreError, StoreUnavailable
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
+from harvester.outage import OUTAGE_CAP
 from harvester.retention import (
     BUSY_SHARE,
     IDLE_MAX,
     IDLE_MIN,
-    OUTAGE_CAP,
     REFUSED_BASE,
     REFUSED_CAP,
     SPACING,
