@@ -321,7 +321,7 @@ class SendRate:
             soon = self.ramping or now - self.resumed_at < SOON
             self.refused = max(MIN_RATE, refused)
             self.rate = self.plateau = max(MIN_RATE, (CUT if soon else GENTLE_CUT) * self.refused)
-        self.rate = min(self.rate, self.ceiling) if math.isfinite(self.ceiling) else self.rate
+        self.rate = min(self.rate, self.ceiling)
         self.cut_at = now
         self.resumed_at = max(now, self.tat)
         self.last_grow = now
