@@ -415,6 +415,13 @@ def _retry_after(seconds: float, style: str, default: float) -> tuple[dict[str, 
     return {}, default
 
 
+def _named_moment(retry_after: str | None) -> float | None:
+    """The wall-clock moment a Retry-After HTTP-date names (None for delta-seconds)."""
+    if retry_after is None or retry_after.strip().isdigit():
+        return None
+    return email.utils.parsedate_to_datetime(retry_after).timestamp()
+
+
 class Simulator:
     """The aiohttp application and its state."""
 
@@ -548,16 +555,21 @@ class Simulator:
                 state.early_examples.append({"job_id": str(job_id),
                                              "early_by": round(record.not_before - started, 3)})
         record.in_flight += 1
-        status, kind, announced = 0, "", None
+        status, kind, announced, named = 0, "", None, None
         try:
             if state.mix.latency:
                 await asyncio.sleep(state.mix.latency)
             response, kind, announced = await self._answer(request, job_id, record)
             status = response.status
+            named = _named_moment(response.headers.get("Retry-After"))
             return response
         finally:
             record.in_flight -= 1
             finished = time.monotonic()
+            if announced is not None and named is not None:
+                # An HTTP-date names a moment, not a wait: a client may come back at that
+                # second however long this answer took to leave (both clocks read here).
+                announced = named - time.time()
             if announced is not None:
                 record.not_before = finished + announced
                 if kind in ("429", "503"):
