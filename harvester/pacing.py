@@ -145,15 +145,17 @@ SOON: Final = 1.0
 RAMP_EXIT: Final = 0.5
 """Leaving the ramp, the rate that was refused is halved first: it doubled since the
 last rate that was surely accepted (TCP's slow-start exit)."""
-PLATEAU: Final = 0.95
+PLATEAU: Final = 0.9
 """Refused while probing above a rate that worked, the rate settles at this share of the
-refused one (the pause that comes with the refusal has already given the gateway room)."""
-HOLD: Final = 6.0
+refused one. The refused rate is an upper bound (a gateway's burst lets a probe run over
+the limit for a while, and the measured rate counts the burst too); 0.95 settled over
+the limit about half the time, and every such miss costs one more Retry-After pause."""
+HOLD: Final = 8.0
 """Seconds at the plateau, from the end of the pause, before probing above it. Every
 probe that finds the limit costs a Retry-After pause, so probes are spaced."""
-PROBE: Final = 0.012
+PROBE: Final = 0.02
 """Probing above the plateau: rate = plateau × (1 + PROBE·t³), CUBIC's convex part:
-+10 % after 2 s, ×2.5 after 5 s, so a limit that was raised is found within seconds."""
++16 % after 2 s, ×3.5 after 5 s, so a limit that was raised is found within seconds."""
 PROBE_LOOKBACK: Final = 0.5
 """Seconds back along the probe where refusals are taken to have begun (a gateway's
 burst absorbs the excess for about that long before it answers 429)."""
@@ -210,6 +212,8 @@ class SendRate:
     tat: float = 0.0
     last_wait: float = -math.inf
     last_grow: float | None = None
+    began: float = -math.inf
+    """When sending last began after a quiet second."""
     _sends: deque[float] = field(default_factory=deque)
 
     @classmethod
@@ -251,16 +255,21 @@ class SendRate:
             self.resumed_at = max(self.resumed_at, until)
 
     def sent(self, now: float) -> None:
-        self._sends.append(now)
+        sends = self._sends
+        if not sends or now - sends[-1] > MEASURE_WINDOW:
+            self.began = now
+        sends.append(now)
+        while sends[0] < now - MEASURE_WINDOW:
+            sends.popleft()
 
     def measured(self, now: float) -> float:
         """Requests per second actually sent over the last second, not counting a pause
-        (0: nothing sent since sending resumed)."""
+        nor the quiet before sending began (0: nothing sent since sending resumed)."""
         sends = self._sends
         while sends and sends[0] < now - MEASURE_WINDOW:
             sends.popleft()
-        start = max(now - MEASURE_WINDOW, self.resumed_at)
-        recent = sum(1 for t in sends if t > start) if start > now - MEASURE_WINDOW else len(sends)
+        start = max(now - MEASURE_WINDOW, self.resumed_at, self.began)
+        recent = sum(1 for t in sends if t >= start) if start > now - MEASURE_WINDOW else len(sends)
         return recent / max(now - start, BURST)
 
     def recent(self, now: float) -> float:
@@ -302,23 +311,28 @@ class SendRate:
             self.refused = None
             self.rate = max(MIN_RATE, CUT * refused)
         elif probing:
-            # A gateway's burst hides the limit for a while: the rate a second earlier on
-            # the probe is the better estimate of where refusals began. Just under it is
-            # known to work; the pause that comes with this answer empties nothing, so
-            # sending resumes there.
-            refused = min(refused, self.target(now - PROBE_LOOKBACK))
+            # A gateway's burst hides the limit for a while: the rate a moment earlier on
+            # the probe, and what was really sent over the last second (the gateway
+            # admitted that much, its burst included), both bound where refusals began.
+            # Under the lower one is known to work; the pause that comes with this answer
+            # empties nothing, so sending resumes there.
+            refused = min(refused, measured or math.inf, self.target(now - PROBE_LOOKBACK))
             self.refused = max(MIN_RATE, refused)
             self.rate = self.plateau = max(MIN_RATE, PLATEAU * self.refused)
         else:
             # Refused while ramping or settled: the limit is below where the rate was; cut
             # multiplicatively and settle there. Refused soon after sending resumed (the
-            # gateway's burst lasted no time), it is far below: cut deep; refused only
-            # after a while at the plateau, it is just below: cut gently.
+            # gateway's burst lasted no time), it is far below: cut deep; refused at the
+            # end of a ramp (measured, below) or after a while at the plateau, it is just
+            # below: cut gently.
             if self.ramping:
-                # A ramp that met a limit early (a few requests sent, or a limit reached by
-                # others) has learned little: never below the ramp's start.
-                refused = max(refused, RAMP_START) * RAMP_EXIT
-            soon = self.ramping or now - self.resumed_at < SOON
+                # The ramp doubled since the last rate surely accepted, and answers lag
+                # it: what was really sent since sending began is closer to the limit (a
+                # gateway admitted that, burst included). A ramp that met a limit early
+                # (a few requests sent, or a limit reached by others) has learned little:
+                # never below the ramp's start.
+                refused = max(RAMP_START, min(refused * RAMP_EXIT, measured or math.inf))
+            soon = now - self.resumed_at < SOON
             self.refused = max(MIN_RATE, refused)
             self.rate = self.plateau = max(MIN_RATE, (CUT if soon else GENTLE_CUT) * self.refused)
         self.rate = min(self.rate, self.ceiling)
@@ -477,11 +491,13 @@ class Gate:
                                           {"status": 403, "refusals": self.permission.failures}))
         elif status is not None and status not in (401, 429) and self.permission.on_success(now):
             changes.append(Transition("permission.circuit_closed", {"status": status}))
-        limited = pause_for is not None
-        if limited and pause_for is not None and self.pause(pause_for):
+        # The rate learns from the answer before its pause begins: how long sending had
+        # run since the last pause is what tells a probe that found the limit from a
+        # rate that was far over it.
+        change = self.rate.observe(now, limited=pause_for is not None, sent_at=sent_at)
+        if pause_for is not None and self.pause(pause_for):
             changes.append(Transition("upstream.paused",
                                       {"status": status, "seconds": round(pause_for, 2)}))
-        change = self.rate.observe(now, limited=limited, sent_at=sent_at)
         if change is not None:
             changes.append(Transition(f"rate.{change.kind}", {
                 "rate": round(change.rate, 1),

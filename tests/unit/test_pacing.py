@@ -21,6 +21,7 @@ from harvester.pacing import (
     BURST,
     CUT,
     EPISODE_QUIET,
+    GENTLE_CUT,
     HOLD,
     MIN_RATE,
     PLATEAU,
@@ -301,16 +302,32 @@ def test_a_low_rate_with_work_waiting_grows_again() -> None:
     assert rate.allowed >= RAMP_START
 
 
-def test_a_rate_limit_met_while_ramping_halves_then_cuts() -> None:
+def test_a_rate_limit_met_while_ramping_settles_under_what_was_really_sent() -> None:
+    """The ramp's rate ran ahead of what left (answers lag it): the refused rate is the
+    lower of half the ramp's rate and what was sent since sending began, and the rate
+    settles just under it, so the next pause is not spent over the limit again."""
     rate = SendRate()
-    now, _ = busy(rate, 0.0, 0.1)
+    now, sent = busy(rate, 0.0, 0.1)
     before = rate.rate
-    change = rate.observe(now + 0.001, limited=True, sent_at=now)
+    answered = now + 0.001
+    change = rate.observe(answered, limited=True, sent_at=now)
     assert change is not None
     assert change.kind == "limited"
-    assert rate.refused == pytest.approx(before * RAMP_EXIT)
-    assert rate.allowed == pytest.approx(before * RAMP_EXIT * CUT)
+    really_sent = sent / answered  # the first departure was at 0.0
+    assert really_sent < before * RAMP_EXIT
+    assert rate.refused == pytest.approx(really_sent)
+    assert rate.allowed == pytest.approx(really_sent * GENTLE_CUT)
     assert not rate.ramping
+
+
+def test_the_record_of_departures_keeps_only_the_last_second() -> None:
+    """A daemon never rate limited sends millions of requests; the departures kept to
+    measure the rate must not grow with them (they once did, until the first 429)."""
+    rate = SendRate()
+    for i in range(100_000):
+        rate.sent(i * 0.001)  # 1,000/s for 100 s
+    assert len(rate._sends) <= 1_001
+    assert rate.measured(100.0) == pytest.approx(1_000, rel=0.01)
 
 
 def test_answers_to_requests_sent_before_the_cut_are_the_same_event() -> None:
@@ -337,6 +354,25 @@ def test_settled_it_holds_then_probes_then_settles_just_under_the_refusal() -> N
     rate.observe(end, limited=True, sent_at=end)
     assert settled <= rate.allowed < probed
     assert rate.allowed == pytest.approx(PLATEAU * rate.refused)  # type: ignore[operator]
+
+
+async def test_through_the_gate_a_refused_probe_settles_just_under_the_refusal() -> None:
+    """The gate pauses for the 429's Retry-After; the rate must learn from the answer as
+    it was sent (probing, long after the last pause), not as if the new pause had already
+    begun: that once made every refusal look "soon after resuming" and cut deep."""
+    clock = Clock(0.0)
+    gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
+    rate = gate.rate
+    now, _ = busy(rate, 0.0, 0.1)
+    clock.advance(now)
+    gate.observe(429, now, pause_for=1.0)
+    end, _ = busy(rate, now + 1.0, HOLD + 3.0)
+    probed = rate.allowed
+    clock.advance(end - now)
+    gate.observe(429, end, pause_for=1.0)
+    assert rate.refused is not None
+    assert rate.refused < probed
+    assert rate.allowed == pytest.approx(PLATEAU * rate.refused)
 
 
 def test_refused_again_before_probing_cuts_again() -> None:
