@@ -84,7 +84,8 @@ async def connect_with_retry(dsn: str, stop: asyncio.Event, max_size: int) -> as
     while not stop.is_set():
         try:
             return await until_stopped(
-                stop, create_pool(dsn, min_size=2, max_size=max_size, wait_for_flush=False))
+                stop, create_pool(dsn, min_size=2, max_size=max_size, wait_for_flush=False,
+                                   queue_plans=True))
         except StoreUnavailable as exc:
             attempt += 1
             delay = backoff(attempt, base=0.5, cap=30.0)

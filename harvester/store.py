@@ -166,8 +166,8 @@ def _parse_as_asyncpg(cleaned: str) -> None:
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
-                      application_name: str = "harvester", wait_for_flush: bool = True
-                      ) -> asyncpg.Pool:
+                      application_name: str = "harvester", wait_for_flush: bool = True,
+                      queue_plans: bool = False) -> asyncpg.Pool:
     """A pool with settings fit for short OLTP statements.
 
     ``wait_for_flush=False`` is for the daemon's claims and outcomes: their commits do
@@ -179,6 +179,14 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
     disk flush per claim). Feeding is different: a fed job must never be lost, so
     enqueue and requeue force ``synchronous_commit = on`` for their own transactions.
 
+    ``queue_plans=True`` is for the daemon too: its statements claim and purge by walking
+    an index in order up to a LIMIT, or look rows up by key, so bitmap scans are turned
+    off for its sessions (``enable_bitmapscan = off``). The planner only ever picks one
+    there from stale statistics: right after a bulk feed, before autovacuum has analyzed
+    the table, it expects a handful of due jobs and plans a claim of 100 as "read every
+    due row, then sort" (measured with 20,000 jobs fed: 7.7 ms and 15,000 rows read per
+    claim, against 0.17 ms for the first 700 entries of the index).
+
     Connecting waits at most the DSN's ``connect_timeout`` (default 10 s) per attempt:
     a server that accepts connections and never answers is reported, naming where and
     how long, instead of hanging the command.
@@ -187,6 +195,8 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
     settings = {"application_name": application_name, "jit": "off"}
     if not wait_for_flush:
         settings["synchronous_commit"] = "off"
+    if queue_plans:
+        settings["enable_bitmapscan"] = "off"
     try:
         return await asyncpg.create_pool(
             target.dsn,

@@ -207,6 +207,25 @@ async def test_the_daemon_pool_skips_the_flush_but_feeding_waits_for_it(db_url: 
         await fast.close()
 
 
+async def test_the_daemon_claims_from_the_head_of_the_due_index_before_any_analyze(
+    db_url: str,
+) -> None:
+    """Right after a bulk feed the planner's statistics still describe an empty queue,
+    and a claim planned from them reads and sorts every due row to return a hundred.
+    The daemon's sessions take the first rows of the due index instead (the pool's
+    ``queue_plans``; README "Performance")."""
+    daemon = await create_pool(db_url, min_size=1, max_size=1, wait_for_flush=False,
+                               queue_plans=True)
+    try:
+        await daemon.execute("ANALYZE harvester.jobs")  # statistics of an empty queue
+        await enqueue(daemon, [uuid.uuid4() for _ in range(20_000)])
+        plan = "\n".join(r[0] for r in await daemon.fetch("EXPLAIN " + CLAIM_SQL, 100, 60.0, "w"))
+    finally:
+        await daemon.close()
+    assert "Index Scan using jobs_due_idx" in plan, plan
+    assert "Bitmap" not in plan and "Sort" not in plan, plan
+
+
 async def test_claim_soon_takes_status_checks_due_within_the_window_only(
         store: Store, pool: asyncpg.Pool) -> None:
     """README "How a job is followed": a batch-status call with room also asks about jobs
