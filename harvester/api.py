@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Final
 
-RESULT_PATH: Final = "/api/v1/extraction/results/{job_id}"
 RESULTS_PREFIX: Final = "/api/v1/extraction/results/"
 BATCH_STATUS_PATH: Final = "/api/v1/jobs/batch-status"
 BATCH_STATUS_LIMIT: Final = 100

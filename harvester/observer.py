@@ -10,6 +10,7 @@ same way) are logged individually a few times, then counted, and summarised once
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -119,11 +120,14 @@ class Observer:
         self.digest = WarningDigest()
         self._request_counters: dict[tuple[str, str], Any] = {}
         self._paused_counted = 0.0
+        # One debug line per landed job is worth its cost only when someone reads it:
+        # structlog's lazy logger builds a bound logger for every call, filtered or not.
+        self._log_landings = log.bind().is_enabled_for(logging.DEBUG)
 
     # ------------------------------------------------------------ upstream answers
 
     def result_answered(self, job: Job, answer: Answer, decision: Decision,
-                        changes: Iterable[Transition]) -> None:
+                        changes: Sequence[Transition]) -> None:
         status = answer.status if isinstance(answer, Response) else None
         self.metrics.polls.inc()
         key = (status_class(status), outcome_label(decision))
@@ -131,7 +135,8 @@ class Observer:
         if counter is None:  # prometheus-client's labels() lookup is costly per request
             counter = self._request_counters[key] = self.metrics.requests.labels(*key)
         counter.inc()
-        self.transitions(changes, job_id=str(job.job_id))
+        if changes:
+            self.transitions(changes, job_id=str(job.job_id))
         kind: ResultKind = (
             "html" if _html(answer) else "answer" if status in (200, 202) else
             "not_found" if status == 404 else "other")
@@ -242,7 +247,8 @@ class Observer:
                     self.metrics.landing_lag.observe(max(0.0, wall - learned))
                 self.metrics.enqueue_to_landed.observe(
                     max(0.0, (now - outcome.job.age_origin).total_seconds()))
-                log.debug("job.landed", job_id=str(job_id), polls=polls)
+                if self._log_landings:
+                    log.debug("job.landed", job_id=str(job_id), polls=polls)
             elif isinstance(d, Fail):
                 self.metrics.failed.labels(d.reason).inc()
                 self.digest.warn("job.failed", str(job_id), d.reason, reason=d.reason,

@@ -17,9 +17,10 @@ from typing import Final, Self
 from uuid import UUID
 
 import aiohttp
+from yarl import URL
 
 from harvester import __version__
-from harvester.api import BATCH_STATUS_LIMIT, BATCH_STATUS_PATH, RESULT_PATH
+from harvester.api import BATCH_STATUS_LIMIT, BATCH_STATUS_PATH, RESULTS_PREFIX
 from harvester.policy import (
     Answer,
     Response,
@@ -42,6 +43,10 @@ class Upstream:
 
     def __init__(self, settings: Settings, *, limit: int | None = None) -> None:
         self._base = settings.api_base_url
+        # Parsed and encoded once: a job ID needs no encoding, so each result URL is the
+        # base with a longer path, not a string for yarl to parse and quote again.
+        self._origin = URL(self._base)
+        self._results_path = self._origin.raw_path.rstrip("/") + RESULTS_PREFIX
         self._max_body = settings.max_body_bytes
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
         self._limit = limit or settings.concurrency
@@ -91,8 +96,8 @@ class Upstream:
             raise RuntimeError("Upstream used outside its context")
         return self._session
 
-    def result_url(self, job_id: UUID) -> str:
-        return self._base + RESULT_PATH.format(job_id=job_id)
+    def result_url(self, job_id: UUID) -> URL:
+        return self._origin.with_path(self._results_path + str(job_id), encoded=True)
 
     async def fetch_result(self, job_id: UUID) -> Answer:
         """GET one job's result. Never raises for network or HTTP trouble."""
