@@ -395,6 +395,10 @@ class Transition:
     detail: dict[str, float | int | str | None] = field(default_factory=dict)
 
 
+BOOK_AHEAD: Final = 0.25
+"""While the rate ramps, departures are booked at most this far ahead: a thousand
+workers asking at once at the ramp's 200/s would otherwise book five seconds of slots,
+and keep them while the rate grows past them."""
 PERMISSION_THRESHOLD: Final = 5
 """403s in a row (across jobs) before the permission circuit opens."""
 ANSWERED_RECENTLY: Final = 60.0
@@ -464,9 +468,16 @@ class Gate:
                                  (self.permission, "permission circuit open")):
                 if circuit.is_open and not circuit.try_probe(now):
                     raise Released(0.0, why)
-            wait = self.rate.reserve(now, self.throttle.spacing, within=patience)
+            growing = self.rate.ramping and self.rate.allowed < self.rate.ceiling
+            ahead = min(patience, BOOK_AHEAD) if growing else patience
+            wait = self.rate.reserve(now, self.throttle.spacing, within=ahead)
             if wait > patience:
                 raise Released(wait, "the send rate leaves no slot within the lease")
+            if wait > ahead:
+                # Not booked: while the rate ramps, a slot seconds away at today's rate
+                # is a fraction of a second away at the rate of a moment from now.
+                await asyncio.sleep(BOOK_AHEAD)
+                continue
             if wait > 0:
                 await asyncio.sleep(wait)
                 if self.paused_until > self._clock():

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harvester.pacing import (
+    BOOK_AHEAD,
     BURST,
     CUT,
     EPISODE_QUIET,
@@ -595,6 +596,37 @@ async def test_a_429_pauses_cuts_the_rate_and_says_so_once() -> None:
     assert gate.rate.allowed < RAMP_START
     # The other requests of the same moment: same pause, same event, nothing new to say.
     assert gate.observe(429, sent, pause_for=3600.0) == []
+
+
+async def test_while_the_rate_ramps_a_crowd_books_no_more_than_a_moment_ahead() -> None:
+    """A thousand workers asking at once at the ramp's 200/s would book five seconds of
+    slots and keep them while the rate grows past them; they book a quarter of a second
+    and ask again (README "Pace")."""
+    clock = Clock()
+    gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
+    crowd = [asyncio.create_task(gate.admit(patience=30.0)) for _ in range(1000)]
+    try:
+        assert await still_waiting(crowd[-1])
+        booked_ahead = gate.rate.tat - clock()
+        assert booked_ahead <= BOOK_AHEAD + BURST + 2.0 / RAMP_START
+        assert sum(not task.done() for task in crowd) >= 990  # the burst left; the rest wait
+    finally:
+        for task in crowd:
+            await cancel(task)
+
+
+async def test_a_known_limit_is_booked_in_full() -> None:
+    """With the limit found (or HARVESTER_MAX_RPS reached) the rate no longer grows:
+    every departure is booked at once, evenly spaced, and nobody polls for a slot."""
+    clock = Clock()
+    gate = Gate(max_rps=100.0, probe_interval=30.0, clock=clock)
+    crowd = [asyncio.create_task(gate.admit(patience=30.0)) for _ in range(300)]
+    try:
+        assert await still_waiting(crowd[-1])
+        assert gate.rate.tat - clock() == pytest.approx(300 / 100.0, abs=0.05)
+    finally:
+        for task in crowd:
+            await cancel(task)
 
 
 async def test_gate_spaces_requests_at_max_rps() -> None:
