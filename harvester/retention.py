@@ -14,7 +14,7 @@ out; a statement the database refuses is logged, counted and tried again later; 
 stops the daemon.
 
 When to run the next batch is decided by pure functions (:func:`pause_after`,
-:meth:`Retention.idle`, :func:`failure_pause`); the SQL and the lock are the store's,
+:meth:`Retention.idle`, :func:`refused_pause`); the SQL and the lock are the store's,
 behind :class:`~harvester.ports.RetentionPort`.
 """
 
@@ -30,7 +30,7 @@ from typing import Final
 from harvester.errors import StoreError, StoreUnavailable
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
-from harvester.outage import Retrying, outage_pause
+from harvester.outage import Retrying
 from harvester.policy import Random, backoff, clamp
 from harvester.ports import PurgeBatches, RetentionPort
 from harvester.settings import Settings
@@ -90,12 +90,11 @@ def pause_after(deleted: int, limit: int, took: float, idle: float) -> float:
     return min(max(SPACING, slow), idle)
 
 
-def failure_pause(failures: int, outage: bool, rand: float) -> float:
-    """Seconds to wait after the ``failures``-th failure in a row (1 for the first): an
-    outage is waited out as claims and writes wait it out (:func:`outage_pause`)."""
-    if outage:
-        return outage_pause(failures, rand)
-    return backoff(failures - 1, base=REFUSED_BASE, cap=REFUSED_CAP, rand=rand)
+def refused_pause(refusals: int, rand: float) -> float:
+    """Seconds to wait after the ``refusals``-th refused statement in a row (1 for the
+    first). An outage is waited out as claims and writes wait it out
+    (:class:`~harvester.outage.Retrying`)."""
+    return backoff(refusals - 1, base=REFUSED_BASE, cap=REFUSED_CAP, rand=rand)
 
 
 @dataclass(slots=True)
@@ -197,7 +196,7 @@ class Purger:
         for table in failing:
             table.refusals += 1
             self.metrics.retention_failures.labels(table.name).inc()
-            pause = failure_pause(table.refusals, False, self.rand())
+            pause = refused_pause(table.refusals, self.rand())
             table.due = self.clock() + pause
             log.error("retention.failed", table=table.name, error=str(exc),
                       failures=table.refusals, retry_in=round(pause, 1))

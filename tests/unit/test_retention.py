@@ -17,7 +17,7 @@ from harvester.engine import Engine
 from harvester.errors import StoreError, StoreUnavailable
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
-from harvester.outage import OUTAGE_CAP
+from harvester.outage import OUTAGE_CAP, outage_pause
 from harvester.retention import (
     BUSY_SHARE,
     IDLE_MAX,
@@ -27,8 +27,8 @@ from harvester.retention import (
     SPACING,
     Purger,
     Retention,
-    failure_pause,
     pause_after,
+    refused_pause,
 )
 from harvester.settings import DAY, Settings
 from tests.fakes import MemoryStore as EngineStore
@@ -68,12 +68,12 @@ def test_a_full_batch_goes_on_soon_a_short_one_waits_for_the_next_look(
 def test_failures_back_off_within_their_bounds_for_any_count() -> None:
     for failures in (1, 2, 5, 60, 10_000):
         for rand in (0.0, 0.5, 0.999):
-            outage = failure_pause(failures, True, rand)
-            refused = failure_pause(failures, False, rand)
+            outage = outage_pause(failures, rand)
+            refused = refused_pause(failures, rand)
             assert 0.2 <= outage <= OUTAGE_CAP
             assert REFUSED_BASE <= refused <= REFUSED_CAP
-    assert failure_pause(10_000, False, 0.999) > failure_pause(1, False, 0.999)
-    assert failure_pause(1, False, 0.0) == REFUSED_BASE
+    assert refused_pause(10_000, 0.999) > refused_pause(1, 0.999)
+    assert refused_pause(1, 0.0) == REFUSED_BASE
 
 
 def test_zero_means_keep() -> None:
