@@ -259,15 +259,19 @@ class SendRate:
         if not sends or now - sends[-1] > MEASURE_WINDOW:
             self.began = now
         sends.append(now)
-        while sends[0] < now - MEASURE_WINDOW:
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        """Departures older than MEASURE_WINDOW: nothing measures them any more."""
+        sends = self._sends
+        while sends and sends[0] < now - MEASURE_WINDOW:
             sends.popleft()
 
     def measured(self, now: float) -> float:
         """Requests per second actually sent over the last second, not counting a pause
         nor the quiet before sending began (0: nothing sent since sending resumed)."""
+        self._forget(now)
         sends = self._sends
-        while sends and sends[0] < now - MEASURE_WINDOW:
-            sends.popleft()
         start = max(now - MEASURE_WINDOW, self.resumed_at, self.began)
         recent = sum(1 for t in sends if t >= start) if start > now - MEASURE_WINDOW else len(sends)
         return recent / max(now - start, BURST)
