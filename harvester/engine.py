@@ -33,6 +33,7 @@ from harvester import __version__
 from harvester.alarms import BaseUrlCheck, StatusEndpoint
 from harvester.batching import gather_batch
 from harvester.errors import StoreError, StoreUnavailable
+from harvester.fleet import FleetPace
 from harvester.follower import CALLS, TOP_UP_WITHIN, Claimed, StatusFollower
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
@@ -109,6 +110,7 @@ class Engine:
         self.base_url = BaseUrlCheck()
         self.observer = Observer(metrics, self.gate, self.endpoint, self.base_url,
                                  settings.api_base_url)
+        self.fleet = FleetPace(self.gate, store, self.observer, self.worker_id)
         self.concurrency = settings.concurrency
         self.min_claim = max(1, min(self.concurrency // 4, 64))
         self.local: asyncio.Queue[Claimed | None] = asyncio.Queue()
@@ -183,7 +185,9 @@ class Engine:
         background = [
             self._spawn("heartbeat", self._heartbeat()),
             self._spawn("ticker", self._ticker()),
-            self._spawn("listener", self.store.listen_for_jobs(self._jobs_fed, self._listening)),
+            self._spawn("listener", self.store.listen_for_jobs(
+                self._jobs_fed, self._listening, self.fleet.heard)),
+            self._spawn("fleet", self.fleet.run()),
             *(self._spawn(name, start()) for name, start in self.background.items()),
         ]
         self.started.set()

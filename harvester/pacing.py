@@ -171,6 +171,9 @@ doubled on every one of them would run far ahead of anything sent."""
 WAITED_WINDOW: Final = 0.25
 """A request that waited for its slot this recently (or two departures back, when that
 is longer) shows the rate is what holds the daemon back."""
+SAME_EVENT: Final = 0.5
+"""A refusal heard this soon after the last cut is the same event: when a gateway runs
+dry, several daemons are refused within milliseconds of each other."""
 EPISODE_QUIET: Final = 60.0
 """An episode of rate limiting ends after this long without a rate-limit answer."""
 
@@ -209,6 +212,10 @@ class SendRate:
     hold and probing are timed from here."""
     last_limited: float = -math.inf
     episode_cuts: int = 0
+    cuts: int = 0
+    """Cuts so far, own refusals and heard ones."""
+    cut_heard: bool = False
+    """The last cut was another daemon's refusal, heard."""
     tat: float = 0.0
     last_wait: float = -math.inf
     last_grow: float | None = None
@@ -300,49 +307,74 @@ class SendRate:
 
     def _cut(self, now: float, sent_at: float) -> RateChange | None:
         self.last_limited = now
-        if sent_at < self.cut_at:
-            return None  # sent before the last cut: the same event, already answered
-        pacing_bound = self._waited_recently(now)
-        current = min(self.rate, self.ceiling)
+        if sent_at < self.cut_at or (self.cut_heard and now - self.cut_at < SAME_EVENT):
+            return None  # the same event as the last cut, already answered
         measured = self.measured(now)
-        refused = current if pacing_bound or measured == 0 else min(current, measured)
-        probing = self.refused is not None and now - self.resumed_at > HOLD
-        if not pacing_bound and measured > 0:
+        if not self._waited_recently(now) and measured > 0:
             # Refused while sending less than allowed (others filled the gateway, or a
             # passing overload): no limit of ours was found. Back off from what was being
             # sent and ramp again: a real limit is met again within a fraction of a second,
             # this time while pushing against it, and then settled properly.
+            refused = min(self.rate, self.ceiling, measured)
             self.refused = None
             self.rate = max(MIN_RATE, CUT * refused)
-        elif probing:
-            # A gateway's burst hides the limit for a while: the rate a moment earlier on
-            # the probe, and what was really sent over the last second (the gateway
-            # admitted that much, its burst included), both bound where refusals began.
-            # Under the lower one is known to work; the pause that comes with this answer
-            # empties nothing, so sending resumes there.
+        else:
+            refused = self._settle(now, measured)
+        self.cut_heard = False
+        return self._cut_done(now, resume=max(now, self.tat), refused=refused)
+
+    def heard(self, now: float, resume_in: float) -> RateChange | None:
+        """Another daemon sharing this upstream was refused (README "Pace", several
+        daemons): the gateway's limit is the fleet's, and the rate of every daemon that
+        pushes against it helped fill it. So this one settles its own rate the way its own
+        refusal would, and times its hold from when the refused daemon resumes, ``resume_in``
+        seconds from now: the fleet holds and probes as one, and one probe that finds the
+        limit costs one daemon's pause, not a pause of each. It does not pause: its own
+        requests were answered. A daemon that does not use its rate, or that was cut for
+        the same event already, has nothing to settle."""
+        if now - self.cut_at < SAME_EVENT or not self._waited_recently(now):
+            return None
+        self.last_limited = now
+        refused = self._settle(now, self.measured(now))
+        self.cut_heard = True
+        return self._cut_done(now, resume=now + min(max(resume_in, 0.0), HOLD), refused=refused)
+
+    def _settle(self, now: float, measured: float) -> float:
+        """Settle under the rate that was just refused; returns that rate."""
+        refused = min(self.rate, self.ceiling)
+        if self.refused is not None and now - self.resumed_at > HOLD:
+            # Probing: a gateway's burst hides the limit for a while: the rate a moment
+            # earlier on the probe, and what was really sent over the last second (the
+            # gateway admitted that much, its burst included), both bound where refusals
+            # began. Under the lower one is known to work; the pause that comes with this
+            # answer empties nothing, so sending resumes there.
             refused = min(refused, measured or math.inf, self.target(now - PROBE_LOOKBACK))
             self.refused = max(MIN_RATE, refused)
             self.rate = self.plateau = max(MIN_RATE, PLATEAU * self.refused)
-        else:
-            # Refused while ramping or settled: the limit is below where the rate was; cut
-            # multiplicatively and settle there. Refused soon after sending resumed (the
-            # gateway's burst lasted no time), it is far below: cut deep; refused at the
-            # end of a ramp (measured, below) or after a while at the plateau, it is just
-            # below: cut gently.
-            if self.ramping:
-                # The ramp doubled since the last rate surely accepted, and answers lag
-                # it: what was really sent since sending began is closer to the limit (a
-                # gateway admitted that, burst included). A ramp that met a limit early
-                # (a few requests sent, or a limit reached by others) has learned little:
-                # never below the ramp's start.
-                refused = max(RAMP_START, min(refused * RAMP_EXIT, measured or math.inf))
-            soon = now - self.resumed_at < SOON
-            self.refused = max(MIN_RATE, refused)
-            self.rate = self.plateau = max(MIN_RATE, (CUT if soon else GENTLE_CUT) * self.refused)
+            return refused
+        # Refused while ramping or settled: the limit is below where the rate was; cut
+        # multiplicatively and settle there. Refused soon after sending resumed (the
+        # gateway's burst lasted no time), it is far below: cut deep; refused at the end
+        # of a ramp (measured, below) or after a while at the plateau, it is just below:
+        # cut gently.
+        if self.ramping:
+            # The ramp doubled since the last rate surely accepted, and answers lag it:
+            # what was really sent since sending began is closer to the limit (a gateway
+            # admitted that, burst included). A ramp that met a limit early (a few
+            # requests sent, or a limit reached by others) has learned little: never below
+            # the ramp's start.
+            refused = max(RAMP_START, min(refused * RAMP_EXIT, measured or math.inf))
+        soon = now - self.resumed_at < SOON
+        self.refused = max(MIN_RATE, refused)
+        self.rate = self.plateau = max(MIN_RATE, (CUT if soon else GENTLE_CUT) * self.refused)
+        return refused
+
+    def _cut_done(self, now: float, *, resume: float, refused: float) -> RateChange | None:
         self.rate = min(self.rate, self.ceiling)
         self.cut_at = now
-        self.resumed_at = max(now, self.tat)
+        self.resumed_at = resume
         self.last_grow = now
+        self.cuts += 1
         self.episode_cuts += 1
         if self.episode_cuts == 1:
             return RateChange("limited", self.allowed, self.refused or refused, 1)
@@ -412,7 +444,11 @@ class Gate:
     """Everything a request must respect before it leaves, and learns from its answer."""
 
     def __init__(self, *, max_rps: float, probe_interval: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_refused: Callable[[float], None] | None = None) -> None:
+        self.on_refused = on_refused
+        """Told, with the seconds until sending resumes, whenever an answer to this
+        daemon cut its send rate (the fleet hears of it: :mod:`harvester.fleet`)."""
         self.auth = Circuit(probe_interval)
         self.permission = Circuit(probe_interval, threshold=PERMISSION_THRESHOLD)
         self.throttle = FaultThrottle()
@@ -509,15 +545,27 @@ class Gate:
         # The rate learns from the answer before its pause begins: how long sending had
         # run since the last pause is what tells a probe that found the limit from a
         # rate that was far over it.
+        cuts = self.rate.cuts
         change = self.rate.observe(now, limited=pause_for is not None, sent_at=sent_at)
         if pause_for is not None and self.pause(pause_for):
             changes.append(Transition("upstream.paused",
                                       {"status": status, "seconds": round(pause_for, 2)}))
+        if self.rate.cuts != cuts and self.on_refused is not None:
+            self.on_refused(max(0.0, self.paused_until - now))
         if change is not None:
-            changes.append(Transition(f"rate.{change.kind}", {
-                "rate": round(change.rate, 1),
-                "refused_at": None if change.refused_at is None else round(change.refused_at, 1),
-                "cuts": change.cuts}))
+            changes.append(_rate_transition(change))
         if self.throttle.observe(fault, now):
             changes.append(Transition("upstream.throttled", {"spacing": self.throttle.spacing}))
         return changes
+
+    def heard(self, resume_in: float, by: str) -> list[Transition]:
+        """Daemon ``by``, sharing this upstream, was refused; its sending resumes in
+        ``resume_in`` seconds (see :meth:`SendRate.heard`)."""
+        change = self.rate.heard(self._clock(), resume_in)
+        return [] if change is None else [_rate_transition(change, refused_daemon=by)]
+
+
+def _rate_transition(change: RateChange, **detail: float | int | str | None) -> Transition:
+    refused = None if change.refused_at is None else round(change.refused_at, 1)
+    return Transition(f"rate.{change.kind}", {
+        "rate": round(change.rate, 1), "refused_at": refused, "cuts": change.cuts, **detail})

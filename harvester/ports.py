@@ -102,10 +102,16 @@ class StorePort(Protocol):
 
     async def forget_worker(self, worker_id: str) -> None: ...
 
+    async def announce_pace(self, payload: str) -> None:
+        """Tell the other daemons sharing the database (their ``on_pace``)."""
+        ...
+
     async def listen_for_jobs(self, on_fed: Callable[[], None],
-                              on_listening: Callable[[bool], None]) -> None:
-        """Run until cancelled, calling ``on_fed`` when jobs are fed and ``on_listening``
-        when notifications start or stop arriving (the engine polls meanwhile)."""
+                              on_listening: Callable[[bool], None],
+                              on_pace: Callable[[str], None]) -> None:
+        """Run until cancelled, calling ``on_fed`` when jobs are fed, ``on_listening``
+        when notifications start or stop arriving (the engine polls meanwhile), and
+        ``on_pace`` with what another daemon announced."""
         ...
 
 

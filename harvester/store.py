@@ -50,6 +50,8 @@ from harvester.policy import Fail, Job, Land, Retry, Stuck, backoff
 from harvester.ports import Outcome, ReleaseRow, WorkerState, WriteReport
 
 CHANNEL_JOBS: Final = "harvester_jobs"
+CHANNEL_PACE: Final = "harvester_pace"
+"""Refusals of one daemon, heard by the others (:mod:`harvester.fleet`)."""
 """Sent once per INSERT statement into harvester.jobs (a trigger), and by requeue."""
 LISTEN_KEEPALIVE: Final = 10.0
 LISTEN_RETRY_CAP: Final = 30.0
@@ -1304,10 +1306,17 @@ class Store:
 
     # ------------------------------------------------------------ notifications
 
+    async def announce_pace(self, payload: str) -> None:
+        """NOTIFY the other daemons that upstream refused this one (README "Pace")."""
+        async with translated():
+            await self.pool.execute("SELECT pg_notify($1, $2)", CHANNEL_PACE, payload)
+
     async def listen_for_jobs(self, on_fed: Callable[[], None],
-                              on_listening: Callable[[bool], None]) -> None:
+                              on_listening: Callable[[bool], None],
+                              on_pace: Callable[[str], None]) -> None:
         """LISTEN for fed jobs until cancelled (README "Feeding jobs": picked up within
-        milliseconds). A dedicated connection, checked every 10 s with a query (a silent
+        milliseconds), and for the other daemons' refusals (``on_pace`` with the
+        payload; README "Pace"). A dedicated connection, checked every 10 s with a query (a silent
         network drop sends no termination), reconnected with backoff when lost; while it
         is away ``on_listening(False)`` tells the engine to poll instead."""
         failures = 0
@@ -1325,6 +1334,8 @@ class Store:
                         target.dsn, timeout=target.timeout or 365 * 86400.0,
                         server_settings={"application_name": "harvester-listen"})
                     await conn.add_listener(CHANNEL_JOBS, lambda *_args: on_fed())
+                    await conn.add_listener(
+                        CHANNEL_PACE, lambda *args: on_pace(str(args[-1])))
                     conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 if failures:
                     log.info("listen.reconnected", after_failures=failures)

@@ -67,7 +67,9 @@ class MemoryStore:
         self.fail_writes: Callable[[Sequence[Outcome]], Exception | None] | None = None
         self.unavailable = False
         self.claims = 0
+        self.announced: list[str] = []
         self._on_fed: Callable[[], None] | None = None
+        self._on_pace: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------ test helpers
 
@@ -195,14 +197,25 @@ class MemoryStore:
     async def forget_worker(self, worker_id: str) -> None:
         return None
 
+    async def announce_pace(self, payload: str) -> None:
+        """Every engine listening on this store hears it (the sender too, as from
+        PostgreSQL)."""
+        self._check()
+        self.announced.append(payload)
+        for on_pace in list(self._on_pace):
+            on_pace(payload)
+
     async def listen_for_jobs(self, on_fed: Callable[[], None],
-                              on_listening: Callable[[bool], None]) -> None:
+                              on_listening: Callable[[bool], None],
+                              on_pace: Callable[[str], None]) -> None:
         self._on_fed = on_fed
+        self._on_pace.append(on_pace)
         on_listening(True)
         try:
             await asyncio.Event().wait()
         finally:
             self._on_fed = None
+            self._on_pace.remove(on_pace)
 
 
 def row_answer(job_id: UUID) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from dataclasses import replace
@@ -239,3 +240,25 @@ async def test_claim_soon_takes_status_checks_due_within_the_window_only(
     claimed = await store.claim_soon(10, 60, "w", within=1.0)
     assert [j.job_id for j in claimed] == [soon]
     assert await store.claim_soon(10, 60, "w2", within=1.0) == []  # leased now
+
+
+async def test_a_refusal_announced_reaches_every_listening_daemon(db_url: str,
+                                                                  pool: asyncpg.Pool) -> None:
+    """README "Pace", several daemons: NOTIFY ``harvester_pace``, heard by the LISTEN
+    connection each daemon already holds for fed jobs."""
+    store = Store(pool, db_url)
+    listening = asyncio.Event()
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    fed: list[bool] = []
+    task = asyncio.create_task(store.listen_for_jobs(
+        lambda: fed.append(True), lambda on: listening.set() if on else None, heard.put_nowait))
+    try:
+        await asyncio.wait_for(listening.wait(), 10)
+        payload = '{"worker": "host:1:abc", "resume_in": 1.0}'
+        await store.announce_pace(payload)
+        assert await asyncio.wait_for(heard.get(), 5) == payload
+        assert len(fed) == 1  # the catch-up call when listening began, nothing since
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

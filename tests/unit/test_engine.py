@@ -9,6 +9,7 @@ README "How a job is followed", "Pace" and "Operating".
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,7 +26,7 @@ from harvester.metrics import Metrics
 from harvester.policy import Job, Response, StatusAnswer
 from harvester.ports import Outcome, ReleaseRow
 from harvester.settings import Settings, load_settings
-from tests.fakes import MemoryStore, ScriptedUpstream
+from tests.fakes import MemoryStore, ScriptedUpstream, row_answer
 
 
 def settings(**overrides: Any) -> Settings:
@@ -213,6 +214,30 @@ async def test_a_429_pauses_every_request_and_lowers_the_send_rate() -> None:
     events = [e["event"] for e in logs]
     assert events.count("upstream.paused") == 1
     assert events.count("upstream.rate_limited") == 1
+
+
+async def test_a_refusal_is_heard_by_the_other_daemons_sharing_the_database() -> None:
+    """README "Pace", several daemons: the refused daemon pauses and says so once on the
+    database's channel; the other settles its rate too, without pausing."""
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    ids = [uuid.uuid4() for _ in range(400)]
+    limited = ids[100]
+    upstream.results[limited] = [Response(429, b"{}", "application/json", retry_after="1"),
+                                 row_answer(limited)]
+    # At 50/s each claims at most 200 (the claim horizon): both are busy at the 429.
+    engines = [Engine(settings(max_rps=50), store, upstream, Metrics(), worker_id=f"d{i}")
+               for i in range(2)]
+    with capture_logs() as logs:
+        async with running(engines[0]), running(engines[1]):
+            store.feed(ids, step="result")
+            await until(lambda: store.states()["landed"] == 400, timeout=20)
+    refused = [e for e in engines if e.gate.paused_until > 0]
+    assert len(refused) == 1
+    heard = next(e for e in engines if e is not refused[0])
+    assert [json.loads(p)["worker"] for p in store.announced] == [refused[0].worker_id]
+    assert (heard.gate.rate.cuts, heard.gate.rate.cut_heard) == (1, True)
+    lines = [e for e in logs if e["event"] == "upstream.rate_limited"]
+    assert [e.get("refused_daemon") for e in lines] == [None, refused[0].worker_id]
 
 
 async def test_a_401_opens_the_circuit_and_hands_jobs_back_uncharged() -> None:

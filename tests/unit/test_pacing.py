@@ -28,6 +28,7 @@ from harvester.pacing import (
     PLATEAU,
     RAMP_EXIT,
     RAMP_START,
+    SAME_EVENT,
     Circuit,
     FaultThrottle,
     Gate,
@@ -433,10 +434,92 @@ def test_an_episode_is_one_line_when_it_begins_and_one_when_it_ends() -> None:
     assert rate.ramping  # a higher limit is looked for at the ramp's pace again
 
 
+def settled_and_probing(rate: SendRate) -> float:
+    """Drive ``rate`` through a refusal, its pause and the hold, into probing; returns
+    the time reached."""
+    now, _ = busy(rate, 0.0, 0.1)
+    rate.observe(now, limited=True, sent_at=now)
+    rate.hold_until(now + 1.0)
+    end, _ = busy(rate, now + 1.0, HOLD + 2.0)
+    assert rate.allowed > rate.plateau  # probing
+    return end
+
+
+def test_a_refusal_heard_from_another_daemon_settles_this_rate_without_a_pause() -> None:
+    """The gateway's limit is the fleet's (README "Pace", several daemons): a daemon
+    probing when another is refused settles just under where it was, as its own refusal
+    would, but keeps its slots (its requests were answered), and holds until the refused
+    daemon resumes, so the fleet probes again together."""
+    rate = SendRate()
+    now = settled_and_probing(rate)
+    probed, tat = rate.allowed, rate.tat
+    change = rate.heard(now, resume_in=1.0)
+    assert change is None  # the episode's line was written at the first cut
+    assert rate.refused is not None
+    assert rate.refused <= probed
+    assert rate.allowed == pytest.approx(PLATEAU * rate.refused)
+    assert rate.tat == tat  # no pause
+    assert rate.resumed_at == pytest.approx(now + 1.0)
+    assert rate.target(now + 1.0 + HOLD) == pytest.approx(rate.plateau)  # holds till then
+
+
+def test_a_refusal_heard_while_ramping_ends_the_ramp() -> None:
+    """At start-up every daemon ramps: the first refusal anywhere settles all of them,
+    each under what it really sent, instead of each ramping on into its own 429."""
+    rate = SendRate()
+    now, sent = busy(rate, 0.0, 0.1)
+    change = rate.heard(now + 0.001, resume_in=1.0)
+    assert change is not None
+    assert change.kind == "limited"
+    assert not rate.ramping
+    assert rate.refused == pytest.approx(sent / (now + 0.001))
+
+
+def test_a_refusal_heard_and_ones_own_within_moments_are_one_event() -> None:
+    """When a gateway runs dry several daemons are refused within milliseconds: heard
+    first, then refused itself (or the other way round), a daemon cuts once."""
+    heard_first = SendRate()
+    now = settled_and_probing(heard_first)
+    heard_first.heard(now, resume_in=1.0)
+    after = heard_first.allowed
+    late = now + SAME_EVENT / 2
+    heard_first.observe(late, limited=True, sent_at=late - 0.001)  # sent after the cut
+    assert heard_first.allowed == after
+    refused_first = SendRate()
+    now = settled_and_probing(refused_first)
+    refused_first.observe(now, limited=True, sent_at=now)
+    after = refused_first.allowed
+    assert refused_first.heard(now + SAME_EVENT / 2, resume_in=1.0) is None
+    assert refused_first.allowed == after
+    # A refusal after the moment has passed is news again.
+    refused_first.heard(now + 2 * SAME_EVENT, resume_in=0.0)
+    assert refused_first.cuts == 2
+
+
+def test_a_daemon_that_does_not_use_its_rate_ignores_refusals_heard() -> None:
+    """Its rate did not fill the gateway: there is nothing of its own to settle."""
+    rate = SendRate()
+    for second in range(10):
+        rate.sent(float(second))
+        rate.observe(second + 0.01, limited=False, sent_at=float(second))
+    assert rate.heard(10.0, resume_in=1.0) is None
+    assert rate.ramping
+    assert rate.allowed == RAMP_START
+
+
+@pytest.mark.parametrize("resume_in", [-5.0, 1e9])
+def test_an_absurd_resume_time_heard_is_bounded(resume_in: float) -> None:
+    rate = SendRate()
+    now = settled_and_probing(rate)
+    rate.heard(now, resume_in=resume_in)
+    assert now <= rate.resumed_at <= now + HOLD
+
+
 @settings(deadline=None, max_examples=200)
 @given(st.floats(min_value=0.0, max_value=1000.0),
        st.lists(st.tuples(st.floats(min_value=0.0, max_value=2.0),
-                          st.sampled_from(["send", "ok", "limited", "pause"])), max_size=300))
+                          st.sampled_from(["send", "ok", "limited", "pause", "heard"])),
+                max_size=300))
 def test_send_rate_invariants(ceiling: float, steps: list[tuple[float, str]]) -> None:
     """Whatever the answers: the allowed rate stays within [MIN_RATE, MAX_RPS], waits are
     never negative, and no departure comes before a pause ends."""
@@ -453,26 +536,34 @@ def test_send_rate_invariants(ceiling: float, steps: list[tuple[float, str]]) ->
         elif what == "pause":
             paused_until = now + 1.0
             rate.hold_until(paused_until)
+        elif what == "heard":
+            rate.heard(now, resume_in=dt)
         else:
             rate.observe(now, limited=what == "limited", sent_at=now - dt / 2)
         limit = ceiling if ceiling > 0 else math.inf
         assert min(MIN_RATE, limit) <= rate.allowed <= limit
 
 
-def test_three_senders_behind_one_gateway_share_it_without_a_storm() -> None:
-    """A token-bucket gateway (300/s, burst 30, 429 + Retry-After 1) and three senders with
-    a full queue each, each adapting on its own: a fair share each, few 429s, most of the
-    limit used. (A model with instant answers; the bench's gateway phase measures the
-    daemon itself.)"""
-    limit, burst, rtt = 300.0, 30.0, 0.004
+def gateway_model(senders: int, *, hear: bool, seconds: float = 30.0
+                  ) -> tuple[float, float, float]:
+    """Senders with a full queue each behind a token-bucket gateway (300/s, burst 30,
+    429 + Retry-After 1), answers 4 ms after departure; with ``hear``, a sender whose
+    rate was cut is heard by the others 3 ms later (the database's NOTIFY). Returns the
+    accepted rate as a share of the limit, the 429 share of requests, and the smallest
+    sender's share of requests."""
+    limit, burst, rtt, latency = 300.0, 30.0, 0.004, 0.003
     tokens, at = burst, 0.0
-    rates = [SendRate() for _ in range(3)]
-    clocks = [0.001 * i for i in range(3)]
-    paused = [0.0, 0.0, 0.0]
-    sent, refused, accepted = [0, 0, 0], 0, 0
-    while min(clocks) < 30.0:
+    rates = [SendRate() for _ in range(senders)]
+    clocks = [0.001 * i for i in range(senders)]
+    paused = [0.0] * senders
+    sent, refused, accepted = [0] * senders, 0, 0
+    news: list[tuple[float, int, float]] = []  # (heard at, by whom, resume_in)
+    while min(clocks) < seconds:
         i = clocks.index(min(clocks))
         now = max(clocks[i], paused[i])
+        for item in [n for n in news if n[0] <= now]:
+            news.remove(item)
+            rates[item[1]].heard(item[0], item[2])
         now += rates[i].reserve(now)
         rates[i].sent(now)
         sent[i] += 1
@@ -485,12 +576,33 @@ def test_three_senders_behind_one_gateway_share_it_without_a_storm() -> None:
         if not ok:
             paused[i] = now + rtt + 1.0
             rates[i].hold_until(paused[i])
+        cuts = rates[i].cuts
         rates[i].observe(now + rtt, limited=not ok, sent_at=now)
+        if hear and rates[i].cuts != cuts:
+            news += [(now + rtt + latency, j, paused[i] - now - rtt)
+                     for j in range(senders) if j != i]
         clocks[i] = now
     total = sum(sent)
-    assert accepted / 30.0 >= 0.7 * limit
-    assert refused / total <= 0.03
-    assert min(sent) / total >= 0.2
+    return accepted / seconds / limit, refused / total, min(sent) / total
+
+
+def test_three_senders_behind_one_gateway_share_it_without_a_storm() -> None:
+    """Three senders, each adapting to the 429s it gets and hearing the others' cuts: a
+    fair share each, few 429s, most of the limit used. (A model with instant answers;
+    the bench's gateway phase measures the daemon itself.)"""
+    used, refused, smallest = gateway_model(3, hear=True)
+    assert used >= 0.78
+    assert refused <= 0.03
+    assert smallest >= 0.3
+
+
+def test_hearing_each_others_refusals_uses_more_of_the_limit() -> None:
+    """Why refusals are shared (README "Pace", several daemons): alone, a sender cut for
+    another's probe and a prober that keeps going until its own 429 make more refusals
+    and lower plateaus."""
+    alone, _, _ = gateway_model(3, hear=False)
+    together, _, _ = gateway_model(3, hear=True)
+    assert together > alone + 0.02
 
 
 # ---------------------------------------------------------------- the gate
