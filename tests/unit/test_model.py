@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from harvester.model import INT32_MAX, ExtractionResult
-from harvester.policy import parse_batch_status
+from harvester.policy import _parse_element_by_element, parse_batch_status
 from harvester.tools.simulator import ORG_ID, result_row
 
 JOB_ID = UUID("5d2b8c1e-4f7a-4c3b-9e21-7a6f0d3c8b45")
@@ -202,3 +202,13 @@ def test_batch_status_skips_odd_elements() -> None:
 
 def test_batch_status_empty_answer() -> None:
     assert parse_batch_status(b"[]") == {}
+
+
+@given(st.lists(st.tuples(st.uuids(), st.text(max_size=60),
+                          st.sampled_from(["", "currentNodeId", "somethingNew"])), max_size=30))
+def test_batch_status_one_pass_reads_what_element_by_element_reads(
+        entries: list[tuple[UUID, str, str]]) -> None:
+    """The one-pass parse of a well-formed answer is only faster, never different."""
+    body = json.dumps([{"id": str(job), "status": status, **({extra: None} if extra else {})}
+                       for job, status, extra in entries]).encode()
+    assert parse_batch_status(body) == _parse_element_by_element(body)
