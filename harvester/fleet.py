@@ -74,7 +74,10 @@ class FleetPace:
         worker, resume_in = announced
         if worker == self.worker_id:
             return  # its own announcement, back from the channel
+        cuts = self.gate.rate.cuts
         self.observer.transitions(self.gate.heard(resume_in, worker))
+        if self.gate.rate.cuts != cuts:
+            self.observer.refusal_heard()
 
 
 def _parse(payload: str) -> tuple[str, float] | None:

@@ -215,6 +215,10 @@ class Metrics:
         self.rate_limited = Counter("harvester_rate_limited",
                                     "Answers 429, or 503 with Retry-After (upstream's rate limit).",
                                     registry=r)
+        self.refusals_heard = Counter(
+            "harvester_refusals_heard",
+            "Send-rate cuts made because another daemon on the database was refused.",
+            registry=r)
         self.paused_seconds = Counter("harvester_paused_seconds",
                                       "Seconds all dispatch was paused by upstream's Retry-After.",
                                       registry=r)

@@ -208,6 +208,9 @@ class Observer:
     def rate_limited(self) -> None:
         self.metrics.rate_limited.inc()
 
+    def refusal_heard(self) -> None:
+        self.metrics.refusals_heard.inc()
+
     def tick(self) -> None:
         """Periodic: gauges that drift (the send rate, the time paused), the digest."""
         self.metrics.send_rate_limit.set(self.gate.rate.allowed)

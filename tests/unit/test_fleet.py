@@ -54,8 +54,11 @@ def test_another_daemons_refusal_cuts_this_rate_without_a_pause() -> None:
     fleet, gate = fleet_of("me")
     gate.rate.last_wait = gate.now()
     fleet.heard('{"worker": "other", "resume_in": 1.0}')
+    fleet.heard('{"worker": "third", "resume_in": 1.0}')  # the same event
     assert (gate.rate.cuts, gate.rate.cut_heard) == (1, True)
     assert gate.paused_until == 0.0
+    registry = fleet.observer.metrics.registry
+    assert registry.get_sample_value("harvester_refusals_heard_total") == 1
 
 
 async def test_a_refusal_of_its_own_is_announced_and_an_outage_drops_it() -> None:
