@@ -111,6 +111,7 @@ class Engine:
         self.observer = Observer(metrics, self.gate, self.endpoint, self.base_url,
                                  settings.api_base_url)
         self.fleet = FleetPace(self.gate, store, self.observer, self.worker_id)
+        self.gate.on_refused = self.fleet.refused
         self.concurrency = settings.concurrency
         self.min_claim = max(1, min(self.concurrency // 4, 64))
         self.local: asyncio.Queue[Claimed | None] = asyncio.Queue()

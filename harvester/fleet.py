@@ -44,10 +44,10 @@ class FleetPace:
         self.observer = observer
         self.worker_id = worker_id
         self._outbox: asyncio.Queue[float] = asyncio.Queue()
-        gate.on_refused = self.refused
 
     def refused(self, resume_in: float) -> None:
-        """An answer to this daemon cut its rate; sending resumes in ``resume_in`` s."""
+        """An answer to this daemon cut its rate; sending resumes in ``resume_in`` s
+        (the gate's ``on_refused``)."""
         self._outbox.put_nowait(resume_in)
 
     async def run(self) -> None:

@@ -50,9 +50,9 @@ from harvester.policy import Fail, Job, Land, Retry, Stuck, backoff
 from harvester.ports import Outcome, ReleaseRow, WorkerState, WriteReport
 
 CHANNEL_JOBS: Final = "harvester_jobs"
+"""Sent once per INSERT statement into harvester.jobs (a trigger), and by requeue."""
 CHANNEL_PACE: Final = "harvester_pace"
 """Refusals of one daemon, heard by the others (:mod:`harvester.fleet`)."""
-"""Sent once per INSERT statement into harvester.jobs (a trigger), and by requeue."""
 LISTEN_KEEPALIVE: Final = 10.0
 LISTEN_RETRY_CAP: Final = 30.0
 log = get_logger("harvester.store")
@@ -1315,8 +1315,8 @@ class Store:
                               on_listening: Callable[[bool], None],
                               on_pace: Callable[[str], None]) -> None:
         """LISTEN for fed jobs until cancelled (README "Feeding jobs": picked up within
-        milliseconds), and for the other daemons' refusals (``on_pace`` with the
-        payload; README "Pace"). A dedicated connection, checked every 10 s with a query (a silent
+        milliseconds), and for the other daemons' refusals (``on_pace`` with the payload;
+        README "Pace"). A dedicated connection, checked every 10 s with a query (a silent
         network drop sends no termination), reconnected with backoff when lost; while it
         is away ``on_listening(False)`` tells the engine to poll instead."""
         failures = 0

@@ -39,7 +39,9 @@ def test_only_a_well_formed_announcement_is_read(payload: str,
 def fleet_of(worker_id: str) -> tuple[FleetPace, Gate]:
     gate = Gate(max_rps=0, probe_interval=30.0)
     observer = Observer(Metrics(), gate, StatusEndpoint(), BaseUrlCheck(), "http://127.0.0.1:9")
-    return FleetPace(gate, MemoryStore(), observer, worker_id), gate
+    fleet = FleetPace(gate, MemoryStore(), observer, worker_id)
+    gate.on_refused = fleet.refused  # as the engine wires them
+    return fleet, gate
 
 
 def test_its_own_announcement_and_garbage_change_nothing() -> None:
