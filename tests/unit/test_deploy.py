@@ -336,14 +336,39 @@ def test_uv_lock_is_current_with_pyproject() -> None:
         marker = re.fullmatch(r"extra == '([\w-]+)'", item.get("marker", ""))
         recorded.add(normal(item["name"], item.get("specifier", ""), marker[1] if marker else None))
     assert wanted == recorded, "uv.lock is stale: run scripts/lock"
-    groups = {name: {normal(r.name, str(r.specifier)) for r in map(Requirement, requirements)}
+    groups = {name: {normal(r.name, str(r.specifier), ",".join(sorted(r.extras)))
+                     for r in map(Requirement, requirements)}
               for name, requirements in project["dependency-groups"].items()}
-    locked_groups = {name: {normal(item["name"], item.get("specifier", "")) for item in items}
+    locked_groups = {name: {normal(item["name"], item.get("specifier", ""),
+                                   ",".join(sorted(item.get("extras", [])))) for item in items}
                      for name, items in own["metadata"]["requires-dev"].items()}
     assert groups == locked_groups, "uv.lock is stale: run scripts/lock"
     # The locked build backend is the one [build-system] asks for.
     assert {normal(r.name, str(r.specifier)) for r in
             map(Requirement, project["build-system"]["requires"])} == groups["build"]
+
+
+def test_uv_run_installs_the_embedded_postgresql_and_the_dev_tools_the_image_neither() -> None:
+    """README "Try it": `uv run harvester demo` and `uv run pytest` work on a fresh clone
+    because what uv syncs by default (the dev group) is the project's own `embedded` and
+    `dev` extras; the image exports --no-dev, so neither pgserver nor a dev tool is in it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    default_groups = project["tool"]["uv"].get("default-groups", ["dev"])
+    synced: set[str] = set()
+    for group in default_groups:
+        for requirement in map(Requirement, project["dependency-groups"][group]):
+            if canonicalize_name(requirement.name) == "harvester":
+                synced |= requirement.extras
+    assert {"embedded", "dev"} <= synced
+    extras = project["project"]["optional-dependencies"]
+    assert any(Requirement(r).name == "pgserver" for r in extras["embedded"])
+    assert any(Requirement(r).name == "pytest" for r in extras["dev"])
+    runs = " ".join(dockerfile_stages()[0].all("RUN"))
+    exports = re.findall(r"uv export [^&]*", runs)
+    assert exports
+    for export in exports:
+        assert "--no-dev" in export or "--only-group build" in export, export
+        assert not re.search(r"--all-groups|--all-extras|--extra|--group dev", export), export
 
 
 def test_the_image_runs_harvester_run_as_a_fixed_non_root_user() -> None:
