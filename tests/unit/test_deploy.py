@@ -315,7 +315,28 @@ def test_the_image_installs_exactly_what_uv_lock_pins() -> None:
     ci = re.search(r"^UV_VERSION=(\S+)$", (ROOT / ".ci" / "run").read_text(), re.MULTILINE)
     assert ci, ".ci/run pins UV_VERSION"
     assert stage_args(builder)["UV_VERSION"] == ci[1]
-    assert re.search(r'uv sync .*--locked', (ROOT / ".ci" / "run").read_text())
+
+
+def readme_commands(section: str) -> list[str]:
+    """The commands of the first ``sh`` block of a README section, comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    body = text[text.index(f"\n## {section}\n"):]
+    block = body[body.index("```sh\n") + 6:body.index("\n```", body.index("```sh\n"))]
+    return [line.partition("#")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readmes_two_commands_as_they_are_written() -> None:
+    """README "Try it" and "Test it" open with one command each that needs nothing but
+    uv, and .ci/run runs exactly those (environment assignments before them aside), with
+    UV_LOCKED=1 so that a lock older than pyproject.toml fails instead of being updated."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    ci_commands = {re.sub(r"^(?:[A-Z_]+=\S+ )*", "", line.strip()) for line in ci.splitlines()}
+    for section in ("Try it", "Test it"):
+        first = readme_commands(section)[0]
+        assert first.startswith("uv run "), (section, first)
+        assert first in ci_commands, f".ci/run does not run {first!r} ({section})"
+    assert re.search(r"^export .*\bUV_LOCKED=1\b", ci, re.MULTILINE)
+    assert "rm -rf .venv" in ci, "uv run makes the virtualenv, as on a fresh clone"
 
 
 def test_uv_lock_is_current_with_pyproject() -> None:
