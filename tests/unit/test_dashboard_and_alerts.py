@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,12 +26,14 @@ from tests.unit.test_deploy import (
     SHARED_GAUGES,
     alert_rules,
     container,
+    container_env,
     exported_metrics,
     kustomization,
     load_all,
     load_one,
     manifests,
     pod_spec,
+    secret_env,
     selectors,
 )
 
@@ -208,19 +211,33 @@ def test_the_migrate_job_runs_harvester_migrate_with_the_daemons_configuration()
     args = build_parser().parse_args(migrate["args"])
     assert args.command == "migrate"
     daemon = container()
-    # The same settings, secrets, mounts and hardening as the daemon: a Job that reads
-    # another configuration would migrate another database.
-    for key in ("envFrom", "env", "securityContext", "volumeMounts"):
+    # The same settings, mounts and hardening as the daemon: a Job that reads another
+    # configuration would migrate another database...
+    for key in ("envFrom", "securityContext", "volumeMounts"):
         assert migrate.get(key) == daemon.get(key), key
-    for key in ("securityContext", "volumes", "automountServiceAccountToken",
-                "enableServiceLinks"):
+    for key in ("securityContext", "automountServiceAccountToken", "enableServiceLinks"):
         assert spec.get(key) == pod_spec().get(key), key
     names = {(doc["kind"], doc["metadata"]["name"]) for doc in manifests().values()}
     for source in migrate.get("envFrom", []):
-        if "configMapRef" in source:
-            assert ("ConfigMap", source["configMapRef"]["name"]) in names
-        if "secretRef" in source:
-            assert ("Secret", source["secretRef"]["name"]) in names
+        assert ("ConfigMap", source["configMapRef"]["name"]) in names
+    # ...but its own Secret, holding only a DSN: the owner's login to the same server,
+    # database and TLS settings as the daemons' runtime login (README "Upgrades").
+    assert {e["name"]: e["value"] for e in migrate["env"]} == {
+        "HARVESTER_DATABASE_URL_FILE": container_env()["HARVESTER_DATABASE_URL_FILE"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    daemon_volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    assert volumes.keys() == daemon_volumes.keys()
+    for name, volume in volumes.items():
+        if "secret" in volume:
+            assert volume["secret"]["secretName"] == "harvester-migrate-secrets"
+            assert daemon_volumes[name]["secret"]["secretName"] == "harvester-secrets"
+        else:
+            assert volume == daemon_volumes[name], name
+    owner = urlsplit(secret_env("harvester-migrate-secrets")["HARVESTER_DATABASE_URL"])
+    runtime = urlsplit(secret_env()["HARVESTER_DATABASE_URL"])
+    assert (owner.hostname, owner.port, owner.path, owner.query) == (
+        runtime.hostname, runtime.port, runtime.path, runtime.query)
+    assert owner.username != runtime.username
 
 
 # ------------------------------------------------------------------ README

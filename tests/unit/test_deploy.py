@@ -46,6 +46,7 @@ from harvester.tools.simulator import Mix
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
+EXAMPLES = KUBE / "examples"
 PLACEHOLDER = "REPLACE_ME"
 # Headroom for the interpreter, libraries and buffers on top of the bodies being read.
 BASELINE_MEMORY = 256 * 1024 * 1024
@@ -74,23 +75,24 @@ def kustomization() -> dict[str, Any]:
     return load_one(KUBE / "kustomization.yaml")
 
 
-# Manifests that are not the one of their kind the daemon's pod is built from: keyed
-# "Kind/name" in manifests() rather than "Kind".
-SECONDARY = {("ConfigMap", "harvester-postgres-ca")}
-
-
 def manifests() -> dict[str, dict[str, Any]]:
-    """The resources kustomization.yaml lists, by kind (one of each), and the
-    SECONDARY ones by kind and name."""
+    """What `kubectl apply -k deploy/kubernetes` applies, by kind (one of each)."""
     by_kind: dict[str, dict[str, Any]] = {}
     for name in kustomization()["resources"]:
         for document in load_all(KUBE / name):
-            kind = document["kind"]
-            key = (f"{kind}/{document['metadata']['name']}"
-                   if (kind, document["metadata"]["name"]) in SECONDARY else kind)
-            assert key not in by_kind, f"two {key}s"
-            by_kind[key] = document
+            assert document["kind"] not in by_kind, f"two {document['kind']}s"
+            by_kind[document["kind"]] = document
     return by_kind
+
+
+def examples() -> dict[str, dict[str, Any]]:
+    """deploy/kubernetes/examples, which nothing applies, by "Kind/name": the Secrets and
+    the CA ConfigMap that the operator creates."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for document in load_all(path):
+            found[f"{document['kind']}/{document['metadata']['name']}"] = document
+    return found
 
 
 def deployment() -> dict[str, Any]:
@@ -111,8 +113,8 @@ def configmap_env() -> dict[str, str]:
     return cast(dict[str, str], manifests()["ConfigMap"]["data"])
 
 
-def secret_env() -> dict[str, str]:
-    return cast(dict[str, str], manifests()["Secret"]["stringData"])
+def secret_env(name: str = "harvester-secrets") -> dict[str, str]:
+    return cast(dict[str, str], examples()[f"Secret/{name}"]["stringData"])
 
 
 def compose() -> dict[str, Any]:
@@ -499,8 +501,6 @@ def test_the_kustomization_lists_every_manifest_of_the_expected_kinds() -> None:
     kinds = {kind: doc["apiVersion"] for kind, doc in manifests().items()}
     assert kinds == {
         "ConfigMap": "v1",
-        "ConfigMap/harvester-postgres-ca": "v1",
-        "Secret": "v1",
         "Deployment": "apps/v1",
         "Service": "v1",
         "PodDisruptionBudget": "policy/v1",
@@ -546,7 +546,7 @@ def container_env() -> dict[str, str]:
 
 def secret_files() -> dict[str, str]:
     """``HARVESTER_*_FILE`` variable -> Secret key it reads, checked against the mount."""
-    secret_name = manifests()["Secret"]["metadata"]["name"]
+    secret_name = examples()["Secret/harvester-secrets"]["metadata"]["name"]
     mounts = mounted("secret")
     found: dict[str, str] = {}
     for variable, path in container_env().items():
@@ -585,7 +585,7 @@ def test_the_dsn_checks_the_server_certificate_against_a_mounted_ca() -> None:
     directory, _, key = query["sslrootcert"].rpartition("/")
     ca_name = mounted("configMap").get(directory)
     assert ca_name is not None, f"{query['sslrootcert']} is not in a mounted ConfigMap"
-    ca = manifests()[f"ConfigMap/{ca_name}"]
+    ca = examples()[f"ConfigMap/{ca_name}"]
     assert key in ca["data"]
     assert PLACEHOLDER in ca["data"][key], "an example, not someone's CA"
 
@@ -689,10 +689,11 @@ def test_the_configmap_and_secret_make_valid_settings(monkeypatch: pytest.Monkey
     assert not settings.insecure
 
 
-def test_the_secret_example_holds_placeholders_only() -> None:
-    secret = manifests()["Secret"]
+@pytest.mark.parametrize("name", ["harvester-secrets", "harvester-migrate-secrets"])
+def test_the_secret_examples_hold_placeholders_only(name: str) -> None:
+    secret = examples()[f"Secret/{name}"]
     assert "data" not in secret, "base64 data could hide a real value"
-    values = secret_env()
+    values = secret_env(name)
     assert "HARVESTER_ADMIN_TOKEN" not in values, \
         "applied unchanged, the example must not open the write API with a known token"
     for key, value in values.items():
@@ -702,7 +703,8 @@ def test_the_secret_example_holds_placeholders_only() -> None:
             assert parts.password == PLACEHOLDER
             # The query holds settings (sslmode, the CA's path), never a password.
             assert not {k for k, _ in parse_qsl(parts.query)} & {"password", "sslpassword"}
-            scanned = parts._replace(query="").geturl()
+            # The user is a role name, the password was checked above.
+            scanned = parts._replace(query="", netloc=parts.netloc.rpartition("@")[2]).geturl()
         else:
             assert value == PLACEHOLDER, key
         for run in re.findall(r"[A-Za-z0-9_+/=-]{16,}", scanned):
@@ -728,10 +730,59 @@ def test_the_memory_limit_covers_every_request_reading_a_maximal_body(
     assert "cpu" in resources["requests"]
 
 
-def test_the_container_args_are_a_real_command() -> None:
+def test_the_container_args_are_a_real_command_that_leaves_migrating_to_the_job() -> None:
+    """The daemons' role has no DDL (deploy/runtime-role.sql): they run without
+    migrating, and wait, not ready, for the migrate Job (README "Upgrades")."""
     args = container()["args"]
     parsed = build_parser().parse_args(args)
     assert parsed.command == "run"
+    assert parsed.no_migrate
+
+
+# ------------------------------------------------------------------ what is applied
+
+
+def applied_sets() -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Every kustomization under deploy/kubernetes, with the documents it applies."""
+    found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for path in sorted(KUBE.rglob("kustomization.yaml")):
+        own = load_one(path)
+        documents = [document for name in own.get("resources", [])
+                     for document in load_all(path.parent / name)]
+        found[path.parent.relative_to(KUBE).as_posix()] = (own, documents)
+    return found
+
+
+def migrate_pod_spec() -> dict[str, Any]:
+    (job,) = load_all(KUBE / "migrate" / "job.yaml")
+    return cast(dict[str, Any], job["spec"]["template"])
+
+
+def test_no_apply_overwrites_a_secret_or_the_ca_with_an_example() -> None:
+    """Issue 23 item 7: `kubectl apply -k` of any directory here applies no Secret and no
+    placeholder; the Secrets and the CA the pods mount are the operator's to create, and
+    examples/ (applied by nothing) names each of them."""
+    sets = applied_sets()
+    assert set(sets) == {".", "migrate"}
+    applied: set[tuple[str, str]] = set()
+    for where, (own, documents) in sets.items():
+        assert not {"secretGenerator", "configMapGenerator", "components"} & set(own), where
+        assert not [r for r in own.get("resources", []) if "example" in r], where
+        for document in documents:
+            assert document["kind"] != "Secret", where
+            assert PLACEHOLDER not in yaml.safe_dump(document), where
+            applied.add((document["kind"], document["metadata"]["name"]))
+    assert not (EXAMPLES / "kustomization.yaml").exists()
+    shown = {tuple(key.split("/", 1)) for key in examples()}
+    for spec in (pod_spec(), migrate_pod_spec()["spec"]):
+        for volume in spec["volumes"]:
+            if "secret" in volume:
+                assert ("Secret", volume["secret"]["secretName"]) in shown, volume
+            if "configMap" in volume:
+                name = volume["configMap"]["name"]
+                assert ("ConfigMap", name) in shown ^ applied, volume
+    for document in examples().values():
+        assert PLACEHOLDER in yaml.safe_dump(document), document["metadata"]["name"]
 
 
 # ------------------------------------------------------------------ compose
