@@ -10,6 +10,7 @@ CLI parser, alert expressions against the metrics the daemon exports.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import shlex
 import tomllib
@@ -763,7 +764,7 @@ def test_no_apply_overwrites_a_secret_or_the_ca_with_an_example() -> None:
     placeholder; the Secrets and the CA the pods mount are the operator's to create, and
     examples/ (applied by nothing) names each of them."""
     sets = applied_sets()
-    assert set(sets) == {".", "migrate"}
+    assert set(sets) == {".", "migrate", "network-policy"}
     applied: set[tuple[str, str]] = set()
     for where, (own, documents) in sets.items():
         assert not {"secretGenerator", "configMapGenerator", "components"} & set(own), where
@@ -783,6 +784,81 @@ def test_no_apply_overwrites_a_secret_or_the_ca_with_an_example() -> None:
                 assert ("ConfigMap", name) in shown ^ applied, volume
     for document in examples().values():
         assert PLACEHOLDER in yaml.safe_dump(document), document["metadata"]["name"]
+
+
+# ------------------------------------------------------------------ NetworkPolicy
+
+# RFC 5737: addresses for documentation, routed nowhere; the policy's placeholders.
+DOCUMENTATION_NETWORKS = [ipaddress.IPv4Network(n) for n in
+                          ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+
+
+def network_policies() -> list[dict[str, Any]]:
+    directory = KUBE / "network-policy"
+    assert load_one(directory / "kustomization.yaml")["resources"] == ["networkpolicy.yaml"]
+    policies = load_all(directory / "networkpolicy.yaml")
+    for policy in policies:
+        assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    return policies
+
+
+def allowed(labels: dict[str, str], direction: str) -> list[dict[str, Any]]:
+    """The ingress or egress rules of every policy that selects a pod with ``labels``
+    (Kubernetes allows their union); each policy restricts both directions."""
+    rules: list[dict[str, Any]] = []
+    for policy in network_policies():
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress", "Egress"], policy["metadata"]["name"]
+        if spec["podSelector"]["matchLabels"].items() <= labels.items():
+            rules += spec.get(direction, [])
+    for rule in rules:
+        # An absent or empty `from`/`to` or `ports` means "anything".
+        assert rule.get("from" if direction == "ingress" else "to"), rule
+        assert rule.get("ports"), rule
+    return rules
+
+
+def test_the_network_policy_lets_prometheus_in_and_only_postgresql_the_api_and_dns_out() -> None:
+    """Issue 23 item 9. The kubelet's probes need no rule: NetworkPolicy always allows a
+    pod's own node."""
+    daemon = deployment()["spec"]["template"]["metadata"]["labels"]
+    job = migrate_pod_spec()["metadata"]["labels"]
+    assert not allowed(job, "ingress")
+    (ingress,) = allowed(daemon, "ingress")
+    (peer,) = ingress["from"]  # one peer: its namespace AND its pods, not either
+    assert peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "prometheus"
+    assert [(p["protocol"], resolve_port(p["port"])) for p in ingress["ports"]] == [
+        ("TCP", int(configmap_env()["HARVESTER_ADMIN_PORT"]))]
+
+    database_ports = {urlsplit(secret_env(name)["HARVESTER_DATABASE_URL"]).port or 5432
+                      for name in ("harvester-secrets", "harvester-migrate-secrets")}
+    api = urlsplit(configmap_env()["HARVESTER_API_BASE_URL"])
+    api_port = api.port or {"https": 443, "http": 80}[api.scheme]
+    dns = {("UDP", 53), ("TCP", 53)}
+
+    def destinations(labels: dict[str, str]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+        found: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for rule in allowed(labels, "egress"):
+            for port in rule["ports"]:
+                found.setdefault((port["protocol"], int(port["port"])), []).extend(rule["to"])
+        return found
+
+    for labels, wanted in ((daemon, {("TCP", api_port)}), (job, set())):
+        reach = destinations(labels)
+        assert set(reach) == {("TCP", port) for port in database_ports} | dns | wanted, labels
+        for (_, port), peers in reach.items():
+            for peer in peers:
+                if port == 53:
+                    assert peer["namespaceSelector"]["matchLabels"] == {
+                        "kubernetes.io/metadata.name": "kube-system"}
+                    assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+                    continue
+                # PostgreSQL and the API: the operator's addresses, shipped as
+                # placeholders that reach nothing until they are filled in.
+                network = ipaddress.IPv4Network(peer["ipBlock"]["cidr"])
+                assert any(network.subnet_of(doc) for doc in DOCUMENTATION_NETWORKS), network
+                assert "except" not in peer["ipBlock"]
 
 
 # ------------------------------------------------------------------ compose
