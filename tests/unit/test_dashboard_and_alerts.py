@@ -305,6 +305,22 @@ def test_the_alerts_issue_15_asks_for_exist_and_divide_by_the_right_thing() -> N
     assert "admin server starts before" in replica
 
 
+def test_every_alert_has_a_promtool_case_that_fires_and_one_that_stays_quiet() -> None:
+    """deploy/prometheus/alerts.test.yaml is what `promtool test rules` runs in CI
+    (.ci/run); here, without promtool, that it covers every alert both ways."""
+    document = load_one(DEPLOY / "prometheus" / "alerts.test.yaml")
+    assert document["rule_files"] == ["alerts.yaml"]
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for test in document["tests"]:
+        assert test["input_series"], test["name"]
+        for case in test["alert_rule_test"]:
+            (fires if case["exp_alerts"] else quiet).add(case["alertname"])
+    names = {rule["alert"] for rule in alert_rules()}
+    assert fires == names, names ^ fires
+    assert quiet == names, names ^ quiet
+
+
 # ------------------------------------------------------------------ the migrate Job
 
 
