@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run the daemon. Applies pending migrations first (under an "
                                      "advisory lock) unless --no-migrate. Stops cleanly on "
                                      "SIGTERM/SIGINT.")
-    run.add_argument("--no-migrate", action="store_true", help="do not apply migrations")
+    run.add_argument("--no-migrate", action="store_true",
+                     help="do not apply migrations: wait, not ready, until `harvester migrate` has")
     run.add_argument("--api-base-url", dest="api_base_url", metavar="URL")
     run.add_argument("--insecure", action="store_const", const=True, default=None,
                      help="allow plain http:// to a non-loopback upstream")

@@ -6,7 +6,8 @@ failures are retried with backoff and logged; a DSN that cannot work (a wrong pa
 a database that does not exist, ``sslmode=bogus``, a missing CA file) or an admin
 address that cannot be bound stops it with one clear line and exit status 2. SIGTERM
 is acted on at once in every phase: connecting, waiting for the migration lock,
-migrating and running; ``daemon.exit`` is logged whatever the way out.
+migrating, waiting for someone else's migration (``--no-migrate``) and running;
+``daemon.exit`` is logged whatever the way out.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from harvester import __version__
 from harvester.admin import Admin
 from harvester.embedded import database_url
 from harvester.engine import Engine
-from harvester.errors import HarvesterError, MigrationError, StoreError, StoreUnavailable
+from harvester.errors import HarvesterError, StoreError, StoreUnavailable
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
 from harvester.migrations import (
@@ -43,6 +44,7 @@ from harvester.upstream import Upstream
 log = get_logger("harvester.daemon")
 
 MIGRATIONS_RECHECK: Final = 30.0
+SCHEMA_WAIT_RECHECK: Final = 5.0
 POOL_CLOSE_TIMEOUT: Final = 5.0
 T = TypeVar("T")
 
@@ -104,10 +106,22 @@ async def close_pool(pool: asyncpg.Pool) -> None:
         pool.terminate()
 
 
+class Startup:
+    """What /readyz says before the engine runs: not ready, and which part is missing
+    (the database not reached yet, or a schema not yet current)."""
+
+    def __init__(self) -> None:
+        self.database = False
+
+    async def checks(self) -> dict[str, bool]:
+        return {"database": self.database, "migrations_current": False, "running": False}
+
+
 async def prepare_schema(pool: asyncpg.Pool, apply_migrations: bool) -> None:
-    """Migrate (under the advisory lock) or check that the schema is current."""
-    async with translated(), pool.acquire() as conn:
-        if apply_migrations:
+    """Migrate (under the advisory lock), or with ``--no-migrate`` wait for whoever
+    migrates (the migrate Job, README "Upgrades")."""
+    if apply_migrations:
+        async with translated(), pool.acquire() as conn:
             # Say so when another replica holds the lock: its migration may take a while.
             if await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
                 await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
@@ -116,14 +130,49 @@ async def prepare_schema(pool: asyncpg.Pool, apply_migrations: bool) -> None:
                          note="another harvester is migrating this database")
             for m in await migrate(conn):
                 log.info("migrate.applied", version=m.version, name=m.name)
-        elif await pending_migrations(conn):
-            raise MigrationError(
-                "the database schema is behind this harvester; run `harvester "
-                "migrate` or start without --no-migrate")
+    else:
+        await wait_for_current_schema(pool)
+    async with translated(), pool.acquire() as conn:
         newer = await newer_versions(conn)
     if newer:
         log.warning("migrate.schema_newer", versions=newer,
                     note="a newer harvester migrated this database; running on it")
+
+
+async def wait_for_current_schema(pool: asyncpg.Pool) -> None:
+    """Return once the schema is current, re-checking every few seconds meanwhile.
+
+    A rollout may start the new daemons before the migrate Job has run, or before an
+    administrator has granted the runtime role its tables (deploy/runtime-role.sql):
+    either way they wait, not ready (readiness says ``migrations_current: false``),
+    instead of crash-looping, and start on the first check that finds the schema
+    current. Each state is logged once, when it begins."""
+    said = ""
+    while True:
+        async with translated(), pool.acquire() as conn:
+            try:
+                pending = [f"{m.version:03d}_{m.name}" for m in await pending_migrations(conn)]
+                refused = ""
+            except asyncpg.InsufficientPrivilegeError as exc:
+                pending, refused = [], str(exc).splitlines()[0]
+        if not pending and not refused:
+            if said:
+                log.info("migrate.schema_current", note="migrated elsewhere; starting")
+            return
+        state = "unreadable" if refused else "behind"
+        if state != said:
+            said = state
+            if refused:
+                log.warning("migrate.schema_unreadable", error=refused,
+                            recheck_in=SCHEMA_WAIT_RECHECK,
+                            note="this role may not read the schema: grant it what "
+                                 "deploy/runtime-role.sql grants")
+            else:
+                log.warning("migrate.schema_behind", pending=pending,
+                            recheck_in=SCHEMA_WAIT_RECHECK,
+                            note="run --no-migrate: not ready until `harvester migrate` "
+                                 "(the migrate Job) has applied these")
+        await asyncio.sleep(SCHEMA_WAIT_RECHECK)
 
 
 async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> None:
@@ -144,7 +193,8 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
     metrics = Metrics()
     # The admin server comes first: liveness holds while the daemon waits for its
     # database or for another replica's migration; readiness says it is not ready.
-    admin = Admin(settings, None, metrics)
+    startup = Startup()
+    admin = Admin(settings, None, metrics, startup.checks)
     failure: BaseException | None = None
     try:
         await admin.start()
@@ -152,6 +202,7 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
             pool = await connect_with_retry(dsn, stop, max_size=8)
             if pool is None:
                 return
+            startup.database = True
             try:
                 await until_stopped(stop, _with_retry(
                     "migrate", stop, lambda: prepare_schema(pool, apply_migrations)))

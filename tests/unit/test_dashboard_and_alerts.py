@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,12 +26,14 @@ from tests.unit.test_deploy import (
     SHARED_GAUGES,
     alert_rules,
     container,
+    container_env,
     exported_metrics,
     kustomization,
     load_all,
     load_one,
     manifests,
     pod_spec,
+    secret_env,
     selectors,
 )
 
@@ -138,6 +141,117 @@ def test_the_dashboard_shows_what_a_team_watches_on_day_one() -> None:
         assert needed in used, needed
 
 
+def test_the_dashboard_asks_for_nothing_it_does_not_use() -> None:
+    """Every ``${NAME}`` is a variable of the dashboard or an input the import screen asks
+    for, and every such input is used (an unused DS_PROMETHEUS made Grafana's import ask
+    for a data source that nothing read)."""
+    board = dashboard()
+    text = DASHBOARD.read_text()
+    inputs = {entry["name"] for entry in board.get("__inputs", [])}
+    variables = {variable["name"] for variable in board["templating"]["list"]}
+    referenced = set(re.findall(r"\$\{(\w+)(?::\w+)?\}", text))
+    assert referenced <= variables | inputs | {"__rate_interval"}, referenced - variables - inputs
+    for name in inputs:
+        assert f"${{{name}}}" in text, f"__inputs declares {name}, which nothing uses"
+
+
+def test_every_exported_metric_is_on_the_dashboard() -> None:
+    used = {name for _, expr in expressions() for name, _, _ in selectors(expr)}
+    shown = {re.sub(r"_(total|info|bucket|sum|count)$", "", name) for name in used}
+    exported = {re.sub(r"_(total|info|created|bucket|sum|count)$", "", name)
+                for name in exported_metrics() if name.startswith("harvester_")}
+    assert exported - shown == set()
+
+
+# What a per-second rate of a counter counts, and the unit that says so: Grafana's own
+# where it has one, else a custom "suffix:" naming the thing.
+COUNTED = {
+    "harvester_requests_total": "reqps", "harvester_polls_total": "reqps",
+    "harvester_batch_status_requests_total": "reqps", "harvester_rate_limited_total": "reqps",
+    "harvester_landed_total": "suffix:jobs/s", "harvester_failed_total": "suffix:jobs/s",
+    "harvester_stuck_transitions_total": "suffix:jobs/s",
+    "harvester_retention_deleted_total": "rowsps",
+}
+UNITS = {"seconds": {"s"}, "count": {"short", "none"}, "share": {"percentunit"},
+         "bytes": {"bytes"}}
+
+
+def dimension(expr: str) -> tuple[str, str] | None:
+    """(what the values of ``expr`` measure, the one metric it reads), from the shape of
+    the query: a quantile of a histogram of seconds (seconds) or of another (count); a
+    rate of a seconds counter (a share of time) or of another (per second); a gauge in
+    seconds or bytes. None where the shape does not say (ratios, other gauges)."""
+    names = {name for name, _, _ in selectors(expr)}
+    if len(names) != 1:
+        return None
+    (name,) = names
+    if expr.lstrip().startswith("histogram_quantile"):
+        return ("seconds" if name.endswith("_seconds_bucket") else "count"), name
+    if re.search(r"\b(?:rate|irate|increase)\(", expr):
+        return ("share" if name.endswith("_seconds_total") else "per second"), name
+    for suffix, kind in (("_seconds", "seconds"), ("_bytes", "bytes")):
+        if name.endswith(suffix):
+            return kind, name
+    return None
+
+
+def fields(panel: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target's effective unit and axis: the panel's defaults with the overrides
+    that match it (by query or by display name) applied."""
+    defaults = panel.get("fieldConfig", {}).get("defaults", {})
+    overrides = panel.get("fieldConfig", {}).get("overrides", [])
+    found: dict[str, dict[str, Any]] = {}
+    matched: set[int] = set()
+    for target in panel["targets"]:
+        field = {"unit": defaults.get("unit"),
+                 "axis": defaults.get("custom", {}).get("axisPlacement", "auto")}
+        for index, override in enumerate(overrides):
+            matcher = override["matcher"]
+            if (matcher["id"] == "byFrameRefID" and matcher["options"] == target["refId"]) or (
+                    matcher["id"] == "byName" and matcher["options"] == target["legendFormat"]):
+                matched.add(index)
+                for prop in override["properties"]:
+                    key = {"unit": "unit", "custom.axisPlacement": "axis"}.get(prop["id"])
+                    if key:
+                        field[key] = prop["value"]
+        found[target["refId"]] = field
+    assert matched == set(range(len(overrides))), f"{panel['title']}: an override matches nothing"
+    return found
+
+
+def test_each_axis_shows_one_kind_of_figure_in_its_unit() -> None:
+    """Jobs are not requests (no reqps for rows landed), and a rate, a count per call and
+    a 0-1 share never share an axis: each gets the unit of what it measures, and figures
+    of different kinds in one panel go on different axes."""
+    checked = 0
+    for panel in panels():
+        if panel["type"] == "row":
+            continue
+        effective = fields(panel)
+        by_axis: dict[str, set[str]] = {}
+        for target in panel["targets"]:
+            found = dimension(target["expr"])
+            if found is None:
+                continue
+            kind, metric = found
+            field = effective[target["refId"]]
+            unit = field["unit"]
+            where = f"{panel['title']} {target['refId']} ({metric})"
+            if kind == "per second":
+                wanted = COUNTED.get(metric)
+                assert unit == wanted if wanted else (unit in {"ops", "cps"} or str(unit).endswith("/s")), \
+                    f"{where}: {unit}"
+            else:
+                assert unit in UNITS[kind], f"{where}: {kind} in {unit}"
+            by_axis.setdefault(field["axis"], set()).add(f"{kind} in {unit}")
+            checked += 1
+        for axis, kinds in by_axis.items():
+            assert len(kinds) == 1, f"{panel['title']}: {sorted(kinds)} on the {axis} axis"
+        if {"auto", "left"} <= set(by_axis):
+            raise AssertionError(f"{panel['title']}: 'auto' and 'left' both mean the left axis")
+    assert checked >= 40  # the check reads most queries, not a handful
+
+
 # ------------------------------------------------------------------ metrics
 
 
@@ -191,6 +305,22 @@ def test_the_alerts_issue_15_asks_for_exist_and_divide_by_the_right_thing() -> N
     assert "admin server starts before" in replica
 
 
+def test_every_alert_has_a_promtool_case_that_fires_and_one_that_stays_quiet() -> None:
+    """deploy/prometheus/alerts.test.yaml is what `promtool test rules` runs in CI
+    (.ci/run); here, without promtool, that it covers every alert both ways."""
+    document = load_one(DEPLOY / "prometheus" / "alerts.test.yaml")
+    assert document["rule_files"] == ["alerts.yaml"]
+    fires: set[str] = set()
+    quiet: set[str] = set()
+    for test in document["tests"]:
+        assert test["input_series"], test["name"]
+        for case in test["alert_rule_test"]:
+            (fires if case["exp_alerts"] else quiet).add(case["alertname"])
+    names = {rule["alert"] for rule in alert_rules()}
+    assert fires == names, names ^ fires
+    assert quiet == names, names ^ quiet
+
+
 # ------------------------------------------------------------------ the migrate Job
 
 
@@ -208,19 +338,33 @@ def test_the_migrate_job_runs_harvester_migrate_with_the_daemons_configuration()
     args = build_parser().parse_args(migrate["args"])
     assert args.command == "migrate"
     daemon = container()
-    # The same settings, secrets, mounts and hardening as the daemon: a Job that reads
-    # another configuration would migrate another database.
-    for key in ("envFrom", "env", "securityContext", "volumeMounts"):
+    # The same settings, mounts and hardening as the daemon: a Job that reads another
+    # configuration would migrate another database...
+    for key in ("envFrom", "securityContext", "volumeMounts"):
         assert migrate.get(key) == daemon.get(key), key
-    for key in ("securityContext", "volumes", "automountServiceAccountToken",
-                "enableServiceLinks"):
+    for key in ("securityContext", "automountServiceAccountToken", "enableServiceLinks"):
         assert spec.get(key) == pod_spec().get(key), key
     names = {(doc["kind"], doc["metadata"]["name"]) for doc in manifests().values()}
     for source in migrate.get("envFrom", []):
-        if "configMapRef" in source:
-            assert ("ConfigMap", source["configMapRef"]["name"]) in names
-        if "secretRef" in source:
-            assert ("Secret", source["secretRef"]["name"]) in names
+        assert ("ConfigMap", source["configMapRef"]["name"]) in names
+    # ...but its own Secret, holding only a DSN: the owner's login to the same server,
+    # database and TLS settings as the daemons' runtime login (README "Upgrades").
+    assert {e["name"]: e["value"] for e in migrate["env"]} == {
+        "HARVESTER_DATABASE_URL_FILE": container_env()["HARVESTER_DATABASE_URL_FILE"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    daemon_volumes = {v["name"]: v for v in pod_spec()["volumes"]}
+    assert volumes.keys() == daemon_volumes.keys()
+    for name, volume in volumes.items():
+        if "secret" in volume:
+            assert volume["secret"]["secretName"] == "harvester-migrate-secrets"
+            assert daemon_volumes[name]["secret"]["secretName"] == "harvester-secrets"
+        else:
+            assert volume == daemon_volumes[name], name
+    owner = urlsplit(secret_env("harvester-migrate-secrets")["HARVESTER_DATABASE_URL"])
+    runtime = urlsplit(secret_env()["HARVESTER_DATABASE_URL"])
+    assert (owner.hostname, owner.port, owner.path, owner.query) == (
+        runtime.hostname, runtime.port, runtime.path, runtime.query)
+    assert owner.username != runtime.username
 
 
 # ------------------------------------------------------------------ README

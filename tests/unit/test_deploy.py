@@ -10,6 +10,7 @@ CLI parser, alert expressions against the metrics the daemon exports.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import shlex
 import tomllib
@@ -46,6 +47,7 @@ from harvester.tools.simulator import Mix
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
+EXAMPLES = KUBE / "examples"
 PLACEHOLDER = "REPLACE_ME"
 # Headroom for the interpreter, libraries and buffers on top of the bodies being read.
 BASELINE_MEMORY = 256 * 1024 * 1024
@@ -74,23 +76,24 @@ def kustomization() -> dict[str, Any]:
     return load_one(KUBE / "kustomization.yaml")
 
 
-# Manifests that are not the one of their kind the daemon's pod is built from: keyed
-# "Kind/name" in manifests() rather than "Kind".
-SECONDARY = {("ConfigMap", "harvester-postgres-ca")}
-
-
 def manifests() -> dict[str, dict[str, Any]]:
-    """The resources kustomization.yaml lists, by kind (one of each), and the
-    SECONDARY ones by kind and name."""
+    """What `kubectl apply -k deploy/kubernetes` applies, by kind (one of each)."""
     by_kind: dict[str, dict[str, Any]] = {}
     for name in kustomization()["resources"]:
         for document in load_all(KUBE / name):
-            kind = document["kind"]
-            key = (f"{kind}/{document['metadata']['name']}"
-                   if (kind, document["metadata"]["name"]) in SECONDARY else kind)
-            assert key not in by_kind, f"two {key}s"
-            by_kind[key] = document
+            assert document["kind"] not in by_kind, f"two {document['kind']}s"
+            by_kind[document["kind"]] = document
     return by_kind
+
+
+def examples() -> dict[str, dict[str, Any]]:
+    """deploy/kubernetes/examples, which nothing applies, by "Kind/name": the Secrets and
+    the CA ConfigMap that the operator creates."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for document in load_all(path):
+            found[f"{document['kind']}/{document['metadata']['name']}"] = document
+    return found
 
 
 def deployment() -> dict[str, Any]:
@@ -111,8 +114,8 @@ def configmap_env() -> dict[str, str]:
     return cast(dict[str, str], manifests()["ConfigMap"]["data"])
 
 
-def secret_env() -> dict[str, str]:
-    return cast(dict[str, str], manifests()["Secret"]["stringData"])
+def secret_env(name: str = "harvester-secrets") -> dict[str, str]:
+    return cast(dict[str, str], examples()[f"Secret/{name}"]["stringData"])
 
 
 def compose() -> dict[str, Any]:
@@ -315,7 +318,28 @@ def test_the_image_installs_exactly_what_uv_lock_pins() -> None:
     ci = re.search(r"^UV_VERSION=(\S+)$", (ROOT / ".ci" / "run").read_text(), re.MULTILINE)
     assert ci, ".ci/run pins UV_VERSION"
     assert stage_args(builder)["UV_VERSION"] == ci[1]
-    assert re.search(r'uv sync .*--locked', (ROOT / ".ci" / "run").read_text())
+
+
+def readme_commands(section: str) -> list[str]:
+    """The commands of the first ``sh`` block of a README section, comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    body = text[text.index(f"\n## {section}\n"):]
+    block = body[body.index("```sh\n") + 6:body.index("\n```", body.index("```sh\n"))]
+    return [line.partition("#")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readmes_two_commands_as_they_are_written() -> None:
+    """README "Try it" and "Test it" open with one command each that needs nothing but
+    uv, and .ci/run runs exactly those (environment assignments before them aside), with
+    UV_LOCKED=1 so that a lock older than pyproject.toml fails instead of being updated."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    ci_commands = {re.sub(r"^(?:[A-Z_]+=\S+ )*", "", line.strip()) for line in ci.splitlines()}
+    for section in ("Try it", "Test it"):
+        first = readme_commands(section)[0]
+        assert first.startswith("uv run "), (section, first)
+        assert first in ci_commands, f".ci/run does not run {first!r} ({section})"
+    assert re.search(r"^export .*\bUV_LOCKED=1\b", ci, re.MULTILINE)
+    assert "rm -rf .venv" in ci, "uv run makes the virtualenv, as on a fresh clone"
 
 
 def test_uv_lock_is_current_with_pyproject() -> None:
@@ -336,14 +360,39 @@ def test_uv_lock_is_current_with_pyproject() -> None:
         marker = re.fullmatch(r"extra == '([\w-]+)'", item.get("marker", ""))
         recorded.add(normal(item["name"], item.get("specifier", ""), marker[1] if marker else None))
     assert wanted == recorded, "uv.lock is stale: run scripts/lock"
-    groups = {name: {normal(r.name, str(r.specifier)) for r in map(Requirement, requirements)}
+    groups = {name: {normal(r.name, str(r.specifier), ",".join(sorted(r.extras)))
+                     for r in map(Requirement, requirements)}
               for name, requirements in project["dependency-groups"].items()}
-    locked_groups = {name: {normal(item["name"], item.get("specifier", "")) for item in items}
+    locked_groups = {name: {normal(item["name"], item.get("specifier", ""),
+                                   ",".join(sorted(item.get("extras", [])))) for item in items}
                      for name, items in own["metadata"]["requires-dev"].items()}
     assert groups == locked_groups, "uv.lock is stale: run scripts/lock"
     # The locked build backend is the one [build-system] asks for.
     assert {normal(r.name, str(r.specifier)) for r in
             map(Requirement, project["build-system"]["requires"])} == groups["build"]
+
+
+def test_uv_run_installs_the_embedded_postgresql_and_the_dev_tools_the_image_neither() -> None:
+    """README "Try it": `uv run harvester demo` and `uv run pytest` work on a fresh clone
+    because what uv syncs by default (the dev group) is the project's own `embedded` and
+    `dev` extras; the image exports --no-dev, so neither pgserver nor a dev tool is in it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    default_groups = project["tool"]["uv"].get("default-groups", ["dev"])
+    synced: set[str] = set()
+    for group in default_groups:
+        for requirement in map(Requirement, project["dependency-groups"][group]):
+            if canonicalize_name(requirement.name) == "harvester":
+                synced |= requirement.extras
+    assert {"embedded", "dev"} <= synced
+    extras = project["project"]["optional-dependencies"]
+    assert any(Requirement(r).name == "pgserver" for r in extras["embedded"])
+    assert any(Requirement(r).name == "pytest" for r in extras["dev"])
+    runs = " ".join(dockerfile_stages()[0].all("RUN"))
+    exports = re.findall(r"uv export [^&]*", runs)
+    assert exports
+    for export in exports:
+        assert "--no-dev" in export or "--only-group build" in export, export
+        assert not re.search(r"--all-groups|--all-extras|--extra|--group dev", export), export
 
 
 def test_the_image_runs_harvester_run_as_a_fixed_non_root_user() -> None:
@@ -453,8 +502,6 @@ def test_the_kustomization_lists_every_manifest_of_the_expected_kinds() -> None:
     kinds = {kind: doc["apiVersion"] for kind, doc in manifests().items()}
     assert kinds == {
         "ConfigMap": "v1",
-        "ConfigMap/harvester-postgres-ca": "v1",
-        "Secret": "v1",
         "Deployment": "apps/v1",
         "Service": "v1",
         "PodDisruptionBudget": "policy/v1",
@@ -500,7 +547,7 @@ def container_env() -> dict[str, str]:
 
 def secret_files() -> dict[str, str]:
     """``HARVESTER_*_FILE`` variable -> Secret key it reads, checked against the mount."""
-    secret_name = manifests()["Secret"]["metadata"]["name"]
+    secret_name = examples()["Secret/harvester-secrets"]["metadata"]["name"]
     mounts = mounted("secret")
     found: dict[str, str] = {}
     for variable, path in container_env().items():
@@ -539,7 +586,7 @@ def test_the_dsn_checks_the_server_certificate_against_a_mounted_ca() -> None:
     directory, _, key = query["sslrootcert"].rpartition("/")
     ca_name = mounted("configMap").get(directory)
     assert ca_name is not None, f"{query['sslrootcert']} is not in a mounted ConfigMap"
-    ca = manifests()[f"ConfigMap/{ca_name}"]
+    ca = examples()[f"ConfigMap/{ca_name}"]
     assert key in ca["data"]
     assert PLACEHOLDER in ca["data"][key], "an example, not someone's CA"
 
@@ -643,10 +690,11 @@ def test_the_configmap_and_secret_make_valid_settings(monkeypatch: pytest.Monkey
     assert not settings.insecure
 
 
-def test_the_secret_example_holds_placeholders_only() -> None:
-    secret = manifests()["Secret"]
+@pytest.mark.parametrize("name", ["harvester-secrets", "harvester-migrate-secrets"])
+def test_the_secret_examples_hold_placeholders_only(name: str) -> None:
+    secret = examples()[f"Secret/{name}"]
     assert "data" not in secret, "base64 data could hide a real value"
-    values = secret_env()
+    values = secret_env(name)
     assert "HARVESTER_ADMIN_TOKEN" not in values, \
         "applied unchanged, the example must not open the write API with a known token"
     for key, value in values.items():
@@ -656,7 +704,8 @@ def test_the_secret_example_holds_placeholders_only() -> None:
             assert parts.password == PLACEHOLDER
             # The query holds settings (sslmode, the CA's path), never a password.
             assert not {k for k, _ in parse_qsl(parts.query)} & {"password", "sslpassword"}
-            scanned = parts._replace(query="").geturl()
+            # The user is a role name, the password was checked above.
+            scanned = parts._replace(query="", netloc=parts.netloc.rpartition("@")[2]).geturl()
         else:
             assert value == PLACEHOLDER, key
         for run in re.findall(r"[A-Za-z0-9_+/=-]{16,}", scanned):
@@ -682,10 +731,134 @@ def test_the_memory_limit_covers_every_request_reading_a_maximal_body(
     assert "cpu" in resources["requests"]
 
 
-def test_the_container_args_are_a_real_command() -> None:
+def test_the_container_args_are_a_real_command_that_leaves_migrating_to_the_job() -> None:
+    """The daemons' role has no DDL (deploy/runtime-role.sql): they run without
+    migrating, and wait, not ready, for the migrate Job (README "Upgrades")."""
     args = container()["args"]
     parsed = build_parser().parse_args(args)
     assert parsed.command == "run"
+    assert parsed.no_migrate
+
+
+# ------------------------------------------------------------------ what is applied
+
+
+def applied_sets() -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Every kustomization under deploy/kubernetes, with the documents it applies."""
+    found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for path in sorted(KUBE.rglob("kustomization.yaml")):
+        own = load_one(path)
+        documents = [document for name in own.get("resources", [])
+                     for document in load_all(path.parent / name)]
+        found[path.parent.relative_to(KUBE).as_posix()] = (own, documents)
+    return found
+
+
+def migrate_pod_spec() -> dict[str, Any]:
+    (job,) = load_all(KUBE / "migrate" / "job.yaml")
+    return cast(dict[str, Any], job["spec"]["template"])
+
+
+def test_no_apply_overwrites_a_secret_or_the_ca_with_an_example() -> None:
+    """Issue 23 item 7: `kubectl apply -k` of any directory here applies no Secret and no
+    placeholder; the Secrets and the CA the pods mount are the operator's to create, and
+    examples/ (applied by nothing) names each of them."""
+    sets = applied_sets()
+    assert set(sets) == {".", "migrate", "network-policy"}
+    applied: set[tuple[str, str]] = set()
+    for where, (own, documents) in sets.items():
+        assert not {"secretGenerator", "configMapGenerator", "components"} & set(own), where
+        assert not [r for r in own.get("resources", []) if "example" in r], where
+        for document in documents:
+            assert document["kind"] != "Secret", where
+            assert PLACEHOLDER not in yaml.safe_dump(document), where
+            applied.add((document["kind"], document["metadata"]["name"]))
+    assert not (EXAMPLES / "kustomization.yaml").exists()
+    shown = {tuple(key.split("/", 1)) for key in examples()}
+    for spec in (pod_spec(), migrate_pod_spec()["spec"]):
+        for volume in spec["volumes"]:
+            if "secret" in volume:
+                assert ("Secret", volume["secret"]["secretName"]) in shown, volume
+            if "configMap" in volume:
+                name = volume["configMap"]["name"]
+                assert ("ConfigMap", name) in shown ^ applied, volume
+    for document in examples().values():
+        assert PLACEHOLDER in yaml.safe_dump(document), document["metadata"]["name"]
+
+
+# ------------------------------------------------------------------ NetworkPolicy
+
+# RFC 5737: addresses for documentation, routed nowhere; the policy's placeholders.
+DOCUMENTATION_NETWORKS = [ipaddress.IPv4Network(n) for n in
+                          ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+
+
+def network_policies() -> list[dict[str, Any]]:
+    directory = KUBE / "network-policy"
+    assert load_one(directory / "kustomization.yaml")["resources"] == ["networkpolicy.yaml"]
+    policies = load_all(directory / "networkpolicy.yaml")
+    for policy in policies:
+        assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    return policies
+
+
+def allowed(labels: dict[str, str], direction: str) -> list[dict[str, Any]]:
+    """The ingress or egress rules of every policy that selects a pod with ``labels``
+    (Kubernetes allows their union); each policy restricts both directions."""
+    rules: list[dict[str, Any]] = []
+    for policy in network_policies():
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress", "Egress"], policy["metadata"]["name"]
+        if spec["podSelector"]["matchLabels"].items() <= labels.items():
+            rules += spec.get(direction, [])
+    for rule in rules:
+        # An absent or empty `from`/`to` or `ports` means "anything".
+        assert rule.get("from" if direction == "ingress" else "to"), rule
+        assert rule.get("ports"), rule
+    return rules
+
+
+def test_the_network_policy_lets_prometheus_in_and_only_postgresql_the_api_and_dns_out() -> None:
+    """Issue 23 item 9. The kubelet's probes need no rule: NetworkPolicy always allows a
+    pod's own node."""
+    daemon = deployment()["spec"]["template"]["metadata"]["labels"]
+    job = migrate_pod_spec()["metadata"]["labels"]
+    assert not allowed(job, "ingress")
+    (ingress,) = allowed(daemon, "ingress")
+    (peer,) = ingress["from"]  # one peer: its namespace AND its pods, not either
+    assert peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "prometheus"
+    assert [(p["protocol"], resolve_port(p["port"])) for p in ingress["ports"]] == [
+        ("TCP", int(configmap_env()["HARVESTER_ADMIN_PORT"]))]
+
+    database_ports = {urlsplit(secret_env(name)["HARVESTER_DATABASE_URL"]).port or 5432
+                      for name in ("harvester-secrets", "harvester-migrate-secrets")}
+    api = urlsplit(configmap_env()["HARVESTER_API_BASE_URL"])
+    api_port = api.port or {"https": 443, "http": 80}[api.scheme]
+    dns = {("UDP", 53), ("TCP", 53)}
+
+    def destinations(labels: dict[str, str]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+        found: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for rule in allowed(labels, "egress"):
+            for port in rule["ports"]:
+                found.setdefault((port["protocol"], int(port["port"])), []).extend(rule["to"])
+        return found
+
+    for labels, wanted in ((daemon, {("TCP", api_port)}), (job, set())):
+        reach = destinations(labels)
+        assert set(reach) == {("TCP", port) for port in database_ports} | dns | wanted, labels
+        for (_, port), peers in reach.items():
+            for peer in peers:
+                if port == 53:
+                    assert peer["namespaceSelector"]["matchLabels"] == {
+                        "kubernetes.io/metadata.name": "kube-system"}
+                    assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+                    continue
+                # PostgreSQL and the API: the operator's addresses, shipped as
+                # placeholders that reach nothing until they are filled in.
+                network = ipaddress.IPv4Network(peer["ipBlock"]["cidr"])
+                assert any(network.subnet_of(doc) for doc in DOCUMENTATION_NETWORKS), network
+                assert "except" not in peer["ipBlock"]
 
 
 # ------------------------------------------------------------------ compose
