@@ -139,6 +139,9 @@ class Engine:
         self.listening = False
         self._next_wake: float | None = None
         self._writer_holding = 0
+        self._writes_behind = False
+        """Writes met the database's fault, and the answers held through it are not all
+        written yet (see :meth:`_answers_waiting`)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._fatal: BaseException | None = None
         self.background = dict(background or {})
@@ -360,10 +363,11 @@ class Engine:
             self._next_wake = time.monotonic() + delay
 
     def _answers_waiting(self) -> bool:
-        """Writes are waiting out the database: answers are held in memory. No claim
-        until they are through, or jobs whose leases lapsed meanwhile would be claimed
-        again, their held answers fenced off and upstream asked twice."""
-        return "write" in self.outage.failing
+        """Writes are waiting out the database, or the answers held through it are not
+        all written yet (a batch at a time). No claim until they are through, or jobs
+        whose leases lapsed meanwhile would be claimed again, their held answers fenced
+        off and upstream asked twice."""
+        return self._writes_behind
 
     def _jobs_fed(self) -> None:
         self.work_ready.set()
@@ -478,6 +482,8 @@ class Engine:
                 self._writer_holding = 0
                 for _ in batch:
                     self.outcomes.task_done()
+                if self.outcomes.empty():
+                    self._writes_behind = False
                 self.room.set()
 
     async def _flush(self, batch: list[Outcome], retry: Retrying) -> None:
@@ -504,6 +510,7 @@ class Engine:
                 log.error("store.write_refused", jobs=len(batch), error=str(exc))
                 return WriteReport(rejected={o.job.job_id: str(exc) for o in batch})
             except StoreError as exc:
+                self._writes_behind = True
                 await retry.wait_after(exc)
 
     async def _write_refusals(self, batch: list[Outcome], report: WriteReport,

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,7 +215,8 @@ class RiddenOut:
 
 
 async def ride_out(db_url: str, simulators: StartSimulator, fleets: MakeFleet, fault: Fault,
-                   *, daemon_url: str | None = None, args: Sequence[str] = ()) -> RiddenOut:
+                   *, daemon_url: str | None = None, args: Sequence[str] = (),
+                   env: Mapping[str, str] | None = None) -> RiddenOut:
     """Feed, start one daemon (``daemon_url``: as another role), apply ``fault`` (which
     undoes itself) once a fifth has landed, then check the daemon lived through it, every
     job landed once, readiness came back, and no job was charged for it."""
@@ -226,7 +227,7 @@ async def ride_out(db_url: str, simulators: StartSimulator, fleets: MakeFleet, f
         await admin.execute("INSERT INTO harvester.jobs (job_id) SELECT unnest($1::uuid[])",
                             ids)
         sim = await simulators(MIX)
-        fleet = fleets(daemon_url or db_url, sim.url)
+        fleet = fleets(daemon_url or db_url, sim.url, env)
         daemon = fleet.spawn(args=args)
         await daemon.wait_ready()
         ready = Readiness(daemon).start()
@@ -308,7 +309,11 @@ async def test_an_operator_holding_lock_table_for_seconds_is_ridden_out(
             await asyncio.sleep(4.0)
 
     try:
-        ridden = await ride_out(db_url, simulators, fleets, lock)
+        # Statements that wait for the lock without failing hold their answers too: a
+        # lease shorter than the wait would let the next claim take those jobs (and
+        # fence their answers off) once the lock goes. Production leases are 60 s.
+        ridden = await ride_out(db_url, simulators, fleets, lock,
+                                env={"HARVESTER_LEASE_SECONDS": "20"})
     finally:
         if timeout is not None:
             await admin.execute(f'ALTER DATABASE "{database}" RESET {timeout}')
