@@ -3,8 +3,9 @@
 Everything here is assembly and lifecycle; the logic lives in the engine. The database
 may be away when the daemon starts (a pod scheduled before its database): transient
 failures are retried with backoff and logged; a DSN that cannot work (a wrong password,
-a database that does not exist, ``sslmode=bogus``, a missing CA file) or an admin
-address that cannot be bound stops it with one clear line and exit status 2. SIGTERM
+a database that does not exist, ``sslmode=bogus``, a missing CA file, a role without
+the privileges the daemon needs) or an admin address that cannot be bound stops it with
+one clear line and exit status 2 (README "The database's faults"). SIGTERM
 is acted on at once in every phase: connecting, waiting for the migration lock,
 migrating, waiting for someone else's migration (``--no-migrate``) and running;
 ``daemon.exit`` is logged whatever the way out.
@@ -36,6 +37,7 @@ from harvester.migrations import (
     pending_migrations,
 )
 from harvester.policy import backoff
+from harvester.privileges import check_privileges
 from harvester.retention import Purger, Retention
 from harvester.settings import Settings
 from harvester.store import ConnectTarget, Store, create_pool, translated
@@ -206,6 +208,8 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
             try:
                 await until_stopped(stop, _with_retry(
                     "migrate", stop, lambda: prepare_schema(pool, apply_migrations)))
+                await until_stopped(stop, _with_retry(
+                    "privileges", stop, lambda: check_privileges(pool)))
                 if stop.is_set():
                     return
                 store = Store(pool, dsn=dsn)

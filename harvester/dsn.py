@@ -9,6 +9,7 @@ but asyncpg would pass to the server as a setting the server refuses. README
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from typing import Final
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -99,3 +100,27 @@ def split_client_options(dsn: str) -> tuple[str, float | None]:
                              f"(got {unquote(value)[:20]!r})")
         timeout = seconds if 0 < seconds < math.inf else None
     return parts._replace(query="&".join(kept)).geturl(), timeout
+
+
+def host_names(dsn: str) -> list[str]:
+    """The host names the DSN asks to resolve (socket directories and IP addresses left
+    out), for an error that says which one did not resolve."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return []
+    hosts = parts.netloc.rpartition("@")[2] or dict(_query(dsn)).get("host", "")
+    names = []
+    for entry in hosts.split(","):
+        name = entry.rsplit(":", 1)[0] if not entry.startswith("[") else ""
+        if name and not name.startswith("/") and not _is_address(name):
+            names.append(unquote(name))
+    return names
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

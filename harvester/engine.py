@@ -9,7 +9,9 @@ batch; the store's listener wakes the dispatcher when jobs are fed. Metrics and 
 are the :class:`~harvester.observer.Observer`'s business. If a vital task dies the
 daemon stops with a clear log. On SIGTERM it stops claiming, gives back jobs it has not
 started, lets requests in flight finish within the grace period, flushes its writes and
-returns. A lost database is waited out, never fatal.
+returns. A database fault is never fatal: each is handled as the fault table says
+(README "The database's faults"), and every loop that meets the database shares one
+:class:`~harvester.outage.Outage`, which readiness reads.
 
 The engine sees the database and upstream only through the ports
 (:mod:`harvester.ports`), so the tests run it in-process over in-memory fakes.
@@ -32,13 +34,13 @@ from uuid import UUID
 from harvester import __version__
 from harvester.alarms import BaseUrlCheck, StatusEndpoint
 from harvester.batching import gather_batch
-from harvester.errors import StoreError, StoreUnavailable
+from harvester.errors import StoreError, ValueRefused
 from harvester.fleet import FleetPace
 from harvester.follower import CALLS, TOP_UP_WITHIN, Claimed, StatusFollower
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
 from harvester.observer import Observer
-from harvester.outage import Retrying
+from harvester.outage import Outage, Retrying
 from harvester.pacing import Gate, Released
 from harvester.policy import (
     Context,
@@ -70,6 +72,9 @@ WRITE_LINGER: Final = 0.02
 IDLE_POLL_FALLBACK: Final = 1.0
 IDLE_POLL_LISTENING: Final = 5.0
 HEARTBEAT_EVERY: Final = 5.0
+OUTAGE_WRITE_FIRST: Final = 0.2
+"""While writes wait out the database, the dispatcher looks this often whether they
+got through before claiming again."""
 TICK_EVERY: Final = 1.0
 LEASE_MARGIN: Final = 2.0
 """A request must end this long before its job's lease does (at most half of what the
@@ -107,6 +112,8 @@ class Engine:
         self.worker_id = worker_id or f"{self.hostname}:{os.getpid()}:{random.getrandbits(24):06x}"
         self.gate = Gate(max_rps=settings.max_rps, probe_interval=settings.auth_probe_interval)
         self.endpoint = StatusEndpoint()
+        self.outage = Outage()
+        """The database as the claim, write and heartbeat loops find it."""
         self.base_url = BaseUrlCheck()
         self.observer = Observer(metrics, self.gate, self.endpoint, self.base_url,
                                  settings.api_base_url)
@@ -132,6 +139,9 @@ class Engine:
         self.listening = False
         self._next_wake: float | None = None
         self._writer_holding = 0
+        self._writes_behind = False
+        """Writes met the database's fault, and the answers held through it are not all
+        written yet (see :meth:`_answers_waiting`)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._fatal: BaseException | None = None
         self.background = dict(background or {})
@@ -153,6 +163,8 @@ class Engine:
             "auth_circuit_closed": not self.gate.auth.is_open,
             "permission_circuit_closed": not self.gate.permission.is_open,
             "base_url_plausible": not self.base_url.suspect,
+            # A ping is not enough: a read-only node answers SELECT 1 happily.
+            "database_serving": not self.outage.active,
             "running": self.started.is_set() and not self.stopping.is_set(),
         }
 
@@ -262,8 +274,10 @@ class Engine:
         try:
             return len(await self.store.release(rows))
         except StoreError as exc:
-            log.warning("release.failed", jobs=len(rows), error=str(exc),
-                        note="their leases lapse and they come back by themselves")
+            # During an outage the outage's own lines say it.
+            emit = log.debug if self.outage.active else log.warning
+            emit("release.failed", jobs=len(rows), error=str(exc),
+                 note="their leases lapse and they come back by themselves")
             return 0
 
     # ------------------------------------------------------------------ dispatcher
@@ -281,11 +295,14 @@ class Engine:
         return room
 
     async def _dispatcher(self) -> None:
-        retry = Retrying("claim", self.metrics, self.rand)
+        retry = Retrying("claim", self.metrics, self.rand, self.outage)
         while not self.stopping.is_set():
             blocked = self.gate.blocked_for()
             if blocked > 0:
                 await _wait_for(self.stopping, min(blocked, 1.0))
+                continue
+            if self._answers_waiting():
+                await _wait_for(self.stopping, OUTAGE_WRITE_FIRST)
                 continue
             room = self._room()
             waiting = self.local.qsize() + self.follower.holding
@@ -301,7 +318,7 @@ class Engine:
                 jobs = await self.store.claim(min(room, CLAIM_BATCH_MAX),
                                               self.settings.lease_seconds, self.worker_id)
                 self.metrics.claim_seconds.observe(time.perf_counter() - started)
-            except StoreUnavailable as exc:
+            except StoreError as exc:
                 await retry.wait_after(exc)
                 continue
             retry.succeeded()
@@ -325,7 +342,7 @@ class Engine:
         cap = IDLE_POLL_LISTENING if self.listening else IDLE_POLL_FALLBACK
         try:
             next_due = await self.store.next_due_at()
-        except StoreUnavailable as exc:
+        except StoreError as exc:
             await retry.wait_after(exc)
             return
         delay = cap
@@ -345,6 +362,13 @@ class Engine:
             loop.call_later(max(0.0, delay), self.work_ready.set)
             self._next_wake = time.monotonic() + delay
 
+    def _answers_waiting(self) -> bool:
+        """Writes are waiting out the database, or the answers held through it are not
+        all written yet (a batch at a time). No claim until they are through, or jobs
+        whose leases lapsed meanwhile would be claimed again, their held answers fenced
+        off and upstream asked twice."""
+        return self._writes_behind
+
     def _jobs_fed(self) -> None:
         self.work_ready.set()
 
@@ -355,18 +379,19 @@ class Engine:
 
     async def _top_up(self, room: int) -> list[Job]:
         """Jobs whose status check is due within a second, for a batch-status call with
-        room (none while stopping, or while the database is away: the call goes as is).
+        room (none while stopping, while answers wait to be written, or while the
+        database is away: the call goes as is).
 
         The claim is shielded: cancelled at shutdown while it is on its way back, it may
         have committed on the server, and its jobs are handed back rather than left
         under a lease nobody works on."""
-        if self.stopping.is_set():
+        if self.stopping.is_set() or self._answers_waiting():
             return []
         claim = asyncio.ensure_future(self.store.claim_soon(
             room, self.settings.lease_seconds, self.worker_id, TOP_UP_WITHIN))
         try:
             return await asyncio.shield(claim)
-        except StoreUnavailable:
+        except StoreError:
             return []
         except asyncio.CancelledError:
             with contextlib.suppress(StoreError):
@@ -445,7 +470,7 @@ class Engine:
     # ------------------------------------------------------------------ writer
 
     async def _writer(self) -> None:
-        retry = Retrying("write", self.metrics, self.rand)
+        retry = Retrying("write", self.metrics, self.rand, self.outage)
         while True:
             first = await self.outcomes.get()
             self._writer_holding = 1
@@ -457,9 +482,20 @@ class Engine:
                 self._writer_holding = 0
                 for _ in batch:
                     self.outcomes.task_done()
+                if self.outcomes.empty():
+                    self._writes_behind = False
                 self.room.set()
 
     async def _flush(self, batch: list[Outcome], retry: Retrying) -> None:
+        report = await self._write(batch, retry)
+        self._after_write(batch, report)
+        if report.rejected:
+            await self._write_refusals(batch, report, retry)
+
+    async def _write(self, batch: list[Outcome], retry: Retrying) -> WriteReport:
+        """Until the database has answered for every row: a row it refuses (a value it
+        cannot hold) comes back in ``rejected``; any other fault is waited out, the
+        answers kept in memory meanwhile (README "The database's faults")."""
         while True:
             try:
                 started = time.perf_counter()
@@ -467,31 +503,29 @@ class Engine:
                 self.metrics.write_seconds.observe(time.perf_counter() - started)
                 self.metrics.write_size.observe(len(batch))
                 retry.succeeded()
-                break
-            except StoreUnavailable as exc:
-                await retry.wait_after(exc)
-            except StoreError as exc:
-                # The batch and every single row were refused: log, give the jobs back.
+                return report
+            except ValueRefused as exc:
+                # A store that could not tell which row: every row of the batch.
+                retry.succeeded()
                 log.error("store.write_refused", jobs=len(batch), error=str(exc))
-                report = WriteReport(rejected={o.job.job_id: str(exc) for o in batch})
-                break
-        self._after_write(batch, report)
-        if report.rejected:
-            await self._write_refusals(batch, report)
+                return WriteReport(rejected={o.job.job_id: str(exc) for o in batch})
+            except StoreError as exc:
+                self._writes_behind = True
+                await retry.wait_after(exc)
 
-    async def _write_refusals(self, batch: list[Outcome], report: WriteReport) -> None:
+    async def _write_refusals(self, batch: list[Outcome], report: WriteReport,
+                              retry: Retrying) -> None:
         """Outcomes the database refused become retries with backoff (bounded by
-        MAX_AGE), written without the offending value; if even that fails, the lease
-        brings the job back."""
+        MAX_AGE), written without the offending value; if even that is refused, the
+        lease brings the job back."""
         now = datetime.now(UTC)
         retries = [Outcome(o.job, store_refused(o.job, report.rejected[o.job.job_id][:300],
                                                 self.config, now, self.rand), polled=o.polled)
                    for o in batch if o.job.job_id in report.rejected]
-        try:
-            again = await self.store.write(retries)
-        except StoreError as exc:
-            log.error("store.refusal_not_recorded", jobs=len(retries), error=str(exc))
-            return
+        again = await self._write(retries, retry)
+        if again.rejected:
+            log.error("store.refusal_not_recorded", jobs=len(again.rejected),
+                      error=next(iter(again.rejected.values())))
         self._after_write(retries, again)
 
     def _after_write(self, batch: list[Outcome], report: WriteReport) -> None:
@@ -518,17 +552,18 @@ class Engine:
             upstream_alarm="base_url_suspect" if self.base_url.suspect else None)
 
     async def _heartbeat(self) -> None:
-        """Publish this daemon's state for `harvester status` every few seconds."""
-        failing = False
+        """Publish this daemon's state for `harvester status` every few seconds (a
+        write like any other: one the database refuses is part of the outage)."""
+        retry = Retrying("heartbeat", self.metrics, self.rand, self.outage)
         while not self.stopping.is_set():
+            pause = HEARTBEAT_EVERY
             try:
                 await self.store.heartbeat(self.worker_state())
-                failing = False
-            except StoreUnavailable as exc:
-                if not failing:
-                    log.debug("heartbeat.failed", error=str(exc))
-                    failing = True
-            await _wait_for(self.stopping, HEARTBEAT_EVERY)
+                retry.succeeded()
+            except StoreError as exc:
+                # At the outage's pace: readiness waits for this loop to get through too.
+                pause = min(pause, retry.failed(exc))
+            await _wait_for(self.stopping, pause)
 
     async def _ticker(self) -> None:
         while not self.stopping.is_set():

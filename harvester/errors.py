@@ -32,14 +32,49 @@ class EmbeddedDatabaseError(HarvesterError):
 
 
 class StoreError(HarvesterError):
-    """A database operation failed."""
+    """A database operation failed. Its class is the fault table's verdict
+    (:mod:`harvester.database_faults`, README "The database's faults"); this class
+    itself is the table's *unexpected*: a reason it does not know, which the daemon
+    waits out loudly and a command reports as one line, exit status 1.
+
+    ``code`` is the SQLSTATE, or the name of the client's own error, for logs."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class StoreUnavailable(StoreError):
-    """The database is unreachable or the connection dropped: transient, retry later."""
+    """The database is away or cannot serve now (connection lost, shutting down or
+    starting, a read-only node, too many connections, out of memory or disk): wait it
+    out, charge nothing."""
+
+
+class StoreConflict(StoreUnavailable):
+    """The server rolled the transaction back to resolve a conflict (serialization
+    failure, deadlock): try again at once, then wait out like any outage."""
+
+
+class StoreTimedOut(StoreUnavailable):
+    """A statement cut by ``statement_timeout`` or ``lock_timeout`` (something held it
+    up): claims and writes wait it out; the purge counts it as a refusal, since a batch
+    cut once will likely be cut again."""
+
+
+class ValueRefused(StoreError):
+    """The database cannot hold a value of the statement (a data exception, a
+    constraint): the row is refused, the rest of its batch is not."""
 
 
 class DatabaseConfigError(ConfigError, StoreError):
-    """The DSN cannot work as written (a bad sslmode, a CA file that is not there, a
-    certificate the server's does not match): retrying would never succeed, so it is
-    reported like any bad setting, naming HARVESTER_DATABASE_URL."""
+    """The DSN, the role or the database cannot work as written (a bad sslmode, a CA
+    file that is not there, a wrong password, a database that does not exist, a missing
+    privilege): retrying would never succeed, so a command reports it like any bad
+    setting, naming HARVESTER_DATABASE_URL, and ``harvester run`` stops at start. Met
+    while running (a privilege revoked), it is waited out, loudly."""
+
+
+class DatabaseHostUnknown(DatabaseConfigError, StoreUnavailable):
+    """The database's host name does not resolve. A command stops with one line naming
+    HARVESTER_DATABASE_URL, exit 2 (most often a typo); ``harvester run`` keeps trying,
+    since DNS comes back (a pod's resolver during a rollout)."""

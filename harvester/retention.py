@@ -10,8 +10,10 @@ of the time (some 3,800 rows/s on an idle server, less on a busy one), and once 
 up it looks again every tenth of the retention period (1 s to 1 min). One replica
 deletes at a time: a run (the batches until caught up) holds an advisory lock, and a
 replica refused it leaves the work to the one holding it. A database outage is waited
-out; a statement the database refuses is logged, counted and tried again later; neither
-stops the daemon.
+out; a statement the database refuses (a missing privilege, or one cut by
+``statement_timeout``/``lock_timeout``, which would likely cut it again) is logged,
+counted and tried again later; neither stops the daemon (README "The database's
+faults").
 
 When to run the next batch is decided by pure functions (:func:`pause_after`,
 :meth:`Retention.idle`, :func:`refused_pause`); the SQL and the lock are the store's,
@@ -27,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from harvester.errors import StoreError, StoreUnavailable
+from harvester.errors import StoreError, StoreTimedOut, StoreUnavailable
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
 from harvester.outage import Retrying
@@ -162,6 +164,9 @@ class Purger:
                     log.debug("retention.busy", note="another replica is purging")
                     return
                 await self._run(batches)
+        except StoreTimedOut as exc:
+            self._refused(exc)
+            return
         except StoreUnavailable as exc:
             self._postpone(self.outage.failed(exc))
             return

@@ -4,9 +4,10 @@ A thin adapter. It claims due jobs in batches (``FOR UPDATE SKIP LOCKED`` in a
 materialized CTE, a lease, a fencing token), writes a batch of outcomes in one
 transaction (job states, mirror upserts, stuck records, notifications), and answers the
 operational questions (status, stuck list, requeue, one job). asyncpg's errors stop
-here: a dropped connection or a restarting server becomes
-:class:`~harvester.errors.StoreUnavailable`, anything else :class:`StoreError`.
-Every statement is parameterized.
+here, translated as the fault table says (:mod:`harvester.database_faults`): a dropped
+connection, a restarting server or a read-only node becomes
+:class:`~harvester.errors.StoreUnavailable`, a value the database cannot hold
+:class:`~harvester.errors.ValueRefused`, and so on. Every statement is parameterized.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import inspect
 import json
 import os
 import re
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -36,14 +38,22 @@ if TYPE_CHECKING:
 else:
     Connection = asyncpg.Connection
 
+from harvester.database_faults import DSN_VARIABLE, classify, error_for
 from harvester.dsn import (
     DEFAULT_CONNECT_TIMEOUT,
     address,
+    host_names,
     named_files,
     scrub,
     split_client_options,
 )
-from harvester.errors import DatabaseConfigError, StoreError, StoreUnavailable
+from harvester.errors import (
+    DatabaseConfigError,
+    DatabaseHostUnknown,
+    StoreError,
+    StoreUnavailable,
+    ValueRefused,
+)
 from harvester.logs import get_logger
 from harvester.metrics import FAILED_REASONS, upstream_status_label
 from harvester.policy import Fail, Job, Land, Retry, Stuck, backoff
@@ -57,28 +67,10 @@ LISTEN_KEEPALIVE: Final = 10.0
 LISTEN_RETRY_CAP: Final = 30.0
 log = get_logger("harvester.store")
 
-# Errors that mean "the database is away right now", not "the statement is wrong".
-_TRANSIENT: Final = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
-
-
 def translate(exc: BaseException) -> StoreError:
-    """Map an asyncpg/OS error to the project's own."""
-    if isinstance(exc, _TRANSIENT):
-        return StoreUnavailable(f"database unavailable: {type(exc).__name__}: {_line(exc)}")
-    return StoreError(f"database error: {type(exc).__name__}: {_line(exc)}")
+    """Map an asyncpg/OS error to the project's own, as the fault table says
+    (:mod:`harvester.database_faults`)."""
+    return error_for(exc)
 
 
 def _line(exc: BaseException) -> str:
@@ -86,12 +78,18 @@ def _line(exc: BaseException) -> str:
 
 
 @asynccontextmanager
-async def translated() -> AsyncIterator[None]:
+async def translated(pool: asyncpg.Pool | None = None) -> AsyncIterator[None]:
+    """Errors of the block as the project's own. With ``pool``, a fault that means the
+    session is on the wrong node (read-only after a failover) also retires the pool's
+    connections, so that the next attempt connects anew rather than reuse them."""
     try:
         yield
     except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
             TimeoutError) as exc:
-        raise translate(exc) from exc
+        fault = classify(exc)
+        if pool is not None and fault.reconnect:
+            await pool.expire_connections()
+        raise error_for(exc, fault) from exc
 
 
 async def _keep_session(conn: Connection) -> None:
@@ -105,7 +103,6 @@ async def _keep_session(conn: Connection) -> None:
 
 
 DURABLE: Final = "SET LOCAL synchronous_commit TO on"
-DSN_VARIABLE: Final = "HARVESTER_DATABASE_URL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,13 +218,21 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 8,
         # A certificate the CA file does not vouch for, or a host name it does not
         # name, fails the same way on every attempt.
         raise target.config_error(exc, dsn) from exc
+    except socket.gaierror as exc:
+        # Before OSError: the host and the variable, not "[Errno -2] Name or service
+        # not known". A command stops; `run` waits for DNS (README "Connecting").
+        names = ", ".join(f'"{name}"' for name in host_names(dsn)) or target.where
+        raise DatabaseHostUnknown(
+            f"{DSN_VARIABLE}: cannot resolve host {names} ({exc.strerror or exc})") from exc
     except asyncpg.PostgresError as exc:
-        if isinstance(exc, _TRANSIENT):  # starting up, shutting down, too many clients
-            raise translate(exc) from exc
+        error = translate(exc)
+        if isinstance(error, StoreUnavailable):  # starting up, shutting down, too many clients
+            raise error from exc
         # The server answered and refused: a wrong password or user, a database that
         # does not exist, no CONNECT privilege, a DSN parameter it does not know.
         raise DatabaseConfigError(
-            f"{DSN_VARIABLE}: {type(exc).__name__}: {scrub(_line(exc), dsn)}") from exc
+            f"{DSN_VARIABLE}: {type(exc).__name__}: {scrub(_line(exc), dsn)}",
+            code=error.code) from exc
     except (asyncpg.InterfaceError, OSError) as exc:
         raise translate(exc) from exc
 
@@ -819,14 +824,14 @@ class Store:
     # ------------------------------------------------------------ claim path
 
     async def claim(self, limit: int, lease_seconds: float, worker_id: str) -> list[Job]:
-        async with translated():
+        async with translated(self.pool):
             rows = await self.pool.fetch(CLAIM_SQL, limit, lease_seconds, worker_id)
         return [_job(r) for r in rows]
 
     async def claim_soon(self, limit: int, lease_seconds: float, worker_id: str,
                          within: float) -> list[Job]:
         """Like :meth:`claim`, for jobs whose status check is due within ``within`` s."""
-        async with translated():
+        async with translated(self.pool):
             rows = await self.pool.fetch(CLAIM_SOON_SQL, limit, lease_seconds, worker_id, within)
         return [_job(r) for r in rows]
 
@@ -839,28 +844,25 @@ class Store:
 
     async def write(self, outcomes: Sequence[Outcome]) -> WriteReport:
         """Write a batch in one statement (so one transaction). A row the database
-        refuses (say, a string it cannot store) is retried alone so the rest of the batch
-        still lands."""
+        refuses (a value it cannot hold: README "The database's faults") is retried
+        alone so that the rest of the batch still lands, and comes back in
+        ``rejected``; any other fault is raised for the whole batch."""
         report = WriteReport()
         if not outcomes:
             return report
         try:
-            async with translated(), self.pool.acquire() as conn:
+            async with translated(self.pool), self.pool.acquire() as conn:
                 await self._write(conn, outcomes, report)
             return report
-        except StoreUnavailable:
-            raise
-        except StoreError:
+        except ValueRefused as exc:
             if len(outcomes) == 1:
-                raise
+                return WriteReport(rejected={outcomes[0].job.job_id: str(exc)})
         report = WriteReport()
         for outcome in outcomes:
             try:
-                async with translated(), self.pool.acquire() as conn:
+                async with translated(self.pool), self.pool.acquire() as conn:
                     await self._write(conn, [outcome], report)
-            except StoreUnavailable:
-                raise
-            except StoreError as exc:
+            except ValueRefused as exc:
                 report.rejected[outcome.job.job_id] = str(exc)
         return report
 
@@ -884,7 +886,7 @@ class Store:
             return set()
         values = [{"job_id": r.job.job_id, "lease_seq": r.job.lease_seq, "delay": r.delay,
                    "polled": int(r.polled), "status": r.status, "error": r.error} for r in rows]
-        async with translated():
+        async with translated(self.pool):
             result = await self.pool.fetch(RELEASE_SQL, *RELEASE_COLUMNS.arrays(values))
         return {r["job_id"] for r in result}
 
@@ -993,7 +995,7 @@ class Store:
     # ------------------------------------------------------------ daemons
 
     async def heartbeat(self, state: WorkerState) -> None:
-        async with translated():
+        async with translated(self.pool):
             await self.pool.execute(
                 """
                 INSERT INTO harvester.workers AS w

@@ -66,6 +66,8 @@ class MemoryStore:
         self.heartbeats: list[WorkerState] = []
         self.fail_writes: Callable[[Sequence[Outcome]], Exception | None] | None = None
         self.unavailable = False
+        self.fault: StoreError | None = None
+        """Raised by every operation while set (``unavailable``: a plain outage)."""
         self.claims = 0
         self.announced: list[str] = []
         self._on_fed: Callable[[], None] | None = None
@@ -94,6 +96,8 @@ class MemoryStore:
     def _check(self) -> None:
         if self.unavailable:
             raise StoreUnavailable("database unavailable: the fake is away")
+        if self.fault is not None:
+            raise self.fault
 
     async def claim(self, limit: int, lease_seconds: float, worker_id: str) -> list[Job]:
         self._check()

@@ -15,9 +15,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -227,3 +229,31 @@ async def wait_for_states(pool: asyncpg.Pool, timeout: float, **expected: int) -
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last counts {last}") from None
     return last
+
+
+@asynccontextmanager
+async def login_role(db_url: str, *grants: str) -> AsyncIterator[tuple[str, str]]:
+    """A login role of the test's own, granted ``grants`` (statements with ``{role}``)
+    in the test's database, and its DSN; dropped afterwards. Roles are the server's, so
+    the name is unique; privileges stay confined to the test's database."""
+    role = f"harvester_test_{uuid.uuid4().hex[:12]}"
+    password = uuid.uuid4().hex
+    admin = await asyncpg.connect(db_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        for grant in grants:
+            await admin.execute(grant.format(role=role))
+        parts = urlsplit(db_url)
+        host = parts.netloc.rpartition("@")[2]
+        yield role, parts._replace(netloc=f"{role}:{password}@{host}").geturl()
+    finally:
+        await admin.execute(f"DROP OWNED BY {role}")
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
+
+
+DAEMON_GRANTS = (
+    "GRANT USAGE ON SCHEMA harvester TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA harvester TO {role}",
+)
+"""What a daemon started with ``--no-migrate`` needs (README "The database's faults")."""

@@ -214,7 +214,8 @@ async def test_health_readiness_follows_the_auth_circuit_and_unknown_paths_are_j
         ready = await ready_until(daemon, 200)
         assert ready == {"ready": True, "checks": {
             "database": True, "migrations_current": True, "auth_circuit_closed": True,
-            "permission_circuit_closed": True, "base_url_plausible": True, "running": True}}
+            "permission_circuit_closed": True, "base_url_plausible": True,
+            "database_serving": True, "running": True}}
 
         for path in ("/nope", "/metrics/extra", "/v1", "/healthz/"):
             status, body, headers = await fetch(daemon, path)

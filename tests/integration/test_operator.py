@@ -218,10 +218,11 @@ async def test_every_feed_path_works_with_only_usage_and_insert(
     fed = await cli("enqueue", str(by_cli), str(by_sql))
     assert fed.status == 0, fed.err
     assert fed.out == "new: 1, already known: 1, invalid: 0\n"
-    reading = await cli("status")
-    assert reading.status == 1
-    assert reading.err == ("harvester: database error: InsufficientPrivilegeError: permission "
-                           "denied for table schema_migrations\n")
+    reading = await cli("status")  # a feeder's DSN for a reader's command: the DSN's fault
+    assert reading.status == 2
+    assert reading.err == ("harvester: HARVESTER_DATABASE_URL: the role lacks a privilege "
+                           "(42501 InsufficientPrivilegeError: permission denied for table "
+                           "schema_migrations)\n")
 
     # HTTP: the daemon inserts with its own connection; here that connection is a login
     # with no more than the feeder's rights, to show POST /v1/jobs needs no more either.

@@ -20,7 +20,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from harvester.engine import Engine
-from harvester.errors import StoreError
+from harvester.errors import (
+    DatabaseConfigError,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+    ValueRefused,
+)
 from harvester.follower import Claimed
 from harvester.metrics import Metrics
 from harvester.policy import Job, Response, StatusAnswer
@@ -169,7 +175,8 @@ async def test_a_batch_the_database_refuses_is_retried_row_by_row_as_backoff() -
 
     def refuse(outcomes: Any) -> Exception | None:
         if any(o.job.job_id == bad and o.decision.__class__.__name__ == "Land" for o in outcomes):
-            return StoreError("database error: DataError: value too long")
+            return ValueRefused("database refused a value: a value the database cannot hold "
+                                "(22001 StringDataRightTruncationError: value too long)")
         return None
 
     store.fail_writes = refuse
@@ -280,14 +287,90 @@ async def test_a_database_outage_is_waited_out() -> None:
     store.unavailable = True
     ids = [uuid.uuid4() for _ in range(5)]
     store.feed(ids)
+    engine = engine_for(store, upstream)
     with capture_logs() as logs:
-        async with running(engine_for(store, upstream)):
+        async with running(engine):
             await asyncio.sleep(0.5)
+            assert engine.health()["database_serving"] is False
             store.unavailable = False
             await until(lambda: store.states()["landed"] == 5)
+            await until(lambda: engine.health()["database_serving"])
     events = [e["event"] for e in logs]
-    assert events.count("store.unavailable") >= 1
-    assert "store.recovered" in events
+    assert events.count("store.unavailable") == 1
+    assert events.count("store.recovered") == 1
+
+
+# README "The database's faults": whatever the fault, the daemon does not exit; it is
+# said once when it starts (an error when no wait cures it by itself) and once when it
+# ends, readiness fails meanwhile, and no job is charged for it.
+@pytest.mark.parametrize(("fault", "level"), [
+    (StoreUnavailable("database unavailable: a read-only node (25006 "
+                      "ReadOnlySQLTransactionError: cannot execute UPDATE in a read-only "
+                      "transaction)", code="25006"), "warning"),
+    (DatabaseConfigError("HARVESTER_DATABASE_URL: the role lacks a privilege (42501 "
+                         "InsufficientPrivilegeError: permission denied for table jobs)",
+                         code="42501"), "error"),
+    (StoreError("database error: the server's internal error (XX000 InternalServerError: "
+                "cache lookup failed)", code="XX000"), "error"),
+], ids=["read-only", "privilege-revoked", "unexpected"])
+async def test_every_database_fault_is_waited_out_said_once_and_charges_nothing(
+    fault: StoreError, level: str
+) -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    ids = [uuid.uuid4() for _ in range(20)]
+    store.feed(ids, step="result")
+    store.fault = fault
+    engine = engine_for(store, upstream)
+    with capture_logs() as logs:
+        async with running(engine):
+            await until(lambda: engine.outage.failures >= 5)
+            assert engine.health()["database_serving"] is False
+            assert not upstream.gets  # nothing claimed, nothing asked
+            store.fault = None
+            await until(lambda: store.states()["landed"] == 20)
+            await until(lambda: engine.health()["database_serving"])
+    assert all((row.polls, row.attempt) == (1, 0) for row in store.rows.values())
+    said = [e for e in logs if e["event"] in ("store.unavailable", "store.recovered")]
+    assert [(e["event"], e["log_level"]) for e in said] == [
+        ("store.unavailable", level), ("store.recovered", "info")]
+    assert said[0]["cause"] == fault.code
+    assert said[1]["causes"] == [fault.code]
+
+
+async def test_answers_held_through_a_write_outage_are_written_not_asked_again() -> None:
+    """The dispatcher claims nothing while writes wait: a job whose answer is held must
+    not be claimed again when its lease lapses (its answer would be fenced off)."""
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    ids = [uuid.uuid4() for _ in range(10)]
+    store.feed(ids, step="result")
+    away = StoreUnavailable("database unavailable: connection lost", code="08006")
+    store.fail_writes = lambda _outcomes: away
+    engine = engine_for(store, upstream, lease_seconds=2, request_timeout=1)
+    async with running(engine):
+        await until(lambda: len(upstream.gets) == 10)
+        await asyncio.sleep(2.5)  # every lease has lapsed
+        store.feed([])  # a NOTIFY: the dispatcher looks for due jobs now
+        await asyncio.sleep(0.5)
+        store.fail_writes = None
+        await until(lambda: store.states()["landed"] == 10)
+    assert sorted(upstream.gets) == sorted(ids)  # one GET each
+    assert store.fenced_writes == 0
+
+
+async def test_a_conflict_is_retried_at_once_without_an_outage() -> None:
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    ids = [uuid.uuid4() for _ in range(3)]
+    store.feed(ids, step="result")
+    conflict = StoreConflict("database unavailable: the server rolled the transaction back "
+                             "(40P01 DeadlockDetectedError: deadlock detected)", code="40P01")
+    pending = [conflict]
+    store.fail_writes = lambda _outcomes: pending.pop() if pending else None
+    with capture_logs() as logs:
+        async with running(engine_for(store, upstream)):
+            await until(lambda: store.states()["landed"] == 3)
+    events = [e["event"] for e in logs]
+    assert "store.conflict_retried" in events
+    assert "store.unavailable" not in events
 
 
 def _written(store: MemoryStore) -> list[Outcome]:
