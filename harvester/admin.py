@@ -22,6 +22,7 @@ from uuid import UUID
 
 from aiohttp import web
 
+from harvester.admin_connections import Connections, GuardedSite
 from harvester.errors import ConfigError, StoreError
 from harvester.feed import InvalidJobId, parse_job_id, shorten_for_display
 from harvester.logs import get_logger
@@ -94,7 +95,8 @@ class Admin:
     """Routes and their dependencies."""
 
     def __init__(self, settings: Settings, store: Store | None, metrics: Metrics,
-                 checks: Callable[[], Awaitable[dict[str, bool]]] | None = None) -> None:
+                 checks: Callable[[], Awaitable[dict[str, bool]]] | None = None,
+                 connections: Connections | None = None) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
@@ -103,6 +105,7 @@ class Admin:
         self._token = token.get_secret_value().encode() if token is not None else None
         self._ready_cache: tuple[float, dict[str, bool]] | None = None
         self._runner: web.AppRunner | None = None
+        self.connections = connections or Connections()
         self.port: int | None = None
 
     def __repr__(self) -> str:
@@ -116,7 +119,8 @@ class Admin:
         self._ready_cache = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=BODY_LIMIT, middlewares=[json_errors])
+        app = web.Application(client_max_size=BODY_LIMIT,
+                              middlewares=[self.connections.middleware, json_errors])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)
@@ -132,10 +136,11 @@ class Admin:
 
     async def start(self) -> None:
         """Listen, or raise ConfigError naming the setting that makes it impossible."""
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                     shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.admin_host, self.settings.admin_port,
-                           shutdown_timeout=2.0)
+        site = GuardedSite(self._runner, self.settings.admin_host, self.settings.admin_port,
+                           self.connections)
         try:
             await site.start()
         except OSError as exc:
@@ -151,7 +156,8 @@ class Admin:
             reads = "refused (403): set HARVESTER_ADMIN_TOKEN, the server is not on loopback"
         log.info("admin.listening", host=self.settings.admin_host, port=self.port,
                  write_endpoints="enabled" if self._token else "disabled (no HARVESTER_ADMIN_TOKEN)",
-                 job_reads=reads)
+                 job_reads=reads, max_connections=self.connections.cap,
+                 request_within=self.connections.within)
 
     def _bind_problem(self, exc: OSError) -> str:
         host, port = self.settings.admin_host, self.settings.admin_port
