@@ -41,23 +41,25 @@ its previous response. Probes and scrapers ask at once; a kept-alive connection 
 this long is closed and simply reopened by its client."""
 MAX_CONNECTIONS: Final = 256
 """Open admin connections at most: probes, scrapes and a few operators need a handful."""
-BACKLOG: Final = 1024
-"""Connections the kernel queues before accept(): a probe's SYN dropped because slow
-clients filled a short queue waits a second for its retry, the kubelet's whole timeout."""
+BACKLOG: Final = 128
+"""Connections the kernel queues before accept(), and what asyncio accepts in one go
+before any of them reaches :class:`Connections` (never more than the cap)."""
 REPORT_EVERY: Final = 60.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def connection_cap(descriptor_limit: int | None = None) -> int:
-    """:data:`MAX_CONNECTIONS`, or a quarter of the process's descriptor limit when that
+    """:data:`MAX_CONNECTIONS`, or an eighth of the process's descriptor limit when that
     is lower (never below 8): the admin server must never be what runs the daemon out
-    of descriptors for its database and upstream connections."""
+    of descriptors for its database and upstream connections. An eighth, because under
+    a flood of connections asyncio holds a few accept batches (each up to the backlog)
+    before the cap sees them, and closes evicted ones a loop turn later."""
     if descriptor_limit is None:
         descriptor_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if descriptor_limit == resource.RLIM_INFINITY or descriptor_limit <= 0:
         return MAX_CONNECTIONS
-    return max(8, min(MAX_CONNECTIONS, descriptor_limit // 4))
+    return max(8, min(MAX_CONNECTIONS, descriptor_limit // 8))
 
 
 class Connections:
@@ -264,7 +266,7 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
             self._connections.protocol_factory(server), self._host, self._port,
-            backlog=BACKLOG)
+            backlog=min(BACKLOG, self._connections.cap))
 
     async def stop(self) -> None:
         self._connections.close()

@@ -79,7 +79,7 @@ def close(*all_streams: Streams) -> None:
 
 
 @pytest.mark.parametrize(("limit", "cap"), [
-    (1024, 256), (20_000, MAX_CONNECTIONS), (200, 50), (16, 8), (0, MAX_CONNECTIONS)])
+    (1024, 128), (20_000, MAX_CONNECTIONS), (200, 25), (16, 8), (0, MAX_CONNECTIONS)])
 def test_the_cap_leaves_most_descriptors_to_the_rest_of_the_daemon(limit: int, cap: int) -> None:
     assert connection_cap(limit) == cap
 
