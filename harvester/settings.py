@@ -43,11 +43,15 @@ NOT_SETTINGS = frozenset({"HARVESTER_TEST_DATABASE_URL"})
 
 
 def default_data_dir() -> Path:
-    """A per-user data directory (XDG on Linux, ~/Library on macOS)."""
+    """A per-user data directory (XDG on Linux, ~/Library on macOS); for root, which
+    runs the embedded PostgreSQL as another user that could not enter /root,
+    /var/lib/harvester (README "Security")."""
     home = Path.home()
     xdg = os.environ.get("XDG_DATA_HOME")
     if xdg:
         return Path(xdg) / "harvester"
+    if os.geteuid() == 0:
+        return Path("/var/lib/harvester")
     if (home / "Library" / "Application Support").is_dir():
         return home / "Library" / "Application Support" / "harvester"
     return home / ".local" / "share" / "harvester"
