@@ -22,7 +22,7 @@ from uuid import UUID
 
 from aiohttp import web
 
-from harvester.admin_connections import Connections, GuardedSite
+from harvester.admin_connections import SERVER_NAME, Connections, GuardedSite
 from harvester.errors import ConfigError, StoreError
 from harvester.feed import InvalidJobId, parse_job_id, shorten_for_display
 from harvester.logs import get_logger
@@ -81,6 +81,24 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error(500, "internal error (logged as admin.handler_failed)")
 
 
+async def response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """No version in ``Server``; nothing of the job API kept by a cache (a browser's,
+    a proxy's), errors included: job records are the data harvester guards."""
+    response.headers["Server"] = SERVER_NAME
+    if request.path.startswith("/v1/"):
+        response.headers["Cache-Control"] = "no-store"
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, without its port, brackets or final dot."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        value = value[1:value.find("]")] if "]" in value else value[1:]
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.removesuffix(".")
+
+
 def unauthorized() -> web.Response:
     response = error(401, "missing or wrong bearer token")
     response.headers["WWW-Authenticate"] = 'Bearer realm="harvester"'
@@ -121,6 +139,7 @@ class Admin:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=BODY_LIMIT,
                               middlewares=[self.connections.middleware, json_errors])
+        app.on_response_prepare.append(response_headers)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)
@@ -271,14 +290,23 @@ class Admin:
 
         Job records and mirror rows are the data harvester guards: with a token
         configured a read must present it; without one, reads are served only on a
-        loopback address, and a server bound elsewhere answers 403 saying why."""
+        loopback address, and a server bound elsewhere answers 403 saying why. Open
+        reads also need a ``Host`` that names this machine's loopback: a web page that
+        rebinds its own name to 127.0.0.1 (DNS rebinding) makes the browser send that
+        name, and is refused."""
         if self._token is not None:
             return None if self._authorized(request) else unauthorized()
-        if self.reads_open:
-            return None
-        return error(403, "job reads are disabled: the admin server listens on "
-                          f"{self.settings.admin_host}, not on loopback; set "
-                          "HARVESTER_ADMIN_TOKEN and send it as a bearer token")
+        if not self.reads_open:
+            return error(403, "job reads are disabled: the admin server listens on "
+                              f"{self.settings.admin_host}, not on loopback; set "
+                              "HARVESTER_ADMIN_TOKEN and send it as a bearer token")
+        host = request.headers.get("Host")
+        if host is not None and not is_loopback_host(host_name(host)):
+            return error(403, f"Host {shorten_for_display(host)} is not this machine's "
+                              "loopback: job reads without a token answer only to localhost, "
+                              "127.0.0.1 or ::1 (a guard against DNS rebinding); set "
+                              "HARVESTER_ADMIN_TOKEN to read under another name")
+        return None
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         """``GET /v1/jobs?state=failed&reason=not_found&limit=100&after=CURSOR``: one page

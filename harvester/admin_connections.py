@@ -19,6 +19,9 @@ and holds two rules (README "Security"):
   is inside a handler is the new one refused.
 
 Connections closed for either reason are logged as one line per minute, with counts.
+A request aiohttp's parser refuses (a path or header over 8 KB, not HTTP at all) never
+reaches the application: :class:`JsonBadRequests` answers it in the same JSON shape as
+every other error, without naming the server's version.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ BACKLOG: Final = 128
 """Connections the kernel queues before accept(), and what asyncio accepts in one go
 before any of them reaches :class:`Connections` (never more than the cap)."""
 REPORT_EVERY: Final = 60.0
+SERVER_NAME: Final = "harvester"
+"""The ``Server`` header of every admin answer: no versions for a scanner to match."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -245,9 +250,36 @@ class _ShedReport:
             self._timer = None
 
 
+class JsonBadRequests(web.RequestHandler):
+    """aiohttp's protocol, answering what it could not parse (or could not handle) as
+    ``{"error": ...}`` instead of its plain-text page.
+
+    aiohttp builds that page in ``handle_error`` outside any application, so no
+    middleware sees it; the parent still logs, checks that nothing was sent yet, and
+    closes the connection afterwards."""
+
+    MESSAGES: Final = {
+        400: "bad request: the request line or headers could not be read (longer than "
+             "8 KB, or not HTTP)",
+        500: "internal error",
+        504: "the request took too long",
+    }
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)
+        answer = web.json_response(
+            {"error": self.MESSAGES.get(plain.status, plain.reason.lower())},
+            status=plain.status, headers={"Server": SERVER_NAME})
+        answer.force_close()
+        return answer
+
+
 class GuardedSite(web.BaseSite):
     """aiohttp's TCP site with the protocol factory wrapped by :class:`Connections`
-    (aiohttp has no setting for a header timeout or a connection cap)."""
+    (aiohttp has no setting for a header timeout or a connection cap) and its protocol
+    answering parse errors as JSON (:class:`JsonBadRequests`)."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int,
                  connections: Connections) -> None:
@@ -264,8 +296,17 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            self._connections.protocol_factory(server), self._host, self._port,
+        loop = asyncio.get_running_loop()
+
+        # What web.Server would make, as the admin's runner configures it (None: no
+        # access log, which aiohttp's annotations do not foresee), with errors as JSON.
+        options: dict[str, Any] = {"access_log": None}
+
+        def protocol() -> asyncio.BaseProtocol:
+            return JsonBadRequests(server, loop=loop, **options)
+
+        self._server = await loop.create_server(
+            self._connections.protocol_factory(protocol), self._host, self._port,
             backlog=min(BACKLOG, self._connections.cap))
 
     async def stop(self) -> None:

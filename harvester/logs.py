@@ -5,8 +5,8 @@ keys (``job_id``, ``status``, ``polls``). The last processor before rendering is
 redactor: every secret the settings hold is replaced wherever it appears, in values,
 nested structures and exception text, so that a token cannot reach the output even if
 code passes it by mistake. Foreign loggers (aiohttp, asyncpg) go through the same chain,
-and asyncpg's are kept to one line per kind of message per minute (see
-:class:`QuietForeignErrors`); so are the event loop's own error reports (see
+and asyncpg's and aiohttp's server's are kept to one line per kind of message per minute
+(see :class:`QuietForeignErrors`); so are the event loop's own error reports (see
 :class:`QuietLoopErrors`).
 """
 
@@ -30,17 +30,47 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
+SHORT_SECRET = 4
+"""Secrets shorter than this are redacted where they stand as a credential, not
+wherever their characters occur: replacing every ``ab`` would mangle every line."""
+
+
+def _credential_patterns(short: Iterable[str]) -> list[re.Pattern[str]]:
+    """Where a short secret stands as a credential: a URL's password (``://u:ab@``),
+    the value of a sensitive key (``password=ab``, ``'token': 'ab'``), a bearer token."""
+    alternatives = "|".join(re.escape(s) for s in sorted(short, key=len, reverse=True))
+    end = r"(?=$|[&\s;,'\"}\])])"
+    return [
+        re.compile(rf"(://[^/@\s:]*:)(?:{alternatives})(@)"),
+        re.compile(rf"(?i)(\b\w*(?:password|passwd|token|secret|api[_-]?key)['\"]?\s*[=:]\s*['\"]?)"
+                   rf"(?:{alternatives}){end}"),
+        re.compile(rf"(?i)(\bbearer\s+)(?:{alternatives}){end}"),
+    ]
+
+
+def _mask(match: re.Match[str]) -> str:
+    """The credential's context kept, the credential (between group 1 and any group 2)
+    replaced."""
+    before, *after = match.groups()
+    return before + REDACTED + "".join(after)
+
+
 class Redactor:
     """A structlog processor that scrubs known secrets and sensitive keys."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: list[str] = []
+        self._short: frozenset[str] = frozenset()
+        self._patterns: list[re.Pattern[str]] = []
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
+        merged = {s for s in [*self._secrets, *self._short, *secrets] if s}
         # Longest first so that a secret containing another is replaced whole.
-        merged = {s for s in [*self._secrets, *secrets] if s and len(s) >= 4}
-        self._secrets = sorted(merged, key=len, reverse=True)
+        self._secrets = sorted((s for s in merged if len(s) >= SHORT_SECRET),
+                               key=len, reverse=True)
+        self._short = frozenset(s for s in merged if len(s) < SHORT_SECRET)
+        self._patterns = _credential_patterns(self._short) if self._short else []
 
     def scrub(self, value: Any) -> Any:
         if isinstance(value, SecretStr):
@@ -49,6 +79,11 @@ class Redactor:
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, REDACTED)
+            if self._short:
+                if value in self._short:
+                    return REDACTED
+                for pattern in self._patterns:
+                    value = pattern.sub(_mask, value)
             return value
         if isinstance(value, dict):
             return {k: (REDACTED if isinstance(k, str) and _SENSITIVE_KEYS.search(k)
@@ -59,7 +94,7 @@ class Redactor:
             return value
         # Anything else (exceptions, URLs, objects) is rendered through its str form
         # so that a secret hiding in its repr is caught as well.
-        return self.scrub(str(value)) if self._secrets else value
+        return self.scrub(str(value)) if self._secrets or self._short else value
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
                  ) -> MutableMapping[str, Any]:
@@ -90,13 +125,16 @@ class QuietForeignErrors(logging.Filter):
     readiness check, the metrics), so the traceback adds nothing but volume: the record
     keeps its message plus the exception's type and first line, and repeats of the same
     message and exception type within the window are counted, not written; the next line
-    that gets through says how many were held back.
+    that gets through says how many were held back. aiohttp's server logs a traceback
+    for every request it cannot parse, which anyone who reaches the admin port can
+    send by the thousand: the same rule holds for it.
     """
 
     MAX_KEYS = 256
     DETAIL = 200
 
-    def __init__(self, prefixes: Iterable[str] = ("asyncpg",), window: float = 60.0,
+    def __init__(self, prefixes: Iterable[str] = ("asyncpg", "aiohttp.server"),
+                 window: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._prefixes = tuple(prefixes)

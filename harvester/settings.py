@@ -32,6 +32,10 @@ DEFAULT_API_BASE_URL = "https://api.justcrawl.io"
 MIB = 1024 * 1024
 HOUR = 3600.0
 DAY = 24 * HOUR
+ADMIN_TOKEN_MIN = 16
+"""Characters of HARVESTER_ADMIN_TOKEN at least (README "Security"): the admin server
+answers as many wrong guesses as it is sent, so the token must be out of guessing
+reach; 16 random characters are ~95 bits, and a word or a PIN is refused."""
 
 SECRET_FIELDS = frozenset({"api_token", "admin_token", "database_url"})
 # Secrets that may be read from a file named by HARVESTER_<NAME>_FILE.
@@ -176,6 +180,15 @@ class Settings(BaseSettings):
         if any(ch in token for ch in "\r\n\x00 "):
             raise ValueError("must not contain spaces, line breaks or NUL characters")
         return SecretStr(token)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < ADMIN_TOKEN_MIN:
+            raise ValueError(
+                f"must be at least {ADMIN_TOKEN_MIN} characters; generate one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return value
 
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:

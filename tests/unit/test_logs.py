@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from harvester.logs import (
     REDACTED,
+    REDACTOR,
     QuietForeignErrors,
     QuietLoopErrors,
     Redactor,
@@ -235,3 +236,32 @@ def test_repeated_loop_errors_are_one_full_report_then_a_count_per_window() -> N
     assert "ValueError: a bug" in lines[1]["exception"]
     assert lines[2]["message"] == "socket.accept() out of system resource"
     assert lines[2]["error_type"] == "OSError"
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("ab", REDACTED),                                          # the whole value
+    ("postgresql://harvester:ab@db.internal/x", f"postgresql://harvester:{REDACTED}@db.internal/x"),
+    ("host=db password=ab sslmode=require", f"host=db password={REDACTED} sslmode=require"),
+    ("?sslpassword=ab&x=1", f"?sslpassword={REDACTED}&x=1"),
+    ("{'password': 'ab'}", f"{{'password': '{REDACTED}'}}"),
+    ('"token": "Zq"', f'"token": "{REDACTED}"'),
+    ("Authorization: Bearer Zq", f"Authorization: Bearer {REDACTED}"),
+    # Anywhere else the characters are just characters: no line is mangled.
+    ("status ab, about a cab", "status ab, about a cab"),
+    ("password=abc", "password=abc"),
+    ("tab=ab", "tab=ab"),
+    ("Zqx", "Zqx"),
+])
+def test_a_secret_under_four_characters_is_redacted_where_it_stands_as_a_credential(
+        text: str, shown: str) -> None:
+    redactor = Redactor(["ab", "Zq"])  # a DSN password and an API token of two characters
+    assert redactor.scrub(text) == shown
+
+
+def test_a_short_secret_never_reaches_a_log_line(captured: io.StringIO) -> None:
+    REDACTOR.add(["p1"])
+    get_logger("test").warning("store.connect_failed", where="db:5432", pw_field="p1",
+                               error="could not use postgresql://u:p1@db/x (password=p1)")
+    line = json.loads(captured.getvalue())
+    assert "p1" not in json.dumps({k: v for k, v in line.items() if k != "timestamp"})
+    assert line["where"] == "db:5432"
