@@ -10,7 +10,7 @@ made small so that the test takes a second.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -18,6 +18,7 @@ from harvester.admin import Admin
 from harvester.admin_connections import MAX_CONNECTIONS, Connections, connection_cap
 from harvester.metrics import Metrics
 from harvester.settings import load_settings
+from tests.integration.conftest import ServeAdmin
 
 WITHIN = 0.4
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -25,23 +26,14 @@ Start = Callable[..., Awaitable[Admin]]
 
 
 @pytest.fixture
-async def start_admin() -> AsyncIterator[Start]:
-    started: list[Admin] = []
-
+def start_admin(serve_admin: ServeAdmin) -> Start:
     async def start(cap: int = 8, checks: Callable[[], Awaitable[dict[str, bool]]] | None = None,
                     within: float = WITHIN) -> Admin:
         settings = load_settings({"admin_port": 0}, env_file=None)
-        admin = Admin(settings, None, Metrics(), checks,
-                      connections=Connections(within=within, cap=cap))
-        await admin.start()
-        started.append(admin)
-        return admin
+        return await serve_admin(Admin(settings, None, Metrics(), checks,
+                                       connections=Connections(within=within, cap=cap)))
 
-    try:
-        yield start
-    finally:
-        for admin in started:
-            await admin.stop()
+    return start
 
 
 async def connect(admin: Admin, source: str = "127.0.0.1") -> Streams:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -20,31 +20,19 @@ from harvester.admin import Admin, host_name
 from harvester.metrics import Metrics
 from harvester.settings import load_settings
 from harvester.store import Store
-from tests.integration.test_admin_api import TOKEN
+from tests.integration.conftest import ServeAdmin
+from tests.integration.test_admin_api import TOKEN, ready
 
 Start = Callable[..., Awaitable[Admin]]
 
 
-async def ready() -> dict[str, bool]:
-    return {"database": True}
-
-
 @pytest.fixture
-async def start_admin(store: Store) -> AsyncIterator[Start]:
-    started: list[Admin] = []
-
+def start_admin(store: Store, serve_admin: ServeAdmin) -> Start:
     async def start(token: str | None = None) -> Admin:
         settings = load_settings({"admin_port": 0, "admin_token": token}, env_file=None)
-        admin = Admin(settings, store, Metrics(), ready)
-        await admin.start()
-        started.append(admin)
-        return admin
+        return await serve_admin(Admin(settings, store, Metrics(), ready))
 
-    try:
-        yield start
-    finally:
-        for admin in started:
-            await admin.stop()
+    return start
 
 
 async def exchange(admin: Admin, raw: bytes) -> tuple[int, dict[str, str], bytes]:
