@@ -22,6 +22,7 @@ from uuid import UUID
 
 from aiohttp import web
 
+from harvester.admin_connections import SERVER_NAME, Connections, GuardedSite
 from harvester.errors import ConfigError, StoreError
 from harvester.feed import InvalidJobId, parse_job_id, shorten_for_display
 from harvester.logs import get_logger
@@ -80,6 +81,24 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error(500, "internal error (logged as admin.handler_failed)")
 
 
+async def response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """No version in ``Server``; nothing of the job API kept by a cache (a browser's,
+    a proxy's), errors included: job records are the data harvester guards."""
+    response.headers["Server"] = SERVER_NAME
+    if request.path.startswith("/v1/"):
+        response.headers["Cache-Control"] = "no-store"
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, without its port, brackets or final dot."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        value = value[1:value.find("]")] if "]" in value else value[1:]
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.removesuffix(".")
+
+
 def unauthorized() -> web.Response:
     response = error(401, "missing or wrong bearer token")
     response.headers["WWW-Authenticate"] = 'Bearer realm="harvester"'
@@ -94,7 +113,8 @@ class Admin:
     """Routes and their dependencies."""
 
     def __init__(self, settings: Settings, store: Store | None, metrics: Metrics,
-                 checks: Callable[[], Awaitable[dict[str, bool]]] | None = None) -> None:
+                 checks: Callable[[], Awaitable[dict[str, bool]]] | None = None,
+                 connections: Connections | None = None) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
@@ -103,6 +123,7 @@ class Admin:
         self._token = token.get_secret_value().encode() if token is not None else None
         self._ready_cache: tuple[float, dict[str, bool]] | None = None
         self._runner: web.AppRunner | None = None
+        self.connections = connections or Connections()
         self.port: int | None = None
 
     def __repr__(self) -> str:
@@ -116,7 +137,9 @@ class Admin:
         self._ready_cache = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=BODY_LIMIT, middlewares=[json_errors])
+        app = web.Application(client_max_size=BODY_LIMIT,
+                              middlewares=[self.connections.middleware, json_errors])
+        app.on_response_prepare.append(response_headers)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)
@@ -132,10 +155,11 @@ class Admin:
 
     async def start(self) -> None:
         """Listen, or raise ConfigError naming the setting that makes it impossible."""
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                     shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.admin_host, self.settings.admin_port,
-                           shutdown_timeout=2.0)
+        site = GuardedSite(self._runner, self.settings.admin_host, self.settings.admin_port,
+                           self.connections)
         try:
             await site.start()
         except OSError as exc:
@@ -151,7 +175,8 @@ class Admin:
             reads = "refused (403): set HARVESTER_ADMIN_TOKEN, the server is not on loopback"
         log.info("admin.listening", host=self.settings.admin_host, port=self.port,
                  write_endpoints="enabled" if self._token else "disabled (no HARVESTER_ADMIN_TOKEN)",
-                 job_reads=reads)
+                 job_reads=reads, max_connections=self.connections.cap,
+                 request_within=self.connections.within)
 
     def _bind_problem(self, exc: OSError) -> str:
         host, port = self.settings.admin_host, self.settings.admin_port
@@ -265,14 +290,23 @@ class Admin:
 
         Job records and mirror rows are the data harvester guards: with a token
         configured a read must present it; without one, reads are served only on a
-        loopback address, and a server bound elsewhere answers 403 saying why."""
+        loopback address, and a server bound elsewhere answers 403 saying why. Open
+        reads also need a ``Host`` that names this machine's loopback: a web page that
+        rebinds its own name to 127.0.0.1 (DNS rebinding) makes the browser send that
+        name, and is refused."""
         if self._token is not None:
             return None if self._authorized(request) else unauthorized()
-        if self.reads_open:
-            return None
-        return error(403, "job reads are disabled: the admin server listens on "
-                          f"{self.settings.admin_host}, not on loopback; set "
-                          "HARVESTER_ADMIN_TOKEN and send it as a bearer token")
+        if not self.reads_open:
+            return error(403, "job reads are disabled: the admin server listens on "
+                              f"{self.settings.admin_host}, not on loopback; set "
+                              "HARVESTER_ADMIN_TOKEN and send it as a bearer token")
+        host = request.headers.get("Host")
+        if host is not None and not is_loopback_host(host_name(host)):
+            return error(403, f"Host {shorten_for_display(host)} is not this machine's "
+                              "loopback: job reads without a token answer only to localhost, "
+                              "127.0.0.1 or ::1 (a guard against DNS rebinding); set "
+                              "HARVESTER_ADMIN_TOKEN to read under another name")
+        return None
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         """``GET /v1/jobs?state=failed&reason=not_found&limit=100&after=CURSOR``: one page

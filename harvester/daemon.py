@@ -28,7 +28,7 @@ from harvester.admin import Admin
 from harvester.embedded import database_url
 from harvester.engine import Engine
 from harvester.errors import HarvesterError, StoreError, StoreUnavailable
-from harvester.logs import get_logger
+from harvester.logs import QuietLoopErrors, get_logger
 from harvester.metrics import Metrics
 from harvester.migrations import (
     MIGRATION_LOCK_KEY,
@@ -190,6 +190,7 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    QuietLoopErrors().install(loop)
     # Counters without their *_created twins: fewer series, nothing lost.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics = Metrics()

@@ -3,7 +3,9 @@
 Used when ``HARVESTER_DATABASE_URL`` is unset, so that the demo, the tests and a first
 try work on a machine with nothing running. The cluster lives under
 ``HARVESTER_DATA_DIR/pgdata``; data survives restarts. pgserver reference-counts the
-processes using one data directory and stops the server when the last one exits.
+processes using one data directory and stops the server when the last one exits. It is
+started through :mod:`harvester.private_cluster`, which keeps its socket where no other
+user of the machine can reach it and changes no permission outside the data directory.
 """
 
 from __future__ import annotations
@@ -30,21 +32,22 @@ MISSING_MESSAGE = (
 DEFAULT_DATABASE = "harvester"
 
 
-def _get_server() -> Any:
-    """pgserver's entry point, or the one-line error saying how to install it."""
+def _cluster() -> Any:
+    """:mod:`harvester.private_cluster` (it imports pgserver), or the one-line error
+    saying how to install it."""
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset; pgserver copes.
             warnings.simplefilter("ignore")
-            from pgserver.postgres_server import get_server  # noqa: PLC0415 - optional extra
+            from harvester import private_cluster  # noqa: PLC0415 - optional extra
     except ImportError:
         raise EmbeddedDatabaseError(MISSING_MESSAGE) from None
-    return get_server
+    return private_cluster
 
 
 def require_installed() -> None:
     """Raise the one-line error when the embedded PostgreSQL is not installed."""
-    _get_server()
+    _cluster()
 
 
 class EmbeddedPostgres:
@@ -62,10 +65,12 @@ class EmbeddedPostgres:
 
     def start(self) -> None:
         """Start the cluster, or attach to the one already running (blocking)."""
-        get_server = _get_server()
+        cluster = _cluster()
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self._server = get_server(self.pgdata, cleanup_mode="stop")
+            self._server = cluster.get_private_server(self.pgdata)
+        except EmbeddedDatabaseError:
+            raise
         except Exception as exc:
             log = self.pgdata / "log"
             raise EmbeddedDatabaseError(
@@ -83,10 +88,14 @@ class EmbeddedPostgres:
         return None if self._server is None else self._server.get_pid()
 
     def stop(self) -> None:
-        """Drop this process's handle; the server stops when it was the last one."""
+        """Drop this process's handle; the server stops when it was the last one (and
+        a socket directory made for it outside the data directory goes too)."""
         if self._server is not None:
+            socket_dir = self._server.get_postmaster_info().socket_dir
             self._server.cleanup()
             self._server = None
+            if not (self.pgdata / "postmaster.pid").exists():
+                _cluster().remove_socket_dir(socket_dir)
 
 
 async def ensure_database(admin_uri: str, name: str) -> None:

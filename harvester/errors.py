@@ -31,6 +31,11 @@ class EmbeddedDatabaseError(HarvesterError):
     """The embedded PostgreSQL could not be started or is not installed."""
 
 
+class EmbeddedDataDirError(EmbeddedDatabaseError, ConfigError):
+    """The data directory cannot hold the embedded PostgreSQL without opening what the
+    user keeps closed (README "Security"): the user's to change, exit status 2."""
+
+
 class StoreError(HarvesterError):
     """A database operation failed. Its class is the fault table's verdict
     (:mod:`harvester.database_faults`, README "The database's faults"); this class

@@ -5,12 +5,14 @@ keys (``job_id``, ``status``, ``polls``). The last processor before rendering is
 redactor: every secret the settings hold is replaced wherever it appears, in values,
 nested structures and exception text, so that a token cannot reach the output even if
 code passes it by mistake. Foreign loggers (aiohttp, asyncpg) go through the same chain,
-and asyncpg's are kept to one line per kind of message per minute (see
-:class:`QuietForeignErrors`).
+and asyncpg's and aiohttp's server's are kept to one line per kind of message per minute
+(see :class:`QuietForeignErrors`); so are the event loop's own error reports (see
+:class:`QuietLoopErrors`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
@@ -28,17 +30,47 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
+SHORT_SECRET = 4
+"""Secrets shorter than this are redacted where they stand as a credential, not
+wherever their characters occur: replacing every ``ab`` would mangle every line."""
+
+
+def _credential_patterns(short: Iterable[str]) -> list[re.Pattern[str]]:
+    """Where a short secret stands as a credential: a URL's password (``://u:ab@``),
+    the value of a sensitive key (``password=ab``, ``'token': 'ab'``), a bearer token."""
+    alternatives = "|".join(re.escape(s) for s in sorted(short, key=len, reverse=True))
+    end = r"(?=$|[&\s;,'\"}\])])"
+    return [
+        re.compile(rf"(://[^/@\s:]*:)(?:{alternatives})(@)"),
+        re.compile(rf"(?i)(\b\w*(?:password|passwd|token|secret|api[_-]?key)['\"]?\s*[=:]\s*['\"]?)"
+                   rf"(?:{alternatives}){end}"),
+        re.compile(rf"(?i)(\bbearer\s+)(?:{alternatives}){end}"),
+    ]
+
+
+def _mask(match: re.Match[str]) -> str:
+    """The credential's context kept, the credential (between group 1 and any group 2)
+    replaced."""
+    before, *after = match.groups()
+    return before + REDACTED + "".join(after)
+
+
 class Redactor:
     """A structlog processor that scrubs known secrets and sensitive keys."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: list[str] = []
+        self._short: frozenset[str] = frozenset()
+        self._patterns: list[re.Pattern[str]] = []
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
+        merged = {s for s in [*self._secrets, *self._short, *secrets] if s}
         # Longest first so that a secret containing another is replaced whole.
-        merged = {s for s in [*self._secrets, *secrets] if s and len(s) >= 4}
-        self._secrets = sorted(merged, key=len, reverse=True)
+        self._secrets = sorted((s for s in merged if len(s) >= SHORT_SECRET),
+                               key=len, reverse=True)
+        self._short = frozenset(s for s in merged if len(s) < SHORT_SECRET)
+        self._patterns = _credential_patterns(self._short) if self._short else []
 
     def scrub(self, value: Any) -> Any:
         if isinstance(value, SecretStr):
@@ -47,6 +79,11 @@ class Redactor:
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, REDACTED)
+            if self._short:
+                if value in self._short:
+                    return REDACTED
+                for pattern in self._patterns:
+                    value = pattern.sub(_mask, value)
             return value
         if isinstance(value, dict):
             return {k: (REDACTED if isinstance(k, str) and _SENSITIVE_KEYS.search(k)
@@ -57,7 +94,7 @@ class Redactor:
             return value
         # Anything else (exceptions, URLs, objects) is rendered through its str form
         # so that a secret hiding in its repr is caught as well.
-        return self.scrub(str(value)) if self._secrets else value
+        return self.scrub(str(value)) if self._secrets or self._short else value
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
                  ) -> MutableMapping[str, Any]:
@@ -88,13 +125,16 @@ class QuietForeignErrors(logging.Filter):
     readiness check, the metrics), so the traceback adds nothing but volume: the record
     keeps its message plus the exception's type and first line, and repeats of the same
     message and exception type within the window are counted, not written; the next line
-    that gets through says how many were held back.
+    that gets through says how many were held back. aiohttp's server logs a traceback
+    for every request it cannot parse, which anyone who reaches the admin port can
+    send by the thousand: the same rule holds for it.
     """
 
     MAX_KEYS = 256
     DETAIL = 200
 
-    def __init__(self, prefixes: Iterable[str] = ("asyncpg",), window: float = 60.0,
+    def __init__(self, prefixes: Iterable[str] = ("asyncpg", "aiohttp.server"),
+                 window: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._prefixes = tuple(prefixes)
@@ -129,6 +169,54 @@ class QuietForeignErrors(logging.Filter):
         record.msg, record.args = message, None
         record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True
+
+
+class QuietLoopErrors:
+    """The event loop's exception handler: the first error of each kind (message and
+    exception type) in full, through asyncio's default handler with its traceback, so
+    an unexpected error stays visible; repeats within ``window`` seconds are counted
+    and said as one ``asyncio.errors_repeated`` line at the window's end.
+
+    Out of file descriptors, asyncio reports every failed ``accept()`` of a listening
+    socket, and Python 3.11 goes on through the whole backlog after each failure:
+    50,946 lines in 20 s were measured (issue 26).
+    """
+
+    MAX_KEYS = 256
+
+    def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self._window = window
+        self._clock = clock
+        self._seen: dict[tuple[str, str], _Seen] = {}
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.set_exception_handler(self)
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        key = (str(context.get("message", ""))[:200], type(exc).__name__ if exc else "")
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen.since < self._window:
+            seen.suppressed += 1
+            if seen.suppressed == 1:
+                loop.call_later(seen.since + self._window - now, self._summarise, key)
+            return
+        if len(self._seen) >= self.MAX_KEYS:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[key] = _Seen(now)
+        loop.default_exception_handler(context)
+
+    def _summarise(self, key: tuple[str, str]) -> None:
+        seen = self._seen.get(key)
+        if seen is None or not seen.suppressed:
+            return
+        get_logger("asyncio").warning(
+            "asyncio.errors_repeated", message=key[0], error_type=key[1], more=seen.suppressed,
+            window_seconds=self._window, note="the first was logged in full")
+        # Still going: the next window counts from here, and says nothing until its end.
+        seen.since, seen.suppressed = self._clock(), 0
 
 
 def configure_logging(

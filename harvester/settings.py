@@ -32,6 +32,10 @@ DEFAULT_API_BASE_URL = "https://api.justcrawl.io"
 MIB = 1024 * 1024
 HOUR = 3600.0
 DAY = 24 * HOUR
+ADMIN_TOKEN_MIN = 16
+"""Characters of HARVESTER_ADMIN_TOKEN at least (README "Security"): the admin server
+answers as many wrong guesses as it is sent, so the token must be out of guessing
+reach; 16 random characters are ~95 bits, and a word or a PIN is refused."""
 
 SECRET_FIELDS = frozenset({"api_token", "admin_token", "database_url"})
 # Secrets that may be read from a file named by HARVESTER_<NAME>_FILE.
@@ -43,14 +47,23 @@ NOT_SETTINGS = frozenset({"HARVESTER_TEST_DATABASE_URL"})
 
 
 def default_data_dir() -> Path:
-    """A per-user data directory (XDG on Linux, ~/Library on macOS)."""
+    """A per-user data directory (XDG on Linux, ~/Library on macOS); for root, which
+    runs the embedded PostgreSQL as another user that could not enter /root,
+    /var/lib/harvester (README "Security").
+
+    Root's data from before that default is not silently left behind for an empty
+    cluster: where ~/.local/share/harvester already holds one, it stays the default, and
+    is either usable or refused in one line that says how to move on."""
     home = Path.home()
     xdg = os.environ.get("XDG_DATA_HOME")
     if xdg:
         return Path(xdg) / "harvester"
+    per_user = home / ".local" / "share" / "harvester"
+    if os.geteuid() == 0:
+        return per_user if per_user.is_dir() else Path("/var/lib/harvester")
     if (home / "Library" / "Application Support").is_dir():
         return home / "Library" / "Application Support" / "harvester"
-    return home / ".local" / "share" / "harvester"
+    return per_user
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -172,6 +185,15 @@ class Settings(BaseSettings):
         if any(ch in token for ch in "\r\n\x00 "):
             raise ValueError("must not contain spaces, line breaks or NUL characters")
         return SecretStr(token)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < ADMIN_TOKEN_MIN:
+            raise ValueError(
+                f"must be at least {ADMIN_TOKEN_MIN} characters; generate one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return value
 
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:

@@ -2,8 +2,9 @@
 
 One ``ClientSession`` with a connector sized to the concurrency, a total timeout per
 request, no redirects (a redirect could carry the token to another host), and a body
-limit enforced while reading: a body larger than ``MAX_BODY_BYTES`` is refused after at
-most that many bytes, never held whole. aiohttp's exceptions stop here; what comes out
+limit enforced while reading, on the bytes held after decoding: a body larger than
+``MAX_BODY_BYTES`` is refused after at most that many bytes, never held whole, however
+small it was on the wire (:mod:`harvester.decoding`). aiohttp's exceptions stop here; what comes out
 is a :class:`~harvester.policy.Response`, a :class:`~harvester.policy.TransportFailure`
 or, for batch-status, a :class:`~harvester.policy.StatusAnswer`.
 """
@@ -21,6 +22,13 @@ from yarl import URL
 
 from harvester import __version__
 from harvester.api import BATCH_STATUS_LIMIT, BATCH_STATUS_PATH, RESULTS_PREFIX
+from harvester.decoding import (
+    ACCEPT_ENCODING,
+    BodyTooLarge,
+    LimitedBody,
+    UndecodableBody,
+    content_coding,
+)
 from harvester.policy import (
     Answer,
     Response,
@@ -32,10 +40,6 @@ from harvester.policy import (
 from harvester.settings import Settings
 
 _CHUNK: Final = 64 * 1024
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class Upstream:
@@ -53,6 +57,7 @@ class Upstream:
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self._headers = {
             "Accept": "application/json",
+            "Accept-Encoding": ACCEPT_ENCODING,
             "User-Agent": f"harvester/{__version__}",
             **({"Authorization": f"Bearer {token}"} if token else {}),
         }
@@ -73,7 +78,7 @@ class Upstream:
             timeout=self._timeout,
             headers=self._headers,
             raise_for_status=False,
-            auto_decompress=True,
+            auto_decompress=False,  # decoded under the body limit: harvester.decoding
             trust_env=False,
         )
         # aiohttp (>= 3.10) silently repeats an idempotent request once when a kept-alive
@@ -112,6 +117,8 @@ class Upstream:
                 )
         except BodyTooLarge as exc:
             return TransportFailure("too_large", str(exc))
+        except UndecodableBody as exc:
+            return TransportFailure("protocol", str(exc))
         except TimeoutError:
             return TransportFailure("timeout", f"no complete answer within {self._timeout.total:g}s")
         except aiohttp.ClientPayloadError as exc:
@@ -122,21 +129,17 @@ class Upstream:
             return TransportFailure("connection", _brief(exc))
 
     async def _read_limited(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The decoded body, read as it arrives; raises BodyTooLarge as soon as more
+        than the limit would be held, UndecodableBody for a coding we cannot trust."""
+        body = LimitedBody(content_coding(resp.headers.getall("Content-Encoding", [])),
+                           self._max_body)
         declared = resp.content_length
-        if declared is not None and declared > self._max_body:
+        if body.coding is None and declared is not None and declared > self._max_body:
             raise BodyTooLarge(
                 f"body of {declared} bytes exceeds HARVESTER_MAX_BODY_BYTES={self._max_body}")
-        if declared is not None:
-            return await resp.read()
-        chunks: list[bytes] = []
-        size = 0
         async for chunk in resp.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > self._max_body:
-                raise BodyTooLarge(
-                    f"body exceeds HARVESTER_MAX_BODY_BYTES={self._max_body} (stopped reading)")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            body.feed(chunk)
+        return body.finish()
 
     async def batch_status(self, job_ids: Sequence[UUID]) -> StatusAnswer:
         """POST batch-status for at most 100 IDs. Never raises for network or HTTP trouble:
@@ -155,7 +158,7 @@ class Upstream:
                 body = await self._read_limited(resp)
                 status, content_type = resp.status, resp.headers.get("Content-Type")
                 retry_after = resp.headers.get("Retry-After")
-        except BodyTooLarge as exc:
+        except (BodyTooLarge, UndecodableBody) as exc:
             return StatusAnswer(None, None, f"batch-status: {exc}")
         except TimeoutError:
             return StatusAnswer(None, None, "batch-status timed out")

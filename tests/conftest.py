@@ -164,5 +164,19 @@ async def store(pool: asyncpg.Pool) -> Store:
 
 
 @pytest.fixture
+def open_tmp_path() -> Iterator[Path]:
+    """A temporary directory every user may enter, for an embedded PostgreSQL's data
+    directory: run as root, the server runs as the user 'pgserver', which must be able
+    to enter every parent, and harvester opens none (README "Security"); pytest's
+    tmp_path lies under a 0700 directory."""
+    root = Path(tempfile.mkdtemp(prefix="harvester-test-data-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent

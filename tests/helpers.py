@@ -78,7 +78,7 @@ class Daemon:
 
     def __init__(self, db_url: str, api_url: str, log_dir: Path, *, name: str = "daemon",
                  token: str | None = SIM_TOKEN, env: Mapping[str, str] | None = None,
-                 args: Iterable[str] = ()) -> None:
+                 args: Iterable[str] = (), preexec_fn: Callable[[], None] | None = None) -> None:
         self.admin_port = free_port()
         self.log_path = log_dir / f"{name}.log"
         self.env = {
@@ -92,6 +92,7 @@ class Daemon:
             **(env or {}),
         }
         self.args = list(args)
+        self.preexec_fn = preexec_fn  # e.g. lower a resource limit in the child
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_handle: Any = None
 
@@ -103,7 +104,8 @@ class Daemon:
         self._log_handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "harvester", "run", *self.args],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=self._log_handle)
+            env=self.env, stdout=subprocess.DEVNULL, stderr=self._log_handle,
+            preexec_fn=self.preexec_fn)  # noqa: PLW1509 - only sets a resource limit
         return self
 
     @property

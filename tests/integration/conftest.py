@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
+from harvester.admin import Admin
 from harvester.cli import main
 from tests.helpers import SimulatedUpstream
 
@@ -80,3 +81,24 @@ async def upstream() -> AsyncIterator[SimulatedUpstream]:
         yield sim
     finally:
         await sim.stop()
+
+
+ServeAdmin = Callable[[Admin], Awaitable[Admin]]
+
+
+@pytest.fixture
+async def serve_admin() -> AsyncIterator[ServeAdmin]:
+    """Start admin servers the way ``harvester run`` does (``Admin.start``: a real
+    listening socket, a free port when the settings say 0); each is stopped after."""
+    started: list[Admin] = []
+
+    async def serve(admin: Admin) -> Admin:
+        await admin.start()
+        started.append(admin)
+        return admin
+
+    try:
+        yield serve
+    finally:
+        for admin in started:
+            await admin.stop()

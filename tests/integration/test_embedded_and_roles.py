@@ -19,8 +19,9 @@ def harvester(*args: str, env: dict[str, str], stdin: str | None = None
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_embedded_database_starts_empty_and_keeps_data_between_processes(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_embedded_database_starts_empty_and_keeps_data_between_processes(
+        tmp_path: Path, open_tmp_path: Path) -> None:
+    data_dir = open_tmp_path / "data"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
            "HARVESTER_DATA_DIR": str(data_dir), "HARVESTER_LOG_FORMAT": "json"}
     job_id = str(uuid.uuid4())
@@ -91,9 +92,9 @@ async def test_readonly_role_reads_but_cannot_write(db_url: str, repo_root: Path
         await admin.close()
 
 
-def test_enqueue_reads_stdin_given_a_dash(tmp_path: Path) -> None:
+def test_enqueue_reads_stdin_given_a_dash(tmp_path: Path, open_tmp_path: Path) -> None:
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
-           "HARVESTER_DATA_DIR": str(tmp_path / "d")}
+           "HARVESTER_DATA_DIR": str(open_tmp_path / "d")}
     assert harvester("migrate", env=env).returncode == 0
     ids = "\n".join(str(uuid.uuid4()) for _ in range(5)) + "\n"
     fed = harvester("enqueue", "-", env=env, stdin=ids)

@@ -105,11 +105,12 @@ async def test_a_schema_behind_this_harvester_names_both_versions(cli: Any,
                                f"{latest_version()}: run `harvester migrate`\n"), result.err
 
 
-def test_the_embedded_server_is_never_created_by_a_reading_command(tmp_path: Path) -> None:
+def test_the_embedded_server_is_never_created_by_a_reading_command(tmp_path: Path,
+                                                                   open_tmp_path: Path) -> None:
     """From a fresh machine: reading commands say what to run and leave nothing behind;
     `migrate --database harvester_demo` sets up what `harvester demo` would, and every
     command the demo prints afterwards then runs without an error."""
-    data_dir = tmp_path / "data"
+    data_dir = open_tmp_path / "data"
     env = subprocess_env(tmp_path, HARVESTER_DATA_DIR=str(data_dir))
     nothing = harvester("status", env=env)
     assert nothing.returncode == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -12,7 +13,15 @@ import structlog
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from harvester.logs import REDACTED, QuietForeignErrors, Redactor, configure_logging, get_logger
+from harvester.logs import (
+    REDACTED,
+    REDACTOR,
+    QuietForeignErrors,
+    QuietLoopErrors,
+    Redactor,
+    configure_logging,
+    get_logger,
+)
 from harvester.observer import WarningDigest
 
 TOKEN = "jc_live_9f8e7d6c5b4a39281706"
@@ -189,3 +198,73 @@ def test_the_default_stream_is_stderr_at_each_write(monkeypatch: pytest.MonkeyPa
         logging.getLogger().handlers.clear()
     events = [json.loads(line)["event"] for line in second.getvalue().splitlines()]
     assert events == ["after.swap", "stdlib too"]
+
+
+def test_repeated_loop_errors_are_one_full_report_then_a_count_per_window() -> None:
+    """What asyncio reports for each failed accept() when descriptors run out: the first
+    in full (with its traceback), the next 9,999 as one line; another kind of error is
+    still shown at once."""
+    stream = io.StringIO()
+    configure_logging("info", "json", [], stream=stream)
+    loop = asyncio.new_event_loop()
+    clock = Clock()  # which window a report falls in; the loop's own timers say when
+    QuietLoopErrors(window=0.2, clock=clock).install(loop)
+
+    def out_of_descriptors() -> None:
+        try:
+            raise OSError(24, "Too many open files")
+        except OSError as exc:
+            loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                         "exception": exc})
+
+    try:
+        for _ in range(10_000):
+            out_of_descriptors()
+        loop.call_exception_handler({"message": "Task exception was never retrieved",
+                                     "exception": ValueError("a bug")})
+        clock.now += 0.25
+        loop.run_until_complete(asyncio.sleep(0.3))  # the window's summary, due at 0.2 s
+        clock.now += 0.05
+        out_of_descriptors()  # still going: counted towards the next window's line
+        loop.run_until_complete(asyncio.sleep(0.3))
+    finally:
+        loop.close()
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["event"].split(" ")[0], line.get("more")) for line in lines] == [
+        ("socket.accept()", None), ("Task", None), ("asyncio.errors_repeated", 9_999),
+        ("asyncio.errors_repeated", 1)]
+    assert "Too many open files" in lines[0]["exception"]  # the first keeps its traceback
+    assert "ValueError: a bug" in lines[1]["exception"]
+    assert lines[2]["message"] == "socket.accept() out of system resource"
+    assert lines[2]["error_type"] == "OSError"
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("ab", REDACTED),                                          # the whole value
+    ("postgresql://harvester:ab@db.internal/x", f"postgresql://harvester:{REDACTED}@db.internal/x"),
+    ("host=db password=ab sslmode=require", f"host=db password={REDACTED} sslmode=require"),
+    ("?sslpassword=ab&x=1", f"?sslpassword={REDACTED}&x=1"),
+    ("{'password': 'ab'}", f"{{'password': '{REDACTED}'}}"),
+    ('"token": "Zq"', f'"token": "{REDACTED}"'),
+    ("Authorization: Bearer Zq", f"Authorization: Bearer {REDACTED}"),
+    # Anywhere else the characters are just characters: no line is mangled.
+    ("status ab, about a cab", "status ab, about a cab"),
+    ("password=abc", "password=abc"),
+    ("tab=ab", "tab=ab"),
+    ("Zqx", "Zqx"),
+])
+def test_a_secret_under_four_characters_is_redacted_where_it_stands_as_a_credential(
+        text: str, shown: str) -> None:
+    redactor = Redactor(["ab", "Zq"])  # a DSN password and an API token of two characters
+    assert redactor.scrub(text) == shown
+
+
+def test_a_short_secret_never_reaches_a_log_line(captured: io.StringIO) -> None:
+    REDACTOR.add(["p1"])
+    get_logger("test").warning("store.connect_failed", where="db:5432", pw_field="p1",
+                               error="could not use postgresql://u:p1@db/x (password=p1)")
+    line = json.loads(captured.getvalue())
+    assert "p1" not in json.dumps({k: v for k, v in line.items() if k != "timestamp"})
+    assert line["where"] == "db:5432"

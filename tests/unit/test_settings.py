@@ -17,6 +17,7 @@ from harvester.errors import ConfigError
 from harvester.settings import (
     FILE_FIELDS,
     Settings,
+    default_data_dir,
     env_name,
     known_variables,
     load_settings,
@@ -352,3 +353,50 @@ def test_a_bad_value_in_a_secret_file_names_the_file_variable_not_the_value(
         "postgresql://user@host:5432/db",
     ]
     assert "tok-with" not in proc.stderr and "pw-file-dsn-456" not in proc.stderr
+
+
+@pytest.mark.parametrize("token", ["x", "hunter2", "fifteen-chars-1"])
+def test_an_admin_token_under_sixteen_characters_is_refused_by_name(
+        monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    monkeypatch.setenv("HARVESTER_ADMIN_TOKEN", token)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(env_file=None)
+    assert str(refused.value) == (
+        "HARVESTER_ADMIN_TOKEN: must be at least 16 characters; generate one with "
+        "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    monkeypatch.setenv("HARVESTER_ADMIN_TOKEN", "sixteen-chars-12")
+    assert load_settings(env_file=None).admin_token is not None
+
+
+def test_a_short_admin_token_from_a_file_names_the_file_variable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "admin-token"
+    secret.write_text("short\n")
+    monkeypatch.setenv("HARVESTER_ADMIN_TOKEN_FILE", str(secret))
+    with pytest.raises(ConfigError, match=r"^HARVESTER_ADMIN_TOKEN_FILE: must be at least 16"):
+        load_settings(env_file=None)
+
+
+def test_root_keeps_its_data_where_the_embedded_servers_user_can_reach_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_data_dir() == Path("/var/lib/harvester")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert default_data_dir() != Path("/var/lib/harvester")
+    monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_data_dir() == Path("/srv/data/harvester")
+
+
+def test_roots_existing_data_is_not_left_behind_for_an_empty_cluster(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Root's data from before /var/lib/harvester became its default stays the default
+    (usable, or refused in one line naming HARVESTER_DATA_DIR), rather than a new, empty
+    cluster taking its place unnoticed."""
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    (tmp_path / ".local" / "share" / "harvester").mkdir(parents=True)
+    assert default_data_dir() == tmp_path / ".local" / "share" / "harvester"
