@@ -49,18 +49,16 @@ from harvester.feed import BadInput, Entry, classify_arguments, classify_lines
 from harvester.metrics import FAILED_REASONS
 from harvester.migrations import applied_versions, latest_version, migrate, newer_versions
 from harvester.settings import Settings, default_data_dir
-from harvester.store import (
+from harvester.store import Connection, create_pool, translated
+from harvester.store.operators import (
     LISTABLE_STATES,
     AckReport,
-    Connection,
     JobCursor,
+    OperatorStore,
     RequeueReport,
     Selection,
-    Store,
-    create_pool,
     is_failed_reason,
     json_default,
-    translated,
 )
 
 ENQUEUE_BATCH: Final = 10_000
@@ -194,12 +192,12 @@ async def check_schema(conn: Connection, where: str, target: Target,
 
 @asynccontextmanager
 async def open_store(settings: Settings, *, database: str | None = None,
-                     need: Literal["read", "feed"] = "read") -> AsyncIterator[Store]:
+                     need: Literal["read", "feed"] = "read") -> AsyncIterator[OperatorStore]:
     target = Target(settings, database)
     async with _pool(target) as (pool, where):
         async with translated(), pool.acquire() as conn:
             await check_schema(conn, where, target, need)
-        yield Store(pool)
+        yield OperatorStore(pool)
 
 
 # ---------------------------------------------------------------- migrate
@@ -333,7 +331,7 @@ def _reading(entries: Iterator[Entry], name: str) -> Iterator[Entry]:
 Apply = Callable[[Connection, list[UUID]], Awaitable[None]]
 
 
-async def in_one_transaction(store: Store, entries: Iterable[Entry], intake: Intake,
+async def in_one_transaction(store: OperatorStore, entries: Iterable[Entry], intake: Intake,
                              apply: Apply, *, skip_invalid: bool = False,
                              progress: IdProgress | None = None, commit: bool = True) -> None:
     """Stream IDs to ``apply`` in batches of ``ENQUEUE_BATCH`` inside one transaction.
@@ -394,7 +392,7 @@ async def in_one_transaction(store: Store, entries: Iterable[Entry], intake: Int
             progress.stop()
 
 
-async def enqueue_entries(store: Store, entries: Iterable[Entry], *, skip_invalid: bool,
+async def enqueue_entries(store: OperatorStore, entries: Iterable[Entry], *, skip_invalid: bool,
                           progress: IdProgress | None = None,
                           report: EnqueueReport | None = None) -> EnqueueReport:
     """Stream IDs into the queue (see :func:`in_one_transaction`)."""

@@ -37,7 +37,10 @@ from harvester.migrations import (
 from harvester.policy import backoff
 from harvester.retention import Purger, Retention
 from harvester.settings import Settings
-from harvester.store import ConnectTarget, Store, create_pool, translated
+from harvester.store import ConnectTarget, create_pool, translated
+from harvester.store.operators import OperatorStore
+from harvester.store.purge import PurgeStore
+from harvester.store.queue import QueueStore
 from harvester.upstream import Upstream
 
 log = get_logger("harvester.daemon")
@@ -157,18 +160,19 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
                     "migrate", stop, lambda: prepare_schema(pool, apply_migrations)))
                 if stop.is_set():
                     return
-                store = Store(pool, dsn=dsn)
-                metrics.attach_queue_gauges(store.queue_gauges)
+                store = QueueStore(pool, dsn=dsn)
+                operators = OperatorStore(pool)
+                metrics.attach_queue_gauges(operators.queue_gauges)
                 retention = Retention.from_settings(settings)
                 background = {}
                 if retention.enabled:
-                    background["retention"] = Purger(retention, store, metrics).run
+                    background["retention"] = Purger(retention, PurgeStore(pool), metrics).run
                 else:
                     log.info("retention.off", note="HARVESTER_FINISHED_RETENTION is 0 and "
                              "HARVESTER_RESULT_RETENTION unset: nothing is deleted")
                 async with Upstream(settings) as upstream:
                     engine = Engine(settings, store, upstream, metrics, background=background)
-                    admin.attach(store, _readiness(engine, store, pool))
+                    admin.attach(operators, _readiness(engine, operators, pool))
                     if stop.is_set():
                         engine.stop()
                     await engine.run()
@@ -203,7 +207,7 @@ async def _with_retry(what: str, stop: asyncio.Event,
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
 
-def _readiness(engine: Engine, store: Store, pool: asyncpg.Pool
+def _readiness(engine: Engine, store: OperatorStore, pool: asyncpg.Pool
                ) -> Callable[[], Awaitable[dict[str, bool]]]:
     migrations_ok_at: float | None = None
 

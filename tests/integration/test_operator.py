@@ -27,10 +27,11 @@ from harvester.commands import libpq_connection, with_database
 from harvester.metrics import Metrics
 from harvester.migrations import latest_version
 from harvester.settings import load_settings
-from harvester.store import Store, create_pool
+from harvester.store import create_pool
 from harvester.tools.demo import DEMO_DATABASE, next_commands
 from tests.integration.test_admin_api import AUTH, TOKEN, ready
 from tests.integration.test_commands import put_jobs_in_each_state, table_rows
+from tests.stores import Store
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
