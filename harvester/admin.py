@@ -26,14 +26,9 @@ from harvester.errors import ConfigError, StoreError
 from harvester.feed import InvalidJobId, parse_job_id, shorten_for_display
 from harvester.logs import get_logger
 from harvester.metrics import CONTENT_TYPE, FAILED_REASONS, Metrics
+from harvester.ports import JobCursor, OperatorPort, json_default
 from harvester.settings import Settings, is_loopback_host
-from harvester.store.operators import (
-    LISTABLE_STATES,
-    JobCursor,
-    OperatorStore,
-    is_failed_reason,
-    json_default,
-)
+from harvester.store.operators import LISTABLE_STATES, is_failed_reason
 
 log = get_logger("harvester.admin")
 
@@ -99,7 +94,7 @@ async def _starting() -> dict[str, bool]:
 class Admin:
     """Routes and their dependencies."""
 
-    def __init__(self, settings: Settings, store: OperatorStore | None, metrics: Metrics,
+    def __init__(self, settings: Settings, store: OperatorPort | None, metrics: Metrics,
                  checks: Callable[[], Awaitable[dict[str, bool]]] | None = None) -> None:
         self.settings = settings
         self.store = store
@@ -114,7 +109,7 @@ class Admin:
     def __repr__(self) -> str:
         return f"Admin(host={self.settings.admin_host!r}, port={self.port})"
 
-    def attach(self, store: OperatorStore, checks: Callable[[], Awaitable[dict[str, bool]]]) -> None:
+    def attach(self, store: OperatorPort, checks: Callable[[], Awaitable[dict[str, bool]]]) -> None:
         """The daemon starts the admin server before the database answers (so liveness
         holds while it waits); the store and the real readiness checks come later."""
         self.store = store

@@ -48,18 +48,10 @@ from harvester.errors import StoreError, UserError
 from harvester.feed import BadInput, Entry, classify_arguments, classify_lines
 from harvester.metrics import FAILED_REASONS
 from harvester.migrations import applied_versions, latest_version, migrate, newer_versions
+from harvester.ports import AckReport, JobCursor, RequeueReport, Selection, json_default
 from harvester.settings import Settings, default_data_dir
 from harvester.store import Connection, create_pool, translated
-from harvester.store.operators import (
-    LISTABLE_STATES,
-    AckReport,
-    JobCursor,
-    OperatorStore,
-    RequeueReport,
-    Selection,
-    is_failed_reason,
-    json_default,
-)
+from harvester.store.operators import LISTABLE_STATES, OperatorStore, is_failed_reason
 
 ENQUEUE_BATCH: Final = 10_000
 SHOWN_BAD_LINES: Final = 20

@@ -35,6 +35,7 @@ from harvester.migrations import (
     pending_migrations,
 )
 from harvester.policy import backoff
+from harvester.ports import OperatorPort
 from harvester.retention import Purger, Retention
 from harvester.settings import Settings
 from harvester.store import ConnectTarget, create_pool, translated
@@ -207,7 +208,7 @@ async def _with_retry(what: str, stop: asyncio.Event,
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
 
-def _readiness(engine: Engine, store: OperatorStore, pool: asyncpg.Pool
+def _readiness(engine: Engine, store: OperatorPort, pool: asyncpg.Pool
                ) -> Callable[[], Awaitable[dict[str, bool]]]:
     migrations_ok_at: float | None = None
 

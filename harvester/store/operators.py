@@ -10,106 +10,20 @@ page's ``where`` and ``order``, from fixed texts.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Final, Literal
 from uuid import UUID
 
 import asyncpg
 
 from harvester.metrics import FAILED_REASONS
+from harvester.ports import AckReport, JobCursor, RequeueReport, Selection
 from harvester.store import figures, queries
 from harvester.store.connect import Connection, translated
 from harvester.store.listen import CHANNEL_JOBS
-
-
-@dataclass(slots=True)
-class RequeueReport:
-    """What a requeue did; ``landed`` and ``unknown`` are filled when IDs were given:
-    ``landed`` are IDs that had landed (their queue row landed, or gone with retention
-    while the mirror keeps their row) and are polled again on purpose; ``unknown`` are
-    IDs neither in the queue nor in the mirror (nothing to requeue)."""
-
-    requeued: int = 0
-    landed: list[UUID] = field(default_factory=list)
-    unknown: list[UUID] = field(default_factory=list)
-    dry_run: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    """Which jobs a requeue without IDs aims at: a state, and optionally failure reasons
-    and an age window. Age is how long the job has been in its state: since it failed,
-    or since its open stuck record was first seen."""
-
-    state: Literal["failed", "stuck"]
-    reasons: tuple[str, ...] = ()
-    older_than: float | None = None  # seconds
-    newer_than: float | None = None
-
-    def where(self) -> tuple[str, list[Any]]:
-        """A WHERE fragment over ``harvester.jobs AS j`` and its arguments ($1…).
-
-        The state is written into the statement (one of two fixed words) so that the
-        planner can use the partial index of failed jobs, also in a generic plan."""
-        if self.state not in ("failed", "stuck"):
-            raise ValueError(f"cannot requeue by state {self.state!r}")
-        clauses = [f"j.state = '{self.state}'"]
-        args: list[Any] = []
-        if self.reasons:
-            args.append(list(self.reasons))
-            clauses.append(f"j.failed_reason = ANY(${len(args)}::text[])")
-        since = ("j.updated_at" if self.state == "failed" else
-                 "coalesce((SELECT s.first_seen_at FROM harvester.stuck_jobs s "
-                 "WHERE s.job_id = j.job_id AND s.resolved_at IS NULL), j.updated_at)")
-        if self.older_than is not None:
-            args.append(self.older_than)
-            clauses.append(f"{since} <= now() - make_interval(secs => ${len(args)})")
-        if self.newer_than is not None:
-            args.append(self.newer_than)
-            clauses.append(f"{since} > now() - make_interval(secs => ${len(args)})")
-        return " AND ".join(clauses), args
-
-
-@dataclass(slots=True)
-class AckReport:
-    """What acknowledging stuck records did, ID by ID."""
-
-    acknowledged: list[UUID] = field(default_factory=list)
-    closed_already: list[tuple[UUID, str, str | None]] = field(default_factory=list)
-    never_stuck: list[UUID] = field(default_factory=list)
-    unknown: list[UUID] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class JobCursor:
-    """Where the next page of a job list starts: the sort time and job_id of the last
-    row shown. Its text form is opaque to users (``harvester jobs --after``)."""
-
-    at: datetime
-    job_id: UUID
-
-    def __str__(self) -> str:
-        raw = f"{self.at.isoformat()}|{self.job_id}".encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @classmethod
-    def parse(cls, text: str) -> JobCursor:
-        try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-            at, _, job_id = raw.partition("|")
-            parsed = datetime.fromisoformat(at)
-            if parsed.tzinfo is None:
-                raise ValueError("naive time")
-            return cls(parsed, UUID(job_id))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError("not a cursor from a previous page") from exc
-
 
 # Each listable state in the order of its own index (see sql/001_initial.sql).
 _LIST_ORDER: Final[dict[str, tuple[str, bool]]] = {
@@ -135,6 +49,16 @@ JOB_COLUMNS: Final = (
 """What :meth:`OperatorStore.job` shows of a queue row."""
 SQL: Final = queries.load("operators", job_columns=", ".join(JOB_COLUMNS))
 DURABLE: Final = SQL["durable"]
+OPEN_STUCK: Final = queries.fragment("open_stuck")
+STUCK_SINCE: Final = queries.fragment("stuck_since")
+STUCK_LISTS: Final = {
+    "open": (OPEN_STUCK, "s.first_seen_at, s.job_id"),
+    "resolved": (f"NOT ({OPEN_STUCK})", "s.resolved_at DESC, s.job_id"),
+    "all": ("true", "s.first_seen_at, s.job_id"),
+}
+"""The ``where`` and ``order`` of each list of stuck records (operators.sql)."""
+BY_IDS: Final = "j.job_id = ANY($1::uuid[])"
+"""A requeue's ``where`` when job IDs are given."""
 
 
 class OperatorStore:
@@ -193,10 +117,10 @@ class OperatorStore:
             raise ValueError("requeue takes job IDs or a selection, not both")
         report = RequeueReport(dry_run=dry_run)
         if job_ids is not None:
-            where, args = "j.job_id = ANY($1::uuid[])", [list(dict.fromkeys(job_ids))]
+            where, args = BY_IDS, [list(dict.fromkeys(job_ids))]
         else:
             assert selection is not None
-            where, args = selection.where()
+            where, args = selection_where(selection)
         async with translated(), self._connection(conn) as c:
             if job_ids is not None:
                 # Before the update: which IDs had landed, which are nowhere.
@@ -252,10 +176,7 @@ class OperatorStore:
         """Stuck records and how many there are in all (``limit`` caps the list only).
 
         Open ones (and ``all``) oldest first; resolved ones most recently closed first."""
-        where = {"open": "s.resolved_at IS NULL", "resolved": "s.resolved_at IS NOT NULL",
-                 "all": "true"}[which]
-        order = ("s.resolved_at DESC, s.job_id" if which == "resolved"
-                 else "s.first_seen_at, s.job_id")
+        where, order = STUCK_LISTS[which]
         async with translated(), self.pool.acquire() as conn:
             rows = await conn.fetch(SQL.build("stuck_records", where=where, order=order), limit)
             total = await conn.fetchval(SQL.build("stuck_count", where=where))
@@ -345,6 +266,28 @@ class OperatorStore:
             await self.pool.fetchval(SQL["ping"])
 
 
+def selection_where(selection: Selection) -> tuple[str, list[Any]]:
+    """A WHERE fragment over ``harvester.jobs AS j`` and its arguments ($1…).
+
+    The state is written into the statement (one of two fixed words) so that the
+    planner can use the partial index of failed jobs, also in a generic plan."""
+    if selection.state not in ("failed", "stuck"):
+        raise ValueError(f"cannot requeue by state {selection.state!r}")
+    clauses = [f"j.state = '{selection.state}'"]
+    args: list[Any] = []
+    if selection.reasons:
+        args.append(list(selection.reasons))
+        clauses.append(f"j.failed_reason = ANY(${len(args)}::text[])")
+    since = "j.updated_at" if selection.state == "failed" else STUCK_SINCE
+    if selection.older_than is not None:
+        args.append(selection.older_than)
+        clauses.append(f"{since} <= now() - make_interval(secs => ${len(args)})")
+    if selection.newer_than is not None:
+        args.append(selection.newer_than)
+        clauses.append(f"{since} > now() - make_interval(secs => ${len(args)})")
+    return " AND ".join(clauses), args
+
+
 def list_jobs_sql(state: str, *, reasons: Sequence[str] = (), limit: int = 100,
                   after: JobCursor | None = None) -> tuple[str, list[Any]]:
     """The statement behind :meth:`OperatorStore.list_jobs` (one more row than ``limit``, to know
@@ -367,13 +310,3 @@ def list_jobs_sql(state: str, *, reasons: Sequence[str] = (), limit: int = 100,
     sql = SQL.build("list_jobs", where=" AND ".join(where),
                     order=f"j.{column} {direction}, j.job_id {direction}")
     return sql, args
-
-
-def json_default(value: Any) -> Any:
-    """The store's values that JSON lacks (timestamps, UUIDs), for ``json.dumps`` in the
-    CLI's ``--json`` and the admin API."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, UUID):
-        return str(value)
-    raise TypeError(type(value).__name__)

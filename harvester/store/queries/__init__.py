@@ -8,8 +8,9 @@ right under a header say why the statement is as it is; they are not sent. A fil
 read once, when its adapter is imported, through :mod:`importlib.resources`, so an
 installed wheel finds it exactly as a checkout does.
 
-``{name}`` in a statement is filled in when its file is loaded, from the adapter (the
-``unnest`` column lists of :class:`~harvester.store.queue.Columns`). A few statements keep a
+``{name}`` in a statement is filled in when its file is loaded: from ``fragments.sql``
+(SQL shared by several statements, written once) or from the adapter (the ``unnest``
+column lists of :class:`~harvester.store.queue.Columns`). A few statements keep a
 ``{where}`` or ``{order}`` that a builder fills at run time, always from fixed texts
 (a requeue's selection, a page of jobs): nothing a user typed reaches a statement's text,
 every value is a bound parameter. Braces mean nothing else in these files.
@@ -25,6 +26,7 @@ from importlib import resources
 from typing import Final
 
 _HEADER: Final = re.compile(r"^-- ([a-z0-9_]+) --\n((?:--(?: .*)?\n)*)", re.MULTILINE)
+FRAGMENTS: Final = "fragments"
 
 
 class Statements(Mapping[str, str]):
@@ -91,24 +93,30 @@ _loaded: dict[str, Statements] = {}
 
 
 def load(file: str, **parts: str) -> Statements:
-    """The statements of ``file``.sql, with ``parts`` filled in.
+    """The statements of ``file``.sql, with the shared fragments and ``parts`` filled in.
 
     Loaded once per process: a second call returns the first result (the parts are
     constants of the adapter that loads the file)."""
     if file in _loaded:
         return _loaded[file]
-    shared = _Keep(parts)
+    shared = _Keep({**blocks(FRAGMENTS), **parts})
     statements = Statements(file, {name: text.format_map(shared)
                                    for name, text in blocks(file).items()})
     _loaded[file] = statements
     return statements
 
 
+def fragment(name: str) -> str:
+    """A block of ``fragments.sql``, for a builder that writes it into a statement."""
+    shared = blocks(FRAGMENTS)
+    return shared[name].format_map(_Keep(shared))
+
+
 def files() -> list[str]:
-    """Every statement file of the package."""
+    """Every statement file of the package (the fragments excepted)."""
     return sorted(entry.name.removesuffix(".sql")
                   for entry in resources.files(__package__).iterdir()
-                  if entry.name.endswith(".sql"))
+                  if entry.name.endswith(".sql") and entry.name != f"{FRAGMENTS}.sql")
 
 
 def loaded() -> Mapping[str, Statements]:

@@ -2,6 +2,7 @@
 -- (harvester.store.figures).
 
 -- open_jobs --
+-- Open jobs by state and by what batch-status last said of them.
 SELECT state, upstream_status, count(*) AS n FROM harvester.jobs
  WHERE state IN ('pending', 'stuck') GROUP BY state, upstream_status
 
@@ -9,16 +10,11 @@ SELECT state, upstream_status, count(*) AS n FROM harvester.jobs
 SELECT state, count(*) AS n FROM harvester.jobs
  WHERE state IN ('landed', 'failed') GROUP BY state
 
--- status_due --
-SELECT count(*) AS due_now,
-       extract(epoch FROM now() - min(next_poll_at))::float8 AS oldest_due_age
-  FROM harvester.jobs
- WHERE state IN ('pending', 'stuck') AND next_poll_at <= now()
-   AND (leased_until IS NULL OR leased_until <= now())
-
--- gauges_due --
+-- due_backlog --
+-- How many open jobs are due and not leased, and how long the oldest has waited (NULL:
+-- none is due).
 SELECT count(*) AS due,
-       coalesce(extract(epoch FROM now() - min(next_poll_at)), 0)::float8 AS age
+       extract(epoch FROM now() - min(next_poll_at))::float8 AS age
   FROM harvester.jobs
  WHERE state IN ('pending', 'stuck') AND next_poll_at <= now()
    AND (leased_until IS NULL OR leased_until <= now())
@@ -37,14 +33,13 @@ SELECT count(*) FILTER (WHERE landed_at > now() - interval '1 minute') AS last_m
 SELECT failed_reason, count(*) AS n FROM harvester.jobs
  WHERE state = 'failed' GROUP BY failed_reason ORDER BY failed_reason
 
--- status_stuck_open --
-SELECT count(*) FROM harvester.open_stuck_jobs
-
--- gauges_stuck_open --
+-- stuck_open --
+-- Open stuck records and the age of the oldest (NULL: none): the partial index
+-- stuck_jobs_open_idx alone.
 SELECT count(*) AS open,
-       coalesce(extract(epoch FROM now() - min(first_seen_at)), 0)::float8 AS age
-  FROM harvester.stuck_jobs
- WHERE resolved_at IS NULL
+       extract(epoch FROM now() - min(s.first_seen_at))::float8 AS age
+  FROM harvester.stuck_jobs AS s
+ WHERE {open_stuck}
 
 -- autovacuum --
 SELECT current_setting('autovacuum') = 'on'
@@ -64,12 +59,12 @@ SELECT extract(epoch FROM now() - least(
            (SELECT landed_at FROM harvester.jobs AS j
              WHERE state = 'landed'
                AND NOT EXISTS (SELECT 1 FROM harvester.stuck_jobs AS s
-                                WHERE s.job_id = j.job_id AND s.resolved_at IS NULL)
+                                WHERE s.job_id = j.job_id AND {open_stuck})
              ORDER BY landed_at LIMIT 1),
            (SELECT updated_at FROM harvester.jobs AS j
              WHERE state = 'failed'
                AND NOT EXISTS (SELECT 1 FROM harvester.stuck_jobs AS s
-                                WHERE s.job_id = j.job_id AND s.resolved_at IS NULL)
+                                WHERE s.job_id = j.job_id AND {open_stuck})
              ORDER BY updated_at LIMIT 1)))::float8
 
 -- table_sizes --

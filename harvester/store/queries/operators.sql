@@ -59,11 +59,11 @@ SELECT pg_notify($1, '')
 
 -- acknowledge_stuck --
 WITH acked AS (
-    UPDATE harvester.stuck_jobs
+    UPDATE harvester.stuck_jobs AS s
        SET resolved_at = now(), resolution = 'acknowledged',
            resolved_by = $2, resolution_note = $3
-     WHERE job_id = ANY($1::uuid[]) AND resolved_at IS NULL
-    RETURNING job_id
+     WHERE s.job_id = ANY($1::uuid[]) AND {open_stuck}
+    RETURNING s.job_id
 )
 SELECT u.job_id, a.job_id IS NOT NULL AS acked, j.job_id IS NOT NULL AS known,
        s.job_id IS NOT NULL AS was_stuck, s.resolution, s.resolved_by

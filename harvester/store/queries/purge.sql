@@ -22,7 +22,7 @@ WITH landed AS MATERIALIZED (
      WHERE state = 'landed'
        AND landed_at < now() - make_interval(secs => $1)
        AND NOT EXISTS (SELECT 1 FROM harvester.stuck_jobs AS s
-                        WHERE s.job_id = j.job_id AND s.resolved_at IS NULL)
+                        WHERE s.job_id = j.job_id AND {open_stuck})
      ORDER BY landed_at
      LIMIT $2
        FOR UPDATE SKIP LOCKED
@@ -32,7 +32,7 @@ WITH landed AS MATERIALIZED (
      WHERE state = 'failed'
        AND updated_at < now() - make_interval(secs => $1)
        AND NOT EXISTS (SELECT 1 FROM harvester.stuck_jobs AS s
-                        WHERE s.job_id = j.job_id AND s.resolved_at IS NULL)
+                        WHERE s.job_id = j.job_id AND {open_stuck})
      ORDER BY updated_at
      LIMIT $2 - (SELECT count(*) FROM landed)
        FOR UPDATE SKIP LOCKED

@@ -47,7 +47,7 @@ WITH due AS MATERIALIZED (
       FROM due
      WHERE s.job_id = due.job_id
        AND due.mirrored
-       AND s.resolved_at IS NULL
+       AND {open_stuck}
 )
 UPDATE harvester.jobs AS j
    SET leased_until = now() + make_interval(secs => $2),
@@ -143,7 +143,7 @@ WITH u AS (
       FROM fenced f
      WHERE s.job_id = f.job_id
        AND f.state IN ('landed', 'failed')
-       AND s.resolved_at IS NULL
+       AND {open_stuck}
     RETURNING s.job_id
 ), st AS (
     SELECT st.*
@@ -158,7 +158,7 @@ WITH u AS (
            times_seen      = s.times_seen + 1,
            last_status     = excluded.last_status,
            last_body       = excluded.last_body,
-           first_seen_at   = CASE WHEN s.resolved_at IS NULL THEN s.first_seen_at ELSE now() END,
+           first_seen_at   = CASE WHEN {open_stuck} THEN s.first_seen_at ELSE now() END,
            resolved_at     = NULL,
            resolution      = NULL,
            resolved_by     = NULL,
