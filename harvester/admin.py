@@ -24,19 +24,25 @@ from aiohttp import web
 
 from harvester.errors import ConfigError, StoreError
 from harvester.feed import InvalidJobId, parse_job_id, shorten_for_display
+from harvester.jobquery import DEFAULT_PAGE, LISTABLE_STATES, MAX_PAGE, BadJobQuery, JobQuery
 from harvester.logs import get_logger
 from harvester.metrics import CONTENT_TYPE, FAILED_REASONS, Metrics
-from harvester.ports import JobCursor, OperatorPort, json_default
+from harvester.ports import OperatorPort, json_default
 from harvester.settings import Settings, is_loopback_host
-from harvester.store.operators import LISTABLE_STATES, is_failed_reason
 
 log = get_logger("harvester.admin")
 
 BODY_LIMIT: Final = 1024 * 1024
 MAX_IDS_PER_REQUEST: Final = 10_000
-DEFAULT_PAGE: Final = 100
-MAX_PAGE: Final = 1000
 SHOWN_ERRORS: Final = 20
+JOB_QUERY_MISTAKES: Final[dict[str, str]] = {
+    "reason": f"reason must be one of {', '.join(FAILED_REASONS)} or http_<status>",
+    "state": f"state must be one of {', '.join(LISTABLE_STATES)}",
+    "reason_state": "reason applies to state=failed only",
+    "limit": f"limit must be a whole number from 1 to {MAX_PAGE}",
+    "after": 'after must be the cursor of a previous page (its "next")',
+}
+"""A job query's broken rule (:class:`~harvester.jobquery.BadJobQuery`) as the API says it."""
 READY_CACHE: Final = 2.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -286,33 +292,16 @@ class Admin:
         unknown = sorted(set(query) - {"state", "reason", "limit", "after"})
         if unknown:
             return error(400, f"unknown query parameter(s): {', '.join(unknown)}")
-        reasons = list(dict.fromkeys(query.getall("reason", [])))
-        for reason in reasons:
-            if not is_failed_reason(reason):
-                return error(400, f"reason must be one of {', '.join(FAILED_REASONS)} or "
-                                  "http_<status>")
-        state = query.get("state") or ("failed" if reasons else None)
-        if state not in LISTABLE_STATES:
-            return error(400, f"state must be one of {', '.join(LISTABLE_STATES)}")
-        if reasons and state != "failed":
-            return error(400, "reason applies to state=failed only")
         try:
-            limit = int(query.get("limit", DEFAULT_PAGE))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= MAX_PAGE:
-            return error(400, f"limit must be a whole number from 1 to {MAX_PAGE}")
-        cursor = None
-        if "after" in query:
-            try:
-                cursor = JobCursor.parse(query["after"])
-            except ValueError:
-                return error(400, "after must be the cursor of a previous page (its \"next\")")
+            jobs = JobQuery.parse(query.get("state"), query.getall("reason", []),
+                                  query.get("limit", str(DEFAULT_PAGE)), query.get("after"))
+        except BadJobQuery as exc:
+            return error(400, JOB_QUERY_MISTAKES[exc.rule])
         if self.store is None:
             return error(503, "starting: the database is not connected yet; try again")
         try:
-            rows, following = await self.store.list_jobs(state, reasons=reasons, limit=limit,
-                                                         after=cursor)
+            rows, following = await self.store.list_jobs(jobs.state, reasons=jobs.reasons,
+                                                         limit=jobs.limit, after=jobs.after)
         except StoreError:
             return error(503, "database unavailable")
         return json_response({"jobs": rows, "next": None if following is None else str(following)})

@@ -11,7 +11,6 @@ page's ``where`` and ``order``, from fixed texts.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal
@@ -19,26 +18,19 @@ from uuid import UUID
 
 import asyncpg
 
-from harvester.metrics import FAILED_REASONS
 from harvester.ports import AckReport, JobCursor, RequeueReport, Selection
 from harvester.store import figures, queries
 from harvester.store.connect import Connection, translated
 from harvester.store.listen import CHANNEL_JOBS
 
-# Each listable state in the order of its own index (see sql/001_initial.sql).
+# Each listable state (harvester.jobquery.LISTABLE_STATES) in the order of its own index
+# (see sql/001_initial.sql).
 _LIST_ORDER: Final[dict[str, tuple[str, bool]]] = {
     "pending": ("next_poll_at", False),
     "stuck": ("next_poll_at", False),
     "landed": ("landed_at", True),
     "failed": ("updated_at", True),
 }
-LISTABLE_STATES: Final = tuple(_LIST_ORDER)
-_HTTP_REASON: Final = re.compile(r"http_[1-5]\d\d")
-
-
-def is_failed_reason(text: str) -> bool:
-    """One of the known reasons, or ``http_<status>``: what ``failed_reason`` holds."""
-    return text in FAILED_REASONS or bool(_HTTP_REASON.fullmatch(text))
 
 
 JOB_COLUMNS: Final = (

@@ -29,7 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harvester.admin import BODY_LIMIT, MAX_IDS_PER_REQUEST
-from harvester.commands import SHOWN_BAD_LINES, enqueue_entries
+from harvester.commands.enqueue import enqueue_entries
+from harvester.commands.ids import SHOWN_BAD_LINES
 from harvester.feed import classify_lines
 from harvester.tools.simulator import Mix
 from tests.acceptance.conftest import MakeFleet, StartSimulator

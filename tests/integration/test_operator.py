@@ -23,7 +23,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from harvester.admin import Admin
-from harvester.commands import libpq_connection, with_database
+from harvester.dsn import libpq_connection, with_database
 from harvester.metrics import Metrics
 from harvester.migrations import latest_version
 from harvester.settings import load_settings

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harvester.jobquery import LISTABLE_STATES
 from harvester.ports import JobCursor, Selection
 from harvester.store import create_pool, figures, listen, operators, purge, queries, queue
 from harvester.store.listen import CHANNEL_JOBS, CHANNEL_PACE
@@ -38,7 +39,7 @@ def _heartbeat() -> tuple[Any, ...]:
 
 def _list_jobs() -> list[Variant]:
     variants: list[Variant] = []
-    for state in operators.LISTABLE_STATES:
+    for state in LISTABLE_STATES:
         for reasons in ([], ["not_found"]) if state == "failed" else ([],):
             for after in (None, JobCursor(NOW, uuid.uuid4())):
                 sql, args = operators.list_jobs_sql(state, reasons=reasons, limit=100,
