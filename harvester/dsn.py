@@ -140,14 +140,31 @@ LIBPQ_PARAMETERS: Final = frozenset({
     "target_session_attrs", "load_balance_hosts"})
 
 
+# Secret parameters libpq reads from no environment variable (there is PGPASSWORD, but
+# no PGSSLPASSWORD): they leave the URI too, for a service file (harvester psql).
+FILE_SECRETS: Final = frozenset({"sslpassword"})
+
+
 def libpq_connection(dsn: str) -> tuple[str, dict[str, str]]:
     """A connection URI for psql's command line and the environment to go with it.
 
     libpq parses the URI itself, exactly as it would any client's: percent-encoded user
     names, several hosts, ``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey`` and every
-    other parameter keep their meaning. Only the password leaves the URI, decoded, for
-    ``PGPASSWORD``, so that it never shows on a process list; asyncpg's spellings
-    (``database=``, server settings such as ``search_path=``) are translated."""
+    other parameter keep their meaning. Only the secrets leave the URI, so that they never
+    show on a process list: the password, decoded, for ``PGPASSWORD``; ``sslpassword``
+    for a service file (:func:`libpq_file_secrets`). asyncpg's spellings (``database=``,
+    server settings such as ``search_path=``) are translated."""
+    uri, env, _ = _libpq(dsn)
+    return uri, env
+
+
+def libpq_file_secrets(dsn: str) -> dict[str, str]:
+    """The secrets :func:`libpq_connection` takes out of the URI that no environment
+    variable can carry, decoded, for a service file (``[service]`` then ``key=value``)."""
+    return _libpq(dsn)[2]
+
+
+def _libpq(dsn: str) -> tuple[str, dict[str, str], dict[str, str]]:
     parts = urlsplit(dsn)
     userinfo, at, hostport = parts.netloc.rpartition("@")
     user, _, password = userinfo.partition(":")
@@ -156,9 +173,12 @@ def libpq_connection(dsn: str) -> tuple[str, dict[str, str]]:
         env["PGPASSWORD"] = unquote(password)
     kept: list[tuple[str, str]] = []
     options: list[str] = []
+    file_secrets: dict[str, str] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "password":
             env["PGPASSWORD"] = value
+        elif key in FILE_SECRETS:
+            file_secrets[key] = value
         elif key == "database":
             kept.append(("dbname", value))
         elif key in LIBPQ_PARAMETERS:
@@ -171,5 +191,4 @@ def libpq_connection(dsn: str) -> tuple[str, dict[str, str]]:
     netloc = f"{user}{at}{hostport}" if user else hostport
     uri = parts._replace(scheme="postgresql", netloc=netloc,
                          query=urlencode(kept, quote_via=quote)).geturl()
-    return uri, env
-
+    return uri, env, file_secrets

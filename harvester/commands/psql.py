@@ -1,6 +1,12 @@
 """``harvester psql``: psql on the configured database with every parameter of
 ``HARVESTER_DATABASE_URL`` (:func:`harvester.dsn.libpq_connection`), or on the embedded
-one, started for the session (README "Commands")."""
+one, started for the session (README "Commands").
+
+psql's command line shows in ``ps`` to every local user, so no secret goes there: the
+password goes in ``PGPASSWORD`` (libpq's own variable; a process's environment is
+readable by its user only), and ``sslpassword``, which libpq reads from no variable, in
+a connection service file that only this user can read, removed when psql exits.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,24 @@ import asyncio
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
 from harvester.commands.database import Target
-from harvester.dsn import libpq_connection, with_database
+from harvester.dsn import libpq_connection, libpq_file_secrets, with_database
 from harvester.embedded import DEFAULT_DATABASE, EmbeddedPostgres, require_installed
 from harvester.errors import UserError
 from harvester.settings import Settings
 from harvester.store import queries
 
 SQL: Final = queries.load("schema")
+SERVICE: Final = "harvester"
+"""The section of the temporary service file (PGSERVICE)."""
 
 
 def add_parser(sub: Any) -> None:
@@ -47,8 +59,13 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if args.database:
             dsn = with_database(dsn, args.database)
         conninfo, env = libpq_connection(dsn)
-        return subprocess.call([psql, "--dbname", conninfo, *extra],  # noqa: S603 - asked for
-                               env={**os.environ, **env})
+        secrets = libpq_file_secrets(dsn)
+        if secrets and "service" in dict(parse_qsl(urlsplit(conninfo).query)):
+            raise UserError("HARVESTER_DATABASE_URL: harvester psql passes sslpassword in a "
+                            "service file of its own, so it cannot also use service=")
+        with service_file(secrets) as service:
+            return subprocess.call([psql, "--dbname", conninfo, *extra],  # noqa: S603 - asked for
+                                   env={**os.environ, **env, **service})
     embedded = EmbeddedPostgres(settings.data_dir)
     database = args.database or DEFAULT_DATABASE
     target = Target(settings, args.database)
@@ -80,3 +97,30 @@ async def _databases(admin_uri: str) -> list[str]:
     return [r["datname"] for r in rows]
 
 
+@contextmanager
+def service_file(parameters: Mapping[str, str]) -> Iterator[dict[str, str]]:
+    """The environment that hands psql ``parameters`` through a connection service file
+    (``PGSERVICEFILE``, ``PGSERVICE``): mode 0600 in a directory of mode 0700, both
+    removed on the way out. libpq takes from it what the URI does not set.
+
+    A service file holds one ``key=value`` per line and drops a line's trailing blanks,
+    so a value with a line break, another control character or trailing blanks cannot
+    pass intact: refused, naming the parameter, never its value."""
+    if not parameters:
+        yield {}
+        return
+    for key, value in parameters.items():
+        if not value.isprintable() or value != value.rstrip() or len(value) > 900:
+            raise UserError(f"HARVESTER_DATABASE_URL: {key} cannot be handed to psql (a "
+                            "service file takes up to 900 printable characters, without "
+                            "trailing blanks)")
+    directory = tempfile.mkdtemp(prefix="harvester-psql-")
+    try:
+        path = os.path.join(directory, "pg_service.conf")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"[{SERVICE}]\n"
+                         + "".join(f"{key}={value}\n" for key, value in parameters.items()))
+        yield {"PGSERVICEFILE": path, "PGSERVICE": SERVICE}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
