@@ -111,6 +111,14 @@ def test_the_engine_side_imports_no_adapter_and_no_driver() -> None:
         assert not crossing, (module, crossing)
 
 
+def test_the_adapters_import_nothing_of_the_engine() -> None:
+    adapters = [m for m in modules() if m.startswith("harvester.store") or m == "harvester.upstream"]
+    rooms = ENGINE_SIDE - {"harvester.policy", "harvester.pacing", "harvester.alarms",
+                           "harvester.ports", "harvester.cadence", "harvester.batching"}
+    for module in adapters:
+        assert not internal(module) & rooms, (module, internal(module) & rooms)
+
+
 def test_the_engine_never_loads_the_operators_statements() -> None:
     """The queue's adapter (what the engine is given) reaches connect, listen and its
     own statements only."""
