@@ -25,18 +25,25 @@ from aiohttp import web
 from harvester.admin_connections import SERVER_NAME, Connections, GuardedSite
 from harvester.errors import ConfigError, StoreError
 from harvester.feed import InvalidJobId, parse_job_id, shorten_for_display
+from harvester.jobquery import DEFAULT_PAGE, LISTABLE_STATES, MAX_PAGE, BadJobQuery, JobQuery
 from harvester.logs import get_logger
 from harvester.metrics import CONTENT_TYPE, FAILED_REASONS, Metrics
+from harvester.ports import OperatorPort, json_default
 from harvester.settings import Settings, is_loopback_host
-from harvester.store import LISTABLE_STATES, JobCursor, Store, is_failed_reason, json_default
 
 log = get_logger("harvester.admin")
 
 BODY_LIMIT: Final = 1024 * 1024
 MAX_IDS_PER_REQUEST: Final = 10_000
-DEFAULT_PAGE: Final = 100
-MAX_PAGE: Final = 1000
 SHOWN_ERRORS: Final = 20
+JOB_QUERY_MISTAKES: Final[dict[str, str]] = {
+    "reason": f"reason must be one of {', '.join(FAILED_REASONS)} or http_<status>",
+    "state": f"state must be one of {', '.join(LISTABLE_STATES)}",
+    "reason_state": "reason applies to state=failed only",
+    "limit": f"limit must be a whole number from 1 to {MAX_PAGE}",
+    "after": 'after must be the cursor of a previous page (its "next")',
+}
+"""A job query's broken rule (:class:`~harvester.jobquery.BadJobQuery`) as the API says it."""
 READY_CACHE: Final = 2.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -112,7 +119,7 @@ async def _starting() -> dict[str, bool]:
 class Admin:
     """Routes and their dependencies."""
 
-    def __init__(self, settings: Settings, store: Store | None, metrics: Metrics,
+    def __init__(self, settings: Settings, store: OperatorPort | None, metrics: Metrics,
                  checks: Callable[[], Awaitable[dict[str, bool]]] | None = None,
                  connections: Connections | None = None) -> None:
         self.settings = settings
@@ -129,7 +136,7 @@ class Admin:
     def __repr__(self) -> str:
         return f"Admin(host={self.settings.admin_host!r}, port={self.port})"
 
-    def attach(self, store: Store, checks: Callable[[], Awaitable[dict[str, bool]]]) -> None:
+    def attach(self, store: OperatorPort, checks: Callable[[], Awaitable[dict[str, bool]]]) -> None:
         """The daemon starts the admin server before the database answers (so liveness
         holds while it waits); the store and the real readiness checks come later."""
         self.store = store
@@ -319,33 +326,16 @@ class Admin:
         unknown = sorted(set(query) - {"state", "reason", "limit", "after"})
         if unknown:
             return error(400, f"unknown query parameter(s): {', '.join(unknown)}")
-        reasons = list(dict.fromkeys(query.getall("reason", [])))
-        for reason in reasons:
-            if not is_failed_reason(reason):
-                return error(400, f"reason must be one of {', '.join(FAILED_REASONS)} or "
-                                  "http_<status>")
-        state = query.get("state") or ("failed" if reasons else None)
-        if state not in LISTABLE_STATES:
-            return error(400, f"state must be one of {', '.join(LISTABLE_STATES)}")
-        if reasons and state != "failed":
-            return error(400, "reason applies to state=failed only")
         try:
-            limit = int(query.get("limit", DEFAULT_PAGE))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= MAX_PAGE:
-            return error(400, f"limit must be a whole number from 1 to {MAX_PAGE}")
-        cursor = None
-        if "after" in query:
-            try:
-                cursor = JobCursor.parse(query["after"])
-            except ValueError:
-                return error(400, "after must be the cursor of a previous page (its \"next\")")
+            jobs = JobQuery.parse(query.get("state"), query.getall("reason", []),
+                                  query.get("limit", str(DEFAULT_PAGE)), query.get("after"))
+        except BadJobQuery as exc:
+            return error(400, JOB_QUERY_MISTAKES[exc.rule])
         if self.store is None:
             return error(503, "starting: the database is not connected yet; try again")
         try:
-            rows, following = await self.store.list_jobs(state, reasons=reasons, limit=limit,
-                                                         after=cursor)
+            rows, following = await self.store.list_jobs(jobs.state, reasons=jobs.reasons,
+                                                         limit=jobs.limit, after=jobs.after)
         except StoreError:
             return error(503, "database unavailable")
         return json_response({"jobs": rows, "next": None if following is None else str(following)})

@@ -37,10 +37,14 @@ from harvester.migrations import (
     pending_migrations,
 )
 from harvester.policy import backoff
+from harvester.ports import OperatorPort
 from harvester.privileges import check_privileges
 from harvester.retention import Purger, Retention
 from harvester.settings import Settings
-from harvester.store import ConnectTarget, Store, create_pool, translated
+from harvester.store import ConnectTarget, create_pool, translated
+from harvester.store.operators import OperatorStore
+from harvester.store.purge import PurgeStore
+from harvester.store.queue import QueueStore
 from harvester.upstream import Upstream
 
 log = get_logger("harvester.daemon")
@@ -213,18 +217,19 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
                     "privileges", stop, lambda: check_privileges(pool)))
                 if stop.is_set():
                     return
-                store = Store(pool, dsn=dsn)
-                metrics.attach_queue_gauges(store.queue_gauges)
+                store = QueueStore(pool, dsn=dsn)
+                operators = OperatorStore(pool)
+                metrics.attach_queue_gauges(operators.queue_gauges)
                 retention = Retention.from_settings(settings)
                 background = {}
                 if retention.enabled:
-                    background["retention"] = Purger(retention, store, metrics).run
+                    background["retention"] = Purger(retention, PurgeStore(pool), metrics).run
                 else:
                     log.info("retention.off", note="HARVESTER_FINISHED_RETENTION is 0 and "
                              "HARVESTER_RESULT_RETENTION unset: nothing is deleted")
                 async with Upstream(settings) as upstream:
                     engine = Engine(settings, store, upstream, metrics, background=background)
-                    admin.attach(store, _readiness(engine, store, pool))
+                    admin.attach(operators, _readiness(engine, operators, pool))
                     if stop.is_set():
                         engine.stop()
                     await engine.run()
@@ -259,7 +264,7 @@ async def _with_retry(what: str, stop: asyncio.Event,
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
 
-def _readiness(engine: Engine, store: Store, pool: asyncpg.Pool
+def _readiness(engine: Engine, store: OperatorPort, pool: asyncpg.Pool
                ) -> Callable[[], Awaitable[dict[str, bool]]]:
     migrations_ok_at: float | None = None
 

@@ -2,17 +2,19 @@
 
 Pure functions over the DSN text, no I/O: where it points (for messages), the secrets
 it holds (for the log redactor and for scrubbing error text), the files it names (for
-an error that says which one is missing), and ``connect_timeout``, which libpq honours
-but asyncpg would pass to the server as a setting the server refuses. README
-"Configuration" (TLS to PostgreSQL) documents the parameters.
+an error that says which one is missing), ``connect_timeout``, which libpq honours
+but asyncpg would pass to the server as a setting the server refuses, another database
+on the same server (``--database``), and the same DSN as libpq reads it, for psql.
+README "Configuration" (TLS to PostgreSQL) documents the parameters.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import os
 from typing import Final
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 MASK: Final = "**********"
@@ -124,3 +126,94 @@ def _is_address(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def with_database(dsn: str, name: str) -> str:
+    """``dsn`` naming database ``name`` instead (a ``dbname=`` parameter is dropped)."""
+    parts = urlsplit(dsn)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if k not in ("dbname", "database")]
+    return parts._replace(path="/" + quote(name, safe=""),
+                          query=urlencode(query, quote_via=quote)).geturl()
+
+
+def _dsn_database(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    named = dict(parse_qsl(parts.query))
+    return (named.get("dbname") or named.get("database") or unquote(parts.path.lstrip("/"))
+            or unquote(parts.username or "") or "postgres")
+
+
+def describe_dsn(dsn: str) -> str:
+    """Where a DSN points, for messages: database and host, never the password."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2] or dict(parse_qsl(parts.query)).get("host", "")
+    return f'database "{_dsn_database(dsn)}"' + (f" on {host}" if host else "")
+
+
+# Connection parameters libpq understands in a URI (PostgreSQL 16's list). Anything
+# else in an asyncpg DSN is a server setting (asyncpg sends unknown query parameters as
+# such), which psql gets through PGOPTIONS instead.
+LIBPQ_PARAMETERS: Final = frozenset({
+    "host", "hostaddr", "port", "dbname", "user", "passfile", "channel_binding",
+    "connect_timeout", "client_encoding", "options", "application_name",
+    "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
+    "keepalives_count", "tcp_user_timeout", "replication", "gssencmode", "sslmode",
+    "requiressl", "sslcompression", "sslcert", "sslkey", "sslpassword", "sslcertmode",
+    "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer", "ssl_min_protocol_version",
+    "ssl_max_protocol_version", "krbsrvname", "gsslib", "gssdelegation", "service",
+    "target_session_attrs", "load_balance_hosts"})
+
+
+# Secret parameters libpq reads from no environment variable (there is PGPASSWORD, but
+# no PGSSLPASSWORD): they leave the URI too, for a service file (harvester psql).
+FILE_SECRETS: Final = frozenset({"sslpassword"})
+
+
+def libpq_connection(dsn: str) -> tuple[str, dict[str, str]]:
+    """A connection URI for psql's command line and the environment to go with it.
+
+    libpq parses the URI itself, exactly as it would any client's: percent-encoded user
+    names, several hosts, ``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey`` and every
+    other parameter keep their meaning. Only the secrets leave the URI, so that they never
+    show on a process list: the password, decoded, for ``PGPASSWORD``; ``sslpassword``
+    for a service file (:func:`libpq_file_secrets`). asyncpg's spellings (``database=``,
+    server settings such as ``search_path=``) are translated."""
+    uri, env, _ = _libpq(dsn)
+    return uri, env
+
+
+def libpq_file_secrets(dsn: str) -> dict[str, str]:
+    """The secrets :func:`libpq_connection` takes out of the URI that no environment
+    variable can carry, decoded, for a service file (``[service]`` then ``key=value``)."""
+    return _libpq(dsn)[2]
+
+
+def _libpq(dsn: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    parts = urlsplit(dsn)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    env: dict[str, str] = {}
+    if password:
+        env["PGPASSWORD"] = unquote(password)
+    kept: list[tuple[str, str]] = []
+    options: list[str] = []
+    file_secrets: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "password":
+            env["PGPASSWORD"] = value
+        elif key in FILE_SECRETS:
+            file_secrets[key] = value
+        elif key == "database":
+            kept.append(("dbname", value))
+        elif key in LIBPQ_PARAMETERS:
+            kept.append((key, value))
+        else:
+            escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
+            options.append(f"-c {key}={escaped}")
+    if options:
+        env["PGOPTIONS"] = " ".join(filter(None, [os.environ.get("PGOPTIONS", ""), *options]))
+    netloc = f"{user}{at}{hostport}" if user else hostport
+    uri = parts._replace(scheme="postgresql", netloc=netloc,
+                         query=urlencode(kept, quote_via=quote)).geturl()
+    return uri, env, file_secrets

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from harvester.errors import MigrationError
 
 if TYPE_CHECKING:
-    from harvester.store import Connection
+    from harvester.store.connect import Connection
 
 # pg_advisory_lock key: the ASCII of "harvestr" as a bigint, fixed forever.
 MIGRATION_LOCK_KEY = 0x6861727665737472

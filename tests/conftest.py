@@ -22,7 +22,8 @@ import pytest
 
 from harvester.embedded import EmbeddedPostgres
 from harvester.migrations import migrate
-from harvester.store import Store, create_pool
+from harvester.store import create_pool
+from tests.stores import Store
 
 # Read once, before any test scrubs HARVESTER_* from the environment.
 TEST_DATABASE_URL = os.environ.get("HARVESTER_TEST_DATABASE_URL") or None

@@ -29,12 +29,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harvester.admin import BODY_LIMIT, MAX_IDS_PER_REQUEST
-from harvester.commands import SHOWN_BAD_LINES, enqueue_entries
+from harvester.commands.enqueue import enqueue_entries
+from harvester.commands.ids import SHOWN_BAD_LINES
 from harvester.feed import classify_lines
-from harvester.store import Store
 from harvester.tools.simulator import Mix
 from tests.acceptance.conftest import MakeFleet, StartSimulator
 from tests.integration.test_admin_api import AUTH, TOKEN, admin_client
+from tests.stores import Store
 
 FIXTURES_OK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                HealthCheck.data_too_large, HealthCheck.large_base_example]

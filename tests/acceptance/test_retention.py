@@ -16,12 +16,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from harvester.store import Store
 from harvester.tools.simulator import Mix
 from tests.acceptance.conftest import MakeFleet, StartSimulator
 from tests.acceptance.harness import Fleet, LandedWitness, assert_mirror_is_upstream, new_ids
 from tests.helpers import Daemon, enqueue, wait_until
 from tests.integration.test_observability import scrape, scrape_until
+from tests.stores import Store
 
 ADMIN_TOKEN = "hv-admin-retention-5Tq2"
 

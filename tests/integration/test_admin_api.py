@@ -17,9 +17,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from harvester.admin import BODY_LIMIT, MAX_IDS_PER_REQUEST, SHOWN_ERRORS, Admin
 from harvester.metrics import Metrics
 from harvester.settings import load_settings
-from harvester.store import Store, create_pool
+from harvester.store import create_pool
 from harvester.tools.simulator import result_row
 from tests.integration.test_commands import put_jobs_in_each_state
+from tests.stores import Store
 
 TOKEN = "admin-s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

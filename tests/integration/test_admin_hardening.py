@@ -19,9 +19,9 @@ import pytest
 from harvester.admin import Admin, host_name
 from harvester.metrics import Metrics
 from harvester.settings import load_settings
-from harvester.store import Store
 from tests.integration.conftest import ServeAdmin
 from tests.integration.test_admin_api import TOKEN, ready
+from tests.stores import Store
 
 Start = Callable[..., Awaitable[Admin]]
 

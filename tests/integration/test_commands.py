@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from harvester.store import Store
 from harvester.tools.simulator import result_row
+from tests.stores import Store
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 

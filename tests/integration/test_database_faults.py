@@ -26,9 +26,10 @@ from harvester.errors import (
     StoreUnavailable,
 )
 from harvester.privileges import check_privileges
-from harvester.store import Store, create_pool
+from harvester.store import create_pool
 from tests.helpers import DAEMON_GRANTS, enqueue, login_role
 from tests.integration.conftest import Cli
+from tests.stores import Store
 
 
 @contextlib.asynccontextmanager

@@ -21,7 +21,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from harvester.commands import SHOWN_BAD_LINES, cmd_enqueue
+from harvester.commands.enqueue import cmd_enqueue
+from harvester.commands.ids import SHOWN_BAD_LINES
 from harvester.errors import UserError
 from harvester.settings import load_settings
 

@@ -6,6 +6,7 @@ parameters as the daemon, and an interrupted enqueue that says what it did."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import signal
@@ -16,21 +17,24 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from harvester.admin import Admin
-from harvester.commands import libpq_connection, with_database
+from harvester.commands.psql import service_file
+from harvester.dsn import libpq_connection, libpq_file_secrets, with_database
+from harvester.errors import UserError
 from harvester.metrics import Metrics
 from harvester.migrations import latest_version
 from harvester.settings import load_settings
-from harvester.store import Store, create_pool
+from harvester.store import create_pool
 from harvester.tools.demo import DEMO_DATABASE, next_commands
 from tests.integration.test_admin_api import AUTH, TOKEN, ready
 from tests.integration.test_commands import put_jobs_in_each_state, table_rows
+from tests.stores import Store
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
@@ -261,6 +265,73 @@ def test_psql_gets_the_dsn_as_libpq_reads_it_with_the_password_apart() -> None:
     assert only_user == ("postgresql://u@h/db", {"PGPASSWORD": "s@cret"})
     socket = libpq_connection("postgresql://postgres:@/db?host=/tmp/pg%20sock")
     assert socket == ("postgresql://postgres@/db?host=%2Ftmp%2Fpg%20sock", {})
+
+
+STUB_PSQL = """#!{python}
+import json, os, stat, sys
+service = os.environ.get("PGSERVICEFILE")
+saw = {{"argv": sys.argv[1:], "password": os.environ.get("PGPASSWORD"),
+        "service": os.environ.get("PGSERVICE"), "service_file": service}}
+if service:
+    with open(service) as handle:
+        saw["service_text"] = handle.read()
+    saw["mode"] = stat.S_IMODE(os.stat(service).st_mode)
+    saw["dir_mode"] = stat.S_IMODE(os.stat(os.path.dirname(service)).st_mode)
+with open({record!r}, "w") as out:
+    json.dump(saw, out)
+"""
+
+
+def test_psql_gets_every_secret_and_its_command_line_none(tmp_path: Path) -> None:
+    """README "Commands": the password in PGPASSWORD, sslpassword (libpq reads it from no
+    environment variable) in a service file only this user can read, removed when psql
+    exits; neither on psql's command line, which any local user sees in ``ps``. A stub
+    psql first on PATH records what it was given and where."""
+    record = tmp_path / "psql-saw.json"
+    stub = tmp_path / "bin" / "psql"
+    stub.parent.mkdir()
+    stub.write_text(STUB_PSQL.format(python=sys.executable, record=str(record)))
+    stub.chmod(0o755)
+    dsn = ("postgresql://op:pw%20secret%231@127.0.0.1:1/mirror?sslmode=verify-full"
+           "&sslkey=/k.pem&sslpassword=key%20secret%232&application_name=ops")
+    env = subprocess_env(tmp_path, HARVESTER_DATABASE_URL=dsn)
+    env["PATH"] = f"{stub.parent}{os.pathsep}{env['PATH']}"
+    done = harvester("psql", "--", "-XAtc", "SELECT 1", env=env)
+    assert done.returncode == 0, done.stderr
+    saw = json.loads(record.read_text())
+    assert not [arg for arg in saw["argv"] if "secret" in unquote(arg)], saw["argv"]
+    assert saw["argv"] == ["--dbname", "postgresql://op@127.0.0.1:1/mirror?sslmode=verify-full"
+                           "&sslkey=%2Fk.pem&application_name=ops", "-XAtc", "SELECT 1"]
+    assert saw["password"] == "pw secret#1"
+    assert (saw["service"], saw["service_text"]) == ("harvester",
+                                                     "[harvester]\nsslpassword=key secret#2\n")
+    assert (saw["mode"], saw["dir_mode"]) == (0o600, 0o700)
+    assert not Path(saw["service_file"]).parent.exists()  # removed once psql exited
+    assert "secret" not in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not any(Path(d, "psql").exists() for d in
+                            os.environ.get("PATH", "").split(os.pathsep)),
+                    reason="no psql on PATH")
+def test_libpq_takes_what_the_service_file_holds_beside_the_uri(db_url: str,
+                                                                 tmp_path: Path) -> None:
+    """The real libpq reads the temporary service file for what the URI leaves out
+    (application_name stands in for sslpassword, which only a TLS client key with a
+    passphrase would show), and refuses what a service file cannot carry."""
+    conninfo, env = libpq_connection(db_url)
+    with service_file({"application_name": "from the service file"}) as service:
+        done = subprocess.run(
+            ["psql", "--dbname", conninfo, "-XAtc", "SELECT current_setting('application_name')"],
+            env={**subprocess_env(tmp_path), **env, **service}, capture_output=True, text=True,
+            timeout=60, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "from the service file"), done.stderr
+    assert not Path(service["PGSERVICEFILE"]).exists()
+    for bad in ("two\nlines", "trailing ", "\x07"):
+        with pytest.raises(UserError, match=r"^HARVESTER_DATABASE_URL: sslpassword cannot be"), \
+                service_file({"sslpassword": bad}):
+            pass
+    assert libpq_file_secrets("postgresql://u@h/db?sslpassword=a%26b&sslmode=require") == {
+        "sslpassword": "a&b"}
 
 
 @pytest.fixture

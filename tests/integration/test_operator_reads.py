@@ -12,7 +12,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from harvester.store import JobCursor, Store, list_jobs_sql
+from harvester.ports import JobCursor
+from harvester.store.operators import list_jobs_sql
+from tests.stores import Store
 
 INDEX = {"pending": "jobs_due_idx", "stuck": "jobs_due_idx", "landed": "jobs_landed_at_idx",
          "failed": "jobs_failed_idx"}

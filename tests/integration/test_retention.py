@@ -15,9 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from harvester.metrics import Metrics
 from harvester.policy import Retry
 from harvester.ports import Outcome
-from harvester.store import RETENTION_LOCK_KEY, Store
+from harvester.store.purge import RETENTION_LOCK_KEY
 from tests.helpers import enqueue
 from tests.integration.test_store import land_for
+from tests.stores import Store
 
 DAY = 86400.0
 

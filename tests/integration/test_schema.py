@@ -11,12 +11,9 @@ import asyncpg
 import pytest
 
 from harvester.migrations import latest_version, load_migrations, migrate
-from harvester.store import (
-    CLAIM_SQL,
-    PURGE_FINISHED_SQL,
-    PURGE_RESULTS_SQL,
-    Connection,
-)
+from harvester.store import Connection
+from harvester.store.purge import PURGE_FINISHED_SQL, PURGE_RESULTS_SQL
+from harvester.store.queue import CLAIM_SQL
 
 EXPECTED_COLUMNS = {
     "jobs": {

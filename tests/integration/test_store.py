@@ -14,9 +14,11 @@ import asyncpg
 from harvester.model import ExtractionResult
 from harvester.policy import Fail, Hold, Land, Retry, Stuck
 from harvester.ports import Outcome, ReleaseRow
-from harvester.store import CLAIM_SQL, Store, create_pool
+from harvester.store import create_pool
+from harvester.store.queue import CLAIM_SQL
 from harvester.tools.simulator import result_row
 from tests.helpers import enqueue
+from tests.stores import Store
 
 
 def land_for(job_id: uuid.UUID, **changes: object) -> Land:

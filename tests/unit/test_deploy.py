@@ -41,7 +41,7 @@ from harvester.settings import (
     is_loopback_host,
     load_settings,
 )
-from harvester.store import Store
+from harvester.store.operators import OperatorStore
 from harvester.tools.simulator import Mix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -594,7 +594,7 @@ def test_the_dsn_checks_the_server_certificate_against_a_mounted_ca() -> None:
 def admin_app() -> web.Application:
     # A real but never-connected pool (it needs a running loop, so callers are async):
     # building the routes touches no database.
-    store = Store(asyncpg.create_pool("postgresql://unused@127.0.0.1:1/unused"))
+    store = OperatorStore(asyncpg.create_pool("postgresql://unused@127.0.0.1:1/unused"))
 
     async def checks() -> dict[str, bool]:
         return {}
