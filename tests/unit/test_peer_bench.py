@@ -70,33 +70,42 @@ def test_the_peer_refuses_a_row_without_a_required_field() -> None:
         peer.row_from_body(str(UUID(int=1)), json.dumps(document).encode())
 
 
-def run(round_: int, batch: int | None, seconds: float) -> object:
+def run(round_: int | None, batch: int | None, seconds: float, cpu: float = 100.0) -> object:
     return bench.Run(round_, "ours" if batch is None else "peer", batch, 1000, seconds,
-                     {"consumer": 100.0, "postgres": 50.0, "simulator": 80.0})
+                     {"consumer": cpu, "postgres": 50.0, "simulator": 50.0, "feeder": 9.0})
 
 
-def test_the_peer_is_the_batch_size_with_the_best_median() -> None:
-    runs = [
-        # round 1: b=10 is fastest this once, b=50 is best over the rounds
-        run(0, 10, 0.5), run(0, 50, 1.0), run(0, None, 0.4),
-        run(1, None, 0.5), run(1, 50, 0.8), run(1, 10, 2.0),
-        run(2, 10, 2.0), run(2, 50, 1.0), run(2, None, 0.5),
-    ]
-    summary = bench.summarize(runs)
-    assert summary.best_batch == 50
-    assert summary.median_rate == {"harvester": 2000.0, "peer b=10": 500.0,
-                                   "peer b=50": 1000.0}
+def test_the_peer_is_the_batch_size_with_the_best_median_in_the_sweep() -> None:
+    # b=10 has the fastest single run, b=50 the best median
+    sweep = [run(None, 10, 0.5), run(None, 50, 1.0), run(None, 10, 2.0), run(None, 50, 0.8),
+             run(None, 10, 2.0), run(None, 50, 1.0)]
+    assert bench.best_batch(sweep) == 50
+    with pytest.raises(ValueError, match="no run of the peer"):
+        bench.best_batch([])
+
+
+def test_each_round_compares_its_own_pair() -> None:
+    pairs = [run(0, 50, 1.0, cpu=300.0), run(0, None, 0.4),
+             run(1, None, 0.5), run(1, 50, 0.8, cpu=200.0),
+             run(2, 50, 1.0, cpu=200.0), run(2, None, 0.5)]
+    summary = bench.summarize(50, pairs)
     assert summary.ratios == [2.5, 1.6, 2.0]
     assert summary.median_ratio == 2.0
-    assert summary.ratios_best_point == [1.25, 1.6, 2.0]
-    text = bench.report(runs, summary)
-    assert "ours/peer by round: 2.50, 1.60, 2.00; median 2.00" in text
-    assert "peer b=50" in text.split("<- the peer")[0].splitlines()[-1]
+    assert summary.cpu_ratios == [2.0, 1.5, 1.5]
+    text = bench.report([run(None, 10, 2.0), run(None, 50, 1.0)], pairs, summary)
+    assert "harvester/peer jobs/s by round: 2.50, 1.60, 2.00; median 2.00" in text
+    assert "peer/harvester CPU per job by round: 2.00, 1.50, 1.50; median 1.50" in text
+    marked = [line for line in text.splitlines() if line.endswith("<- the peer")]
+    assert len(marked) == 1
+    assert marked[0].startswith("peer b=50 ")
+    # harvester's medians: 3 runs, 2,000 jobs/s, CPU 100 + 50 + 50 = 200 with the feeder apart
+    assert any(line.split() == ["harvester", "3", "2,000", "100", "50", "50", "200", "9"]
+               for line in text.splitlines())
 
 
-def test_a_summary_needs_both_sides() -> None:
+def test_a_summary_needs_a_round_with_both_sides() -> None:
     with pytest.raises(ValueError, match="harvester and of the peer"):
-        bench.summarize([run(0, 10, 1.0)])
+        bench.summarize(10, [run(0, 10, 1.0), run(1, None, 1.0)])
 
 
 def test_the_cpu_total_leaves_the_feeder_apart_and_needs_every_part() -> None:
@@ -106,10 +115,11 @@ def test_the_cpu_total_leaves_the_feeder_apart_and_needs_every_part() -> None:
     assert bench.Run(0, "ours", None, 10, 1.0, {"consumer": 1.0}).cpu_total is None
 
 
-def test_rounds_alternate_which_side_runs_last() -> None:
-    assert bench.order_of_round(0, [10, 50]) == [10, 50, None]
-    assert bench.order_of_round(1, [10, 50]) == [None, 50, 10]
-    assert bench.order_of_round(2, [10, 50]) == [10, 50, None]
+def test_the_order_alternates_between_rounds_and_passes() -> None:
+    assert bench.pair_order(0) == ["peer", "ours"]
+    assert bench.pair_order(1) == ["ours", "peer"]
+    assert bench.sweep_order(0, [10, 50, 100]) == [10, 50, 100]
+    assert bench.sweep_order(1, [10, 50, 100]) == [100, 50, 10]
 
 
 @pytest.mark.parametrize(("text", "sizes"), [("10,25,50", [10, 25, 50]), ("200, 10,10", [10, 200])])
@@ -124,7 +134,8 @@ def test_bad_batch_sizes_are_refused(text: str) -> None:
 
 
 @pytest.mark.parametrize("argv", [["--rounds", "0"], ["--jobs", "0"], ["--warmup", "-1"],
-                                  ["--batch-sizes", "0"], ["--peer-pool-size", "0"]])
+                                  ["--batch-sizes", "0"], ["--peer-pool-size", "0"],
+                                  ["--sweep-rounds", "0"]])
 def test_bad_arguments_exit_2_with_one_line(argv: list[str],
                                             capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
