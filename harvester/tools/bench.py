@@ -113,14 +113,17 @@ class Report:
 
 
 @asynccontextmanager
-async def simulator_process(mix: str, *sets: str) -> AsyncIterator[tuple[str, int]]:
-    """The simulator in a subprocess; yields its base URL and pid."""
+async def simulator_process(mix: str, *sets: str, own_session: bool = False
+                            ) -> AsyncIterator[tuple[str, int]]:
+    """The simulator in a subprocess; yields its base URL and pid. ``own_session``: see
+    :func:`daemon_process`."""
     args = [sys.executable, "-m", "harvester", "simulate", "--port", "0", "--mix", mix,
             "--token", BENCH_TOKEN, "--log-level", "warning",
             *[a for s in sets for a in ("--set", s)]]
     if mix != "demo":
         args.append("--no-record")
-    proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE,
+                                                start_new_session=own_session)
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
@@ -189,8 +192,14 @@ class Running:
 
 
 @asynccontextmanager
-async def daemon_process(dsn: str, api_url: str, concurrency: int) -> AsyncIterator[Running]:
-    """``harvester run`` in a subprocess, ready to work."""
+async def daemon_process(dsn: str, api_url: str, concurrency: int, *, own_session: bool = False
+                         ) -> AsyncIterator[Running]:
+    """``harvester run`` in a subprocess, ready to work.
+
+    ``own_session`` starts it in a session of its own, as PostgreSQL starts each backend:
+    where the kernel groups processes by session for scheduling (autogroup), a machine
+    busy with other work then shares the cores between it and the backends as between
+    equals, instead of between all of this process tree and each backend."""
     admin_port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(Path.home())),
@@ -201,7 +210,7 @@ async def daemon_process(dsn: str, api_url: str, concurrency: int) -> AsyncItera
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "harvester", "run", "--no-migrate", env=env,
-        stdout=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, start_new_session=own_session)
     try:
         await wait_ready(f"http://127.0.0.1:{admin_port}/readyz", proc)
         yield Running(proc.pid, f"http://127.0.0.1:{admin_port}")
