@@ -98,12 +98,16 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """An HTTP answer, its body already read within the size limit."""
+    """An HTTP answer, its body already read within the size limit.
+
+    ``date`` is its Date header as sent: the moment of the answer on upstream's clock,
+    against which upstream's HTTP-dates (Retry-After) are read."""
 
     status: int
     body: bytes = b""
     content_type: str | None = None
     retry_after: str | None = None
+    date: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,8 @@ class StatusAnswer:
     error: str | None = None
     retry_after: str | None = None
     html: bool = False
+    date: str | None = None
+    """The Date header, as on :class:`Response`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,14 +279,22 @@ _HUGE_DIGITS = 12
 """Whole seconds with more significant digits than this are at least ``_HUGE``."""
 
 
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
+def parse_retry_after(value: str | None, now: datetime, date: str | None = None
+                      ) -> float | None:
     """Seconds to wait according to a Retry-After header value, or None if unusable.
 
     delta-seconds (``5``; a decimal such as ``1.5`` or ``5.`` is tolerated), or an
-    HTTP-date (a past date means "now"). Negative numbers and garbage are unusable.
-    A delta with more digits than any sane delay is still a request to wait, so it is
-    returned as a huge number for the caller to clamp: were it "unusable", the caller
-    would fall back to a default and poll earlier than upstream asked.
+    HTTP-date. An HTTP-date names a moment on upstream's clock, so the wait is that
+    moment minus the answer's own Date header (``date``, upstream's clock when it
+    answered; RFC 9110 §10.2.3 with §6.6.1); only without a usable Date is it read
+    against ``now``, our clock. Date is the answer's second rounded down and the answer
+    took time to reach us, so the wait it gives is never shorter than upstream meant;
+    reading the date against our clock instead would be off by the clocks' difference,
+    in either direction (README "How upstream answers are handled"). A date at or before
+    Date means "now". Negative numbers and garbage are unusable. A delta with more
+    digits than any sane delay is still a request to wait, so it is returned as a huge
+    number for the caller to clamp: were it "unusable", the caller would fall back to a
+    default and poll earlier than upstream asked.
     """
     if value is None:
         return None
@@ -292,6 +306,19 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
             return _HUGE
         # Only the leading digits matter; float() never sees an absurdly long string.
         return min(float(f"{whole}.{fraction[:9] or 0}"), _HUGE)
+    when = http_date(text)
+    if when is None:
+        return None
+    origin = http_date(date) or now
+    return clamp((when - origin).total_seconds(), 0.0, _HUGE)
+
+
+def http_date(value: str | None) -> datetime | None:
+    """An HTTP-date (IMF-fixdate, or the obsolete forms email.utils reads) as an aware
+    datetime, or None for anything else."""
+    if value is None:
+        return None
+    text = value.strip()
     if not text or len(text) > 64:
         return None
     try:
@@ -300,7 +327,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return clamp((when - now).total_seconds(), 0.0, _HUGE)
+    return when
 
 
 def body_retry_after(document: Any) -> float | None:
@@ -317,10 +344,12 @@ def body_retry_after(document: Any) -> float | None:
 
 
 def upstream_delay(
-    header: str | None, document: Any, config: PolicyConfig, now: datetime, rand: float
+    header: str | None, document: Any, config: PolicyConfig, now: datetime, rand: float,
+    date: str | None = None,
 ) -> float:
-    """The wait upstream asked for: header, else body, else default; clamped; jittered."""
-    seconds = parse_retry_after(header, now)
+    """The wait upstream asked for: header (an HTTP-date read against the answer's
+    ``date``), else body, else default; clamped; jittered."""
+    seconds = parse_retry_after(header, now, date)
     if seconds is None:
         seconds = body_retry_after(document)
     if seconds is None:
@@ -443,7 +472,8 @@ def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand:
         return _decide_200(answer, job, config, rand)
 
     if status == 202:
-        delay = upstream_delay(answer.retry_after, _json(answer), config, now, rand())
+        delay = upstream_delay(answer.retry_after, _json(answer), config, now, rand(),
+                               answer.date)
         return Retry(delay=delay, status=202, error=None, attempt=0, consecutive_500s=0)
 
     if status == 401:
@@ -471,7 +501,7 @@ def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand:
                      attempt=job.attempt + 1, consecutive_500s=streak, state="pending")
 
     if status in (429, 503):
-        pause = parse_retry_after(answer.retry_after, now)
+        pause = parse_retry_after(answer.retry_after, now, answer.date)
         if status == 503 and pause is None:
             return _fault(job, config, rand, status, "503 service unavailable")
         return rate_limited(status, pause, config, rand)
@@ -703,7 +733,7 @@ def judge_status_call(answer: StatusAnswer, config: PolicyConfig, now: datetime,
     if status == 401:
         return StatusCall("unauthorized", error)
     if status in (429, 503):
-        pause = parse_retry_after(answer.retry_after, now)
+        pause = parse_retry_after(answer.retry_after, now, answer.date)
         if status == 429 or pause is not None:
             return StatusCall("rate_limited", error,
                               rate_limited(status, pause, config, rand).pause_for)

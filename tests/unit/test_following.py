@@ -4,6 +4,7 @@ means. Pure functions: ``now`` is an argument."""
 
 from __future__ import annotations
 
+import email.utils
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -158,6 +159,10 @@ def test_what_was_seen_becomes_the_job_history() -> None:
     (StatusAnswer(None, 429, "429", retry_after="3"), "rate_limited", 3.0),
     (StatusAnswer(None, 429, "429"), "rate_limited", 5.0),
     (StatusAnswer(None, 503, "503", retry_after="7"), "rate_limited", 7.0),
+    # An HTTP-date is read against the answer's Date: upstream's clock, 20 s behind ours.
+    (StatusAnswer(None, 429, "429", retry_after=email.utils.format_datetime(
+        NOW - timedelta(seconds=17), usegmt=True), date=email.utils.format_datetime(
+        NOW - timedelta(seconds=20), usegmt=True)), "rate_limited", 3.0),
     (StatusAnswer(None, 503, "503"), "failed", None),
     (StatusAnswer(None, 500, "500"), "failed", None),
     (StatusAnswer(None, 403, "403"), "failed", None),

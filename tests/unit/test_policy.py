@@ -68,9 +68,10 @@ def job(state: str = "pending", *, attempt: int = 3, streak: int = 0,
 
 
 def answer(status: int, document: Any = None, *, retry_after: str | None = None,
-           content_type: str | None = "application/json") -> Response:
+           content_type: str | None = "application/json", date: str | None = None) -> Response:
     body = b"" if document is None else json.dumps(document).encode()
-    return Response(status=status, body=body, content_type=content_type, retry_after=retry_after)
+    return Response(status=status, body=body, content_type=content_type, retry_after=retry_after,
+                    date=date)
 
 
 def row(job_id: UUID = JOB_ID, **changes: Any) -> dict[str, Any]:
@@ -90,6 +91,10 @@ INDEXING = {"indexingPending": True, "status": "extraction_done", "message": "in
 
 def http_date(seconds_from_now: float) -> str:
     return email.utils.format_datetime(NOW + timedelta(seconds=seconds_from_now), usegmt=True)
+
+
+BEHIND = -20.0
+"""Upstream's clock 20 s behind ours: its Date and its HTTP-dates both say so."""
 
 
 # ---------------------------------------------------------------- the table
@@ -187,6 +192,14 @@ TABLE = [
       waiting_202(7.0, 7.0 * (1 + JITTER)), id="202-retry-after-delta-wins-over-body"),
     P(answer(202, INDEXING, retry_after=http_date(42)), job(), ASKED,
       waiting_202(42.0, 42.0 * (1 + JITTER)), id="202-retry-after-http-date"),
+    P(answer(202, INDEXING, retry_after=http_date(BEHIND + 3), date=http_date(BEHIND)), job(),
+      ASKED, waiting_202(3.0, 3.0 * (1 + JITTER)),
+      id="202-http-date-is-read-against-the-date-header-of-a-clock-behind"),
+    P(answer(202, INDEXING, retry_after=http_date(-BEHIND + 3), date=http_date(-BEHIND)), job(),
+      ASKED, waiting_202(3.0, 3.0 * (1 + JITTER)),
+      id="202-http-date-is-read-against-the-date-header-of-a-clock-ahead"),
+    P(answer(202, INDEXING, retry_after=http_date(42), date="yesterday"), job(), ASKED,
+      waiting_202(42.0, 42.0 * (1 + JITTER)), id="202-http-date-with-a-garbage-date-header"),
     P(answer(202, {**INDEXING, "retryAfterSeconds": 12}), job(), ASKED,
       waiting_202(12.0, 12.0 * (1 + JITTER)), id="202-body-retry-after-seconds"),
     P(answer(202, {**INDEXING, "retryAfterSeconds": 12}, retry_after="soon"), job(), ASKED,
@@ -283,6 +296,10 @@ TABLE = [
       hold(30.0, 30.0 * (1 + JITTER), 503), id="503-retry-after-pauses"),
     P(answer(503, None, retry_after=http_date(120)), job(), ASKED,
       hold(120.0, 120.0 * (1 + JITTER), 503), id="503-retry-after-http-date-pauses"),
+    P(answer(429, None, retry_after=http_date(BEHIND + 2), date=http_date(BEHIND)), job(), ASKED,
+      hold(2.0, 2.0 * (1 + JITTER), 429), id="429-http-date-on-a-clock-behind-pauses-as-asked"),
+    P(answer(503, None, retry_after=http_date(7202), date=http_date(7200)), job(), ASKED,
+      hold(2.0, 2.0 * (1 + JITTER), 503), id="503-http-date-on-a-clock-two-hours-ahead"),
     P(answer(429, None, retry_after="30"), job(age=OLD), ASKED,
       hold(30.0, 30.0 * (1 + JITTER), 429), id="429-charges-nothing-so-never-expires"),
     P(answer(429, None), job(), ASKED, hold(5.0, 5.0 * (1 + JITTER), 429),
@@ -426,6 +443,60 @@ def test_deeply_nested_json_body_does_not_escape_as_recursion_error() -> None:
 )
 def test_retry_after_edges(header: str | None, expected: float | None) -> None:
     assert parse_retry_after(header, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "date", "expected"),
+    [
+        pytest.param(http_date(BEHIND + 90), http_date(BEHIND), 90.0, id="clock-20s-behind"),
+        pytest.param(http_date(10_800 + 90), http_date(10_800), 90.0, id="clock-3h-ahead"),
+        pytest.param(http_date(-86_400 + 5), http_date(-86_400), 5.0, id="clock-a-day-behind"),
+        pytest.param(http_date(90), None, 90.0, id="no-date-header-our-clock"),
+        pytest.param(http_date(90), "", 90.0, id="empty-date-header-our-clock"),
+        pytest.param(http_date(90), "Tuesday-ish", 90.0, id="garbage-date-header-our-clock"),
+        pytest.param(http_date(90), "5", 90.0, id="numeric-date-header-our-clock"),
+        pytest.param(http_date(BEHIND - 1), http_date(BEHIND), 0.0, id="a-date-before-date"),
+        pytest.param(http_date(BEHIND), http_date(BEHIND), 0.0, id="a-date-equal-to-date"),
+        pytest.param("7", http_date(3600), 7.0, id="delta-seconds-ignore-date"),
+        pytest.param("soon", http_date(BEHIND), None, id="garbage-stays-unusable"),
+    ],
+)
+def test_an_http_date_is_read_on_upstreams_clock(header: str, date: str | None,
+                                                 expected: float | None) -> None:
+    """README "How upstream answers are handled": an HTTP-date minus the answer's Date
+    header (RFC 9110 §10.2.3 with §6.6.1); our clock only when Date is missing or
+    unparsable."""
+    assert parse_retry_after(header, NOW, date) == expected
+
+
+@given(skew=st.floats(min_value=-6 * 3600, max_value=6 * 3600),
+       wait=st.floats(min_value=0.0, max_value=3600.0),
+       latency=st.floats(min_value=0.0, max_value=30.0))
+def test_an_http_date_never_waits_less_than_upstream_meant(skew: float, wait: float,
+                                                          latency: float) -> None:
+    """Upstream answers at the moment ``u`` of its clock (``skew`` from ours), says
+    ``Date: floor(u)`` and names ``ceil(u + wait)``, as HTTP's 1 s resolution makes it;
+    the answer reaches us ``latency`` seconds later. The wait read is at least what
+    upstream meant and at most a second more, whatever the skew or the latency."""
+    upstream_moment = NOW.timestamp() + skew
+    date = email.utils.formatdate(math.floor(upstream_moment), usegmt=True)
+    named = email.utils.formatdate(math.ceil(upstream_moment + wait), usegmt=True)
+    received = NOW + timedelta(seconds=latency)
+    seconds = parse_retry_after(named, received, date)
+    assert seconds is not None
+    meant = math.ceil(upstream_moment + wait) - upstream_moment
+    assert meant <= seconds <= meant + 1.0
+    assert wait - 1e-6 <= seconds <= wait + 2.0
+
+
+DATE_HEADERS = st.one_of(st.none(), st.text(max_size=70), st.datetimes(timezones=st.just(UTC)).map(
+    lambda d: email.utils.format_datetime(d, usegmt=True)))
+
+
+@given(DATE_HEADERS, st.integers(min_value=-10**6, max_value=10**6))
+def test_any_date_header_gives_a_usable_wait_or_falls_back(date: str | None, offset: int) -> None:
+    seconds = parse_retry_after(http_date(offset), NOW, date)
+    assert seconds is not None and math.isfinite(seconds) and seconds >= 0
 
 
 def test_retry_after_far_future_is_huge_but_finite() -> None:
