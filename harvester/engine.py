@@ -421,6 +421,8 @@ class Engine:
                           others_answered=self.gate.others_answered(), trust_not_found=trust)
         decision = decide(answer, job, self.config, datetime.now(UTC), self.rand, context)
         status = answer.status if isinstance(answer, Response) else None
+        if status is not None:
+            self.observer.dated(answer.date, self.gate.now() - sent)
         pause = decision.pause_for if isinstance(decision, Hold) else None
         fault = isinstance(decision, Retry) and decision.fault
         changes = self.gate.observe(status, sent, fault=fault, pause_for=pause)
@@ -515,7 +517,8 @@ class Engine:
             paused_until=datetime.now(UTC) + timedelta(seconds=paused) if paused > 0 else None,
             in_flight=len(self.sent),
             send_rate=None if rate.ramping and not math.isfinite(rate.ceiling) else rate.allowed,
-            upstream_alarm="base_url_suspect" if self.base_url.suspect else None)
+            upstream_alarm="base_url_suspect" if self.base_url.suspect else None,
+            upstream_clock_skew=self.observer.clock.skew)
 
     async def _heartbeat(self) -> None:
         """Publish this daemon's state for `harvester status` every few seconds."""

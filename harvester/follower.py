@@ -115,6 +115,7 @@ class StatusFollower:
                 await self._hand_back(ReleaseRow(item.job, released.delay))
             return
         answer = await self.upstream.batch_status([c.job.job_id for c in batch])
+        self.observer.dated(answer.date, self.gate.now() - sent)
         now = datetime.now(UTC)
         call = judge_status_call(answer, self.config, now, self.rand)
         fault = call.kind == "failed" and (answer.status is None or answer.status >= 500)

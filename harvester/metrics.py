@@ -225,6 +225,11 @@ class Metrics:
         self.permission_circuit_open = Gauge(
             "harvester_permission_circuit_open",
             "1 while upstream refuses the token a permission (403) for every job.", registry=r)
+        self.upstream_clock_skew = Gauge(
+            "harvester_upstream_clock_skew_seconds",
+            "Upstream's clock minus this daemon's, in seconds (positive: upstream is ahead), "
+            "from the Date headers of the last 64 answers (median); 0 until one came.",
+            registry=r)
         self.upstream_alarm = Gauge("harvester_upstream_alarm",
                                     "1 while the daemon distrusts upstream for this reason "
                                     "(base_url_suspect: every answer is a web page).",

@@ -998,18 +998,19 @@ class Store:
                 """
                 INSERT INTO harvester.workers AS w
                        (worker_id, hostname, pid, version, auth_circuit, paused_until, in_flight,
-                        send_rate, permission_circuit, upstream_alarm)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                        send_rate, permission_circuit, upstream_alarm, upstream_clock_skew)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                 ON CONFLICT (worker_id) DO UPDATE
                    SET heartbeat_at = now(), auth_circuit = excluded.auth_circuit,
                        paused_until = excluded.paused_until, in_flight = excluded.in_flight,
                        send_rate = excluded.send_rate,
                        permission_circuit = excluded.permission_circuit,
-                       upstream_alarm = excluded.upstream_alarm
+                       upstream_alarm = excluded.upstream_alarm,
+                       upstream_clock_skew = excluded.upstream_clock_skew
                 """,
                 state.worker_id, state.hostname, state.pid, state.version, state.auth_circuit,
                 state.paused_until, state.in_flight, state.send_rate, state.permission_circuit,
-                state.upstream_alarm,
+                state.upstream_alarm, state.upstream_clock_skew,
             )
 
     async def forget_worker(self, worker_id: str) -> None:
@@ -1084,7 +1085,7 @@ class Store:
             workers = await conn.fetch(
                 """
                 SELECT worker_id, hostname, pid, version, auth_circuit, permission_circuit,
-                       upstream_alarm, send_rate, paused_until, in_flight,
+                       upstream_alarm, send_rate, paused_until, in_flight, upstream_clock_skew,
                        extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age
                   FROM harvester.workers
                  WHERE heartbeat_at > now() - interval '2 minutes'
