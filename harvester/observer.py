@@ -24,6 +24,7 @@ from harvester.metrics import Metrics, status_class
 from harvester.pacing import Gate, Transition
 from harvester.policy import (
     Answer,
+    ControlAnswer,
     Decision,
     Fail,
     Hold,
@@ -212,6 +213,13 @@ class Observer:
                 self.metrics.throttle_spacing.set(self.gate.throttle.spacing)
             else:  # pragma: no cover - every transition the gate makes is listed above
                 log.info(change.event, **detail)
+
+    def controlled(self, control: ControlAnswer, changes: Sequence[Transition]) -> None:
+        """A control request (whose are the 403s?) came back."""
+        self.metrics.permission_checks.labels(control.result).inc()
+        if control.pause_for is not None:
+            self.rate_limited()
+        self.transitions(changes)
 
     def rate_limited(self) -> None:
         self.metrics.rate_limited.inc()

@@ -45,13 +45,20 @@ FAULT_BACKOFF_CAP: Final = 300.0
 NOT_FOUND_BACKOFF_BASE: Final = 5.0
 NOT_FOUND_BACKOFF_CAP: Final = 300.0
 FORBIDDEN_AFTER: Final = 3
-"""403s for one job, each while other jobs were answered, before it fails ``forbidden``."""
+"""403s for one job before it fails ``forbidden`` (the last known to be about the job)."""
 ERROR_TEXT_LIMIT: Final = 500
 STUCK_BODY_LIMIT: Final = 2000
 UNKNOWN: Final = "unknown"
 """Our word (not upstream's) for a job batch-status leaves out of its answer."""
 
 Step = Literal["status", "result"]
+Refusal = Literal["job", "token", "unknown"]
+"""Whose a 403 is, as far as the daemon knows when it decides (:mod:`harvester.refusals`)."""
+ControlResult = Literal["readable", "refused", "inconclusive"]
+READABLE: Final = frozenset({200, 202, 404})
+"""Answers to a result GET that only a token allowed to read results gets: the row, the
+indexing notice, "no such job in this org". A 403 to another request sent about then is
+about that request's job."""
 
 # ---------------------------------------------------------------- inputs
 
@@ -145,15 +152,16 @@ class Context:
 
     ``seen``: what batch-status said about this job in this round (None: not asked).
     ``status_usable``: batch-status can be asked at all (False while it fails, so the
-    daemon falls back to polling results). ``others_answered``: other jobs are being
-    answered right now (a 403 is then about this job, not about the token).
+    daemon falls back to polling results). ``refusal``: whose a 403 is (README "How
+    upstream answers are handled"): this job's (a request known to be readable was
+    answered about then), the token's (the permission circuit is open), or not known.
     ``trust_not_found``: False while the base URL is suspect (every path answers 404),
     so that no job is failed ``not_found`` because of a configuration mistake.
     """
 
     seen: str | None = None
     status_usable: bool = True
-    others_answered: bool = False
+    refusal: Refusal = "unknown"
     trust_not_found: bool = True
 
 
@@ -479,7 +487,7 @@ def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand:
     if status == 401:
         return Hold(delay=0.0, status=401,
                     error=_error_message(_json(answer), "401: the API token was rejected"),
-                    auth_failed=True)
+                    auth_failed=True, consecutive_403s=job.consecutive_403s)
 
     if status == 403:
         return _decide_403(answer, job, config, rand, context)
@@ -504,7 +512,8 @@ def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand:
         pause = parse_retry_after(answer.retry_after, now, answer.date)
         if status == 503 and pause is None:
             return _fault(job, config, rand, status, "503 service unavailable")
-        return rate_limited(status, pause, config, rand)
+        return replace(rate_limited(status, pause, config, rand),
+                       consecutive_403s=job.consecutive_403s)
 
     if 400 <= status < 500:
         detail = _error_message(_json(answer), body_text(answer.body, 200) or "no body")
@@ -529,8 +538,15 @@ def rate_limited(status: int, pause: float | None, config: PolicyConfig, rand: R
 
 def _decide_403(answer: Response, job: Job, config: PolicyConfig, rand: Random,
                 context: Context) -> Decision:
-    """A 403 is about the token (a missing ``jobs:read``) until other jobs are answered
-    while this one keeps being refused: only then is it about the job."""
+    """A 403 is about the job unless the token is refused too (README "How upstream
+    answers are handled"; :mod:`harvester.refusals` says which).
+
+    About the token (the permission circuit is open): nothing is charged, the job waits
+    for the circuit. Otherwise the refusal counts, and the job backs off; it fails
+    ``forbidden`` at the third, if that one is known to be about the job. A refusal
+    nobody could tell about still counts, up to two, so that the next one known to be
+    about the job ends it: when the token lost the permission, the circuit opens before
+    any job collects a third."""
     document = _json(answer)
     missing = document.get("missing") if isinstance(document, dict) else None
     names = [str(m) for m in missing] if isinstance(missing, list) else []
@@ -538,16 +554,17 @@ def _decide_403(answer: Response, job: Job, config: PolicyConfig, rand: Random,
     if names:
         detail = f"{detail} (missing: {', '.join(names)})"
     detail = shorten(f"403: {detail}")
-    if not context.others_answered:
+    if context.refusal == "token":
         return Hold(delay=0.0, status=403, error=detail, refused=True,
                     consecutive_403s=job.consecutive_403s)
     refusals = job.consecutive_403s + 1
-    if refusals >= FORBIDDEN_AFTER:
+    if context.refusal == "job" and refusals >= FORBIDDEN_AFTER:
         return Fail(reason="forbidden", status=403,
-                    error=shorten(f"{detail}; refused {refusals} times while other jobs "
+                    error=shorten(f"{detail}; refused {refusals} times while other requests "
                                   "were answered"))
-    return Hold(delay=fault_delay(refusals, config, rand()), status=403, error=detail,
-                refused=True, consecutive_403s=refusals)
+    counted = refusals if context.refusal == "job" else min(refusals, FORBIDDEN_AFTER - 1)
+    return Hold(delay=fault_delay(counted, config, rand()), status=403, error=detail,
+                refused=True, consecutive_403s=counted)
 
 
 def _decide_404(job: Job, config: PolicyConfig, now: datetime, rand: Random,
@@ -690,7 +707,9 @@ def decide_status(job: Job, seen: str, config: PolicyConfig, now: datetime
     if seen == COMPLETED:
         return Fetch()
     if seen == UNKNOWN:
-        if job.upstream_status != UNKNOWN:
+        if job.upstream_status != UNKNOWN or job.consecutive_403s:
+            # Once, or again for a job the result endpoint refused: only a GET ends that
+            # (another organisation's job is left out of batch-status).
             return Fetch()
         if age >= config.not_found_timeout:
             return _not_found(age, "unknown to batch-status")
@@ -740,6 +759,43 @@ def judge_status_call(answer: StatusAnswer, config: PolicyConfig, now: datetime,
     if status == 404 or answer.html:
         return StatusCall("missing", error)
     return StatusCall("failed", error)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlAnswer:
+    """What the answer to a control request (a GET of a job that landed lately, asked
+    when 403s come in a run) says about the token.
+
+    ``readable``: the token reads results; ``refused``: it is refused too;
+    ``inconclusive``: no telling (a fault, a 401, a pause). ``gone``: this job is no use
+    as a control any more. ``pause_for`` and ``fault`` are for the gate, as for any
+    answer."""
+
+    result: ControlResult
+    gone: bool = False
+    fault: bool = False
+    pause_for: float | None = None
+
+
+def judge_control(answer: Answer, config: PolicyConfig, now: datetime, rand: Random
+                  ) -> ControlAnswer:
+    if isinstance(answer, TransportFailure):
+        return ControlAnswer("inconclusive", fault=True)
+    status = answer.status
+    if status == 403:
+        return ControlAnswer("refused")
+    if status in (200, 202) and not looks_like_html(answer):
+        return ControlAnswer("readable")
+    if status == 404:
+        return ControlAnswer("readable", gone=True)  # the endpoint answered: the row went
+    if status in (429, 503):
+        pause = parse_retry_after(answer.retry_after, now, answer.date)
+        if status == 429 or pause is not None:
+            return ControlAnswer("inconclusive",
+                                 pause_for=rate_limited(status, pause, config, rand).pause_for)
+    if status >= 500:
+        return ControlAnswer("inconclusive", fault=True)
+    return ControlAnswer("inconclusive", gone=status != 401)
 
 
 _STATUS_LIST: Final = TypeAdapter(list[BatchStatusEntry])

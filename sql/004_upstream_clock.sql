@@ -13,4 +13,4 @@ COMMENT ON COLUMN harvester.workers.upstream_clock_skew IS
     'Upstream''s clock minus this daemon''s, in seconds (positive: upstream ahead), from the Date headers of its last 64 answers (median); null until one came. Retry-After HTTP-dates are read against each answer''s own Date, so waits are right whatever this says.';
 
 COMMENT ON COLUMN harvester.jobs.consecutive_403s IS
-    'Consecutive 403s for this job: forbidden at the third, the last refused while a request known to be readable (another job, or a job whose result this daemon was served) was answered. 403s while the token itself is refused (the permission circuit) are not counted.';
+    'Consecutive 403s for this job: forbidden at the third, the last refused while a request known to be readable (another job''s result, or a job that landed lately) was answered. 403s while the token itself is refused (the permission circuit) are not counted.';

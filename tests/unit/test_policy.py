@@ -12,7 +12,7 @@ import email.utils
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -24,10 +24,12 @@ from hypothesis import strategies as st
 from harvester.api import FINISHED, IN_PROGRESS
 from harvester.policy import (
     FAULT_BACKOFF_CAP,
+    FORBIDDEN_AFTER,
     JITTER,
     NOT_FOUND_BACKOFF_CAP,
     UNKNOWN,
     Context,
+    ControlAnswer,
     Decision,
     Fail,
     Hold,
@@ -41,6 +43,7 @@ from harvester.policy import (
     backoff,
     decide,
     fault_delay,
+    judge_control,
     not_found_delay,
     parse_batch_status,
     parse_retry_after,
@@ -112,7 +115,10 @@ class Expect:
 
 
 ASKED = Context()
-OTHERS_ANSWERED = Context(others_answered=True)
+ABOUT_THE_JOB = Context(refusal="job")
+"""A request known to be readable was answered about when this one was refused."""
+ABOUT_THE_TOKEN = Context(refusal="token")
+"""The permission circuit is open: the token itself is refused."""
 STATUS_DOWN = Context(status_usable=False)
 
 
@@ -227,18 +233,36 @@ TABLE = [
       Expect(Hold, {"status": 401, "auth_failed": True}, (0.0, 0.0), ("token",)),
       id="401-is-about-the-token-even-for-an-old-job"),
     P(answer(403, {"error": "insufficient permissions", "missing": ["jobs:read", "results:read"]}),
-      job(), ASKED,
-      Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 0}, (0.0, 0.0),
+      job(refusals=1), ABOUT_THE_TOKEN,
+      Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 1}, (0.0, 0.0),
              ("insufficient permissions", "jobs:read", "results:read")),
-      id="403-while-nothing-else-is-answered-is-about-the-token"),
-    P(answer(403, None), job(), OTHERS_ANSWERED,
+      id="403-while-the-token-is-refused-charges-nothing-and-waits-for-the-circuit"),
+    P(answer(403, None), job(), ABOUT_THE_JOB,
       Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 1}, (1.0, 2.0),
-             ("forbidden",)), id="403-while-others-are-answered-counts-against-the-job"),
-    P(answer(403, {"error": "no", "missing": ["jobs:read"]}), job(refusals=2), OTHERS_ANSWERED,
+             ("forbidden",)), id="403-about-the-job-counts-against-it"),
+    P(answer(403, None), job(refusals=1), ABOUT_THE_JOB,
+      Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 2}, (1.0, 4.0)),
+      id="403-about-the-job-backs-off"),
+    P(answer(403, {"error": "no", "missing": ["jobs:read"]}), job(refusals=2), ABOUT_THE_JOB,
       failed("forbidden", 403, "jobs:read", "3 times"), id="403-third-refusal-fails-forbidden"),
-    P(answer(403, None), job(refusals=2, age=OLD), ASKED,
+    P(answer(403, None), job(), ASKED,
+      Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 1}, (1.0, 2.0)),
+      id="403-nobody-could-tell-about-still-counts"),
+    P(answer(403, None), job(refusals=2), ASKED,
+      Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 2}, (1.0, 4.0)),
+      id="403-nobody-could-tell-about-never-fails-the-job"),
+    P(answer(403, None), job(refusals=7), ASKED,
+      Expect(Hold, {"status": 403, "consecutive_403s": 2}, (1.0, 4.0)),
+      id="403-nobody-could-tell-about-counts-at-most-two"),
+    P(answer(403, None), job(refusals=2, age=OLD), ABOUT_THE_TOKEN,
       Expect(Hold, {"status": 403, "consecutive_403s": 2}, (0.0, 0.0)),
       id="403-about-the-token-never-expires-a-job"),
+    P(answer(401, None), job(refusals=2), ASKED,
+      Expect(Hold, {"status": 401, "consecutive_403s": 2}, (0.0, 0.0)),
+      id="401-keeps-the-403-count"),
+    P(answer(429, None, retry_after="3"), job(refusals=2), ASKED,
+      Expect(Hold, {"status": 429, "consecutive_403s": 2}, (3.0, 3.0 * (1 + JITTER))),
+      id="429-keeps-the-403-count"),
     # ------------------------------------------------------------ 404: followed by status
     P(answer(404), job(), ASKED, followed(60.0, 60.0, "unknown to batch-status"),
       id="404-followed-at-the-cadence-of-its-age"),
@@ -395,6 +419,70 @@ def test_a_404_for_a_job_upstream_runs_is_never_final_before_max_age() -> None:
                           CONFIG, NOW, lambda: 0.5)
         assert isinstance(decision, Retry)
         assert decision.step == "status"
+
+
+VERDICTS = st.sampled_from(["job", "token", "unknown"])
+
+
+@given(st.lists(VERDICTS, max_size=40), st.floats(min_value=0.0, max_value=1.0, exclude_max=True))
+def test_a_job_fails_forbidden_only_on_a_third_refusal_known_to_be_its_own(
+        verdicts: list[str], rand: float) -> None:
+    """Whatever the sequence of verdicts on its 403s: refusals while the token is refused
+    change nothing and wait for the circuit; the others count and back off at least a
+    second (so that, the token lost, no job collects a third before the circuit opens);
+    the job fails only on a refusal known to be about it, and only at the third."""
+    claimed = job(attempt=0)
+    for n, verdict in enumerate(verdicts):
+        decision = decide(answer(403), claimed, CONFIG, NOW, lambda: rand,
+                          Context(refusal=verdict))  # type: ignore[arg-type]
+        if isinstance(decision, Fail):
+            assert verdict == "job"
+            assert claimed.consecutive_403s + 1 >= FORBIDDEN_AFTER
+            assert sum(v != "token" for v in verdicts[:n + 1]) >= FORBIDDEN_AFTER
+            return
+        assert isinstance(decision, Hold)
+        if verdict == "token":
+            assert (decision.delay, decision.consecutive_403s) == (0.0, claimed.consecutive_403s)
+        else:
+            assert decision.delay >= 1.0
+            assert decision.consecutive_403s == min(claimed.consecutive_403s + 1,
+                                                    FORBIDDEN_AFTER - 1 + (verdict == "job"))
+        claimed = replace(claimed, consecutive_403s=decision.consecutive_403s)
+    counted = [v for v in verdicts if v != "token"]
+    assert len(counted) < FORBIDDEN_AFTER or "job" not in counted[FORBIDDEN_AFTER - 1:]
+
+
+def test_three_refusals_known_to_be_the_jobs_fail_it() -> None:
+    claimed, decisions = job(attempt=0), []
+    for _ in range(FORBIDDEN_AFTER):
+        decisions.append(decide(answer(403), claimed, CONFIG, NOW, lambda: 0.5, ABOUT_THE_JOB))
+        if isinstance(decisions[-1], Hold):
+            claimed = replace(claimed, consecutive_403s=decisions[-1].consecutive_403s)
+    assert [type(d) for d in decisions] == [Hold, Hold, Fail]
+
+
+@pytest.mark.parametrize(("control", "expected"), [
+    (answer(200, row()), ControlAnswer("readable")),
+    (answer(202, INDEXING, retry_after="5"), ControlAnswer("readable")),
+    (answer(404), ControlAnswer("readable", gone=True)),
+    (answer(403, {"error": "insufficient permissions", "missing": ["jobs:read"]}),
+     ControlAnswer("refused")),
+    (answer(401), ControlAnswer("inconclusive")),
+    (answer(429, None, retry_after="2"), ControlAnswer("inconclusive", pause_for=2.0)),
+    (answer(503, None, retry_after="3"), ControlAnswer("inconclusive", pause_for=3.0)),
+    (answer(503), ControlAnswer("inconclusive", fault=True)),
+    (answer(500), ControlAnswer("inconclusive", fault=True)),
+    (answer(502), ControlAnswer("inconclusive", fault=True)),
+    (answer(410), ControlAnswer("inconclusive", gone=True)),
+    (Response(200, b"<!doctype html><html></html>", "text/html"),
+     ControlAnswer("inconclusive", gone=True)),
+    (TransportFailure("timeout", "no answer"), ControlAnswer("inconclusive", fault=True)),
+], ids=lambda v: getattr(v, "status", None) or getattr(v, "kind", "") or repr(v)[:30])
+def test_what_a_control_says_about_the_token(control: Response | TransportFailure,
+                                             expected: ControlAnswer) -> None:
+    """A GET of a job that landed lately, asked to tell whose a run of 403s
+    is (README "How upstream answers are handled")."""
+    assert judge_control(control, CONFIG, NOW, lambda: 0.0) == expected
 
 
 def test_stuck_after_is_read_from_the_config() -> None:
@@ -697,7 +785,8 @@ def _check(decision: Decision) -> None:
 STATUSES = st.one_of(st.none(), st.sampled_from(sorted(IN_PROGRESS | FINISHED)),
                      st.just("failed"), st.just(UNKNOWN), st.text(max_size=30))
 CONTEXTS = st.builds(Context, seen=STATUSES, status_usable=st.booleans(),
-                     others_answered=st.booleans(), trust_not_found=st.booleans())
+                     refusal=st.sampled_from(["job", "token", "unknown"]),
+                     trust_not_found=st.booleans())
 
 
 @settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
