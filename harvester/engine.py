@@ -5,7 +5,8 @@ them; jobs whose next step is ``status`` go to the :class:`~harvester.follower.S
 (batch-status, 100 at a time), the others, and those the follower finds finished, to
 ``CONCURRENCY`` workers that ask the :class:`~harvester.pacing.Gate`, GET the result and
 hand the answer to the pure policy; a writer turns decisions into one transaction per
-batch; the store's listener wakes the dispatcher when jobs are fed. Metrics and logs
+batch; the store's listener wakes the dispatcher when jobs are fed; a checker sends the
+control requests that tell whose a run of 403s is (:mod:`harvester.refusals`). Metrics and logs
 are the :class:`~harvester.observer.Observer`'s business. If a vital task dies the
 daemon stops with a clear log. On SIGTERM it stops claiming, gives back jobs it has not
 started, lets requests in flight finish within the grace period, flushes its writes and

@@ -230,8 +230,8 @@ class Fail:
 class Hold:
     """No attempt charged: release the job, due again after ``delay``.
 
-    ``auth_failed`` opens the auth circuit, ``refused`` feeds the permission circuit;
-    ``pause_for`` pauses all dispatch and lowers the send rate.
+    ``auth_failed`` opens the auth circuit; ``refused``: a 403, its refusals counted in
+    ``consecutive_403s``; ``pause_for`` pauses all dispatch and lowers the send rate.
     """
 
     delay: float
