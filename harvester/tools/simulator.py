@@ -82,8 +82,7 @@ class Mix:
     rate_burst: float = 30.0          # gateway: bucket size
     rate_retry_after: float = 1.0     # gateway: Retry-After of its 429s
     rate_retry_after_style: str = "header"  # 429s (gateway, 429 window, scripted): header | date
-    clock_skew: float = 0.0           # upstream's clock minus the machine's, in seconds: its
-    #                                   Date header and every HTTP-date it sends are shifted
+    clock_skew: float = 0.0           # its clock minus the machine's (s): Date, HTTP-dates
     seed: int = 1
 
     @classmethod
