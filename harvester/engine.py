@@ -5,7 +5,8 @@ them; jobs whose next step is ``status`` go to the :class:`~harvester.follower.S
 (batch-status, 100 at a time), the others, and those the follower finds finished, to
 ``CONCURRENCY`` workers that ask the :class:`~harvester.pacing.Gate`, GET the result and
 hand the answer to the pure policy; a writer turns decisions into one transaction per
-batch; the store's listener wakes the dispatcher when jobs are fed. Metrics and logs
+batch; the store's listener wakes the dispatcher when jobs are fed; a checker sends the
+control requests that tell whose a run of 403s is (:mod:`harvester.refusals`). Metrics and logs
 are the :class:`~harvester.observer.Observer`'s business. If a vital task dies the
 daemon stops with a clear log. On SIGTERM it stops claiming, gives back jobs it has not
 started, lets requests in flight finish within the grace period, flushes its writes and
@@ -46,12 +47,15 @@ from harvester.policy import (
     Context,
     Hold,
     Job,
+    Land,
     PolicyConfig,
     Random,
+    Refusal,
     Response,
     Retry,
     Stuck,
     decide,
+    judge_control,
     store_refused,
 )
 from harvester.ports import Outcome, ReleaseRow, StorePort, UpstreamPort, WorkerState, WriteReport
@@ -76,6 +80,10 @@ OUTAGE_WRITE_FIRST: Final = 0.2
 """While writes wait out the database, the dispatcher looks this often whether they
 got through before claiming again."""
 TICK_EVERY: Final = 1.0
+VERDICT_WAIT: Final = 5.0
+"""How long a 403 waits for the control that tells whose it is (one GET, with its turn at
+the gate); beyond it the refusal is judged not known (README "How upstream answers are
+handled")."""
 LEASE_MARGIN: Final = 2.0
 """A request must end this long before its job's lease does (at most half of what the
 lease leaves beyond the request timeout)."""
@@ -129,6 +137,10 @@ class Engine:
             upstream, self.gate, self.observer, self.config, rand,
             fetch=self.local.put_nowait, write=self.outcomes.put, hand_back=self.releases.put,
             patience=self._patience, top_up=self._top_up)
+        self.control_wanted = asyncio.Event()
+        """A refusal waits for a control, or the permission circuit may want a probe."""
+        self._verdicts: asyncio.Future[None] | None = None
+        """Resolved when the next control is answered: what refusals that asked wait for."""
         self.busy: dict[UUID, Claimed] = {}
         self.sent: set[UUID] = set()
         """Jobs whose result request has gone out (a subset of busy)."""
@@ -201,6 +213,7 @@ class Engine:
             self._spawn("listener", self.store.listen_for_jobs(
                 self._jobs_fed, self._listening, self.fleet.heard)),
             self._spawn("fleet", self.fleet.run()),
+            self._spawn("checker", self._checker()),
             *(self._spawn(name, start()) for name, start in self.background.items()),
         ]
         self.started.set()
@@ -325,8 +338,11 @@ class Engine:
             now = time.monotonic()
             if jobs:
                 self.metrics.claim_size.observe(len(jobs))
+            # While the permission circuit is open its probe is a result GET: a
+            # batch-status answer says nothing about reading results.
+            probing = self.gate.permission.is_open
             for job in jobs:
-                if job.next_step == "status" and self.endpoint.usable(now):
+                if job.next_step == "status" and not probing and self.endpoint.usable(now):
                     self.follower.follow(Claimed(job, now))
                 else:
                     self.local.put_nowait(Claimed(job, now,
@@ -442,17 +458,85 @@ class Engine:
         # batch-status itself missing (404, a web page) is already a sign of a wrong base
         # URL: until a result answers, no job is failed not_found because of it.
         trust = not (self.base_url.suspect or self.base_url.status_missing)
-        context = Context(seen=item.seen, status_usable=item.status_usable,
-                          others_answered=self.gate.others_answered(), trust_not_found=trust)
-        decision = decide(answer, job, self.config, datetime.now(UTC), self.rand, context)
         status = answer.status if isinstance(answer, Response) else None
+        if status is not None:
+            self.observer.dated(answer.date, self.gate.now() - sent)
+        refusal = await self._whose_refusal(sent) if status == 403 else "unknown"
+        context = Context(seen=item.seen, status_usable=item.status_usable, refusal=refusal,
+                          trust_not_found=trust)
+        decision = decide(answer, job, self.config, datetime.now(UTC), self.rand, context)
         pause = decision.pause_for if isinstance(decision, Hold) else None
         fault = isinstance(decision, Retry) and decision.fault
         changes = self.gate.observe(status, sent, fault=fault, pause_for=pause)
+        if isinstance(decision, Land):
+            # A control to check a run of 403s with: a landed job is polled no more, so
+            # a GET of it never overlaps a poll nor comes before a Retry-After.
+            self.gate.refusals.remember(job.job_id)
         self.observer.result_answered(job, answer, decision, changes)
         if pause is not None:
             self.observer.rate_limited()
         await self.outcomes.put(Outcome(job, decision, seen=item.seen, answered_at=time.time()))
+
+    # ------------------------------------------------------------------ 403s
+
+    async def _whose_refusal(self, sent: float) -> Refusal:
+        """Whose is a 403 to the request that left at ``sent``: the job's or the token's
+        (:mod:`harvester.refusals`). Known at once while other requests are answered;
+        otherwise the checker sends a control after this refusal came back, and this
+        waits for its answer, at most VERDICT_WAIT."""
+        refusals = self.gate.refusals
+        if refusals.verdict(sent) != "unknown" or not refusals.ask():
+            return refusals.verdict(sent)
+        if self._verdicts is None:
+            self._verdicts = asyncio.get_running_loop().create_future()
+        answered = self._verdicts
+        self.control_wanted.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(answered), VERDICT_WAIT)
+        return refusals.verdict(sent)
+
+    async def _checker(self) -> None:
+        """Sends the controls: one when refusals ask whose they are, and the permission
+        circuit's probes while it is open and there is a job to check with."""
+        while True:
+            job_id, wait = self.gate.refusals.next_control(self.gate.now())
+            if job_id is None:
+                if self._verdicts is not None and not self.gate.refusals.can_check:
+                    self._settle_verdicts(self._verdicts)  # nothing to check with
+                    self._verdicts = None
+                self.control_wanted.clear()
+                await _wait_for(self.control_wanted, min(wait, IDLE_POLL_LISTENING))
+                continue
+            # Refusals that ask from now on wait for the next control: this one may have
+            # left before their requests did.
+            answered, self._verdicts = self._verdicts, None
+            try:
+                await self._control(job_id)
+            finally:
+                if answered is not None:
+                    self._settle_verdicts(answered)
+
+    @staticmethod
+    def _settle_verdicts(answered: asyncio.Future[None]) -> None:
+        if not answered.done():
+            answered.set_result(None)
+
+    async def _control(self, job_id: UUID) -> None:
+        """GET a job that landed lately, through the gate like any request; not a poll of
+        that job (nothing is written for it)."""
+        try:
+            sent = await self.gate.admit(VERDICT_WAIT, "control")
+        except Released:
+            self.gate.control_lost(job_id)
+            return
+        answer = await self.upstream.fetch_result(job_id)
+        status = None
+        if isinstance(answer, Response):
+            status = answer.status
+            self.observer.dated(answer.date, self.gate.now() - sent)
+        control = judge_control(answer, self.config, datetime.now(UTC), self.rand)
+        changes = self.gate.controlled(job_id, control, status, sent)
+        self.observer.controlled(control, changes)
 
     async def _releaser(self) -> None:
         """Jobs given back unpolled, written in batches (when a circuit opens or a pause
@@ -549,7 +633,8 @@ class Engine:
             paused_until=datetime.now(UTC) + timedelta(seconds=paused) if paused > 0 else None,
             in_flight=len(self.sent),
             send_rate=None if rate.ramping and not math.isfinite(rate.ceiling) else rate.allowed,
-            upstream_alarm="base_url_suspect" if self.base_url.suspect else None)
+            upstream_alarm="base_url_suspect" if self.base_url.suspect else None,
+            upstream_clock_skew=self.observer.clock.skew)
 
     async def _heartbeat(self) -> None:
         """Publish this daemon's state for `harvester status` every few seconds (a

@@ -109,16 +109,18 @@ class StatusFollower:
 
     async def _ask(self, batch: list[Claimed]) -> None:
         try:
-            sent = await self.gate.admit(min(self._patience(c) for c in batch))
+            sent = await self.gate.admit(min(self._patience(c) for c in batch), "status")
         except Released as released:
             for item in batch:
                 await self._hand_back(ReleaseRow(item.job, released.delay))
             return
         answer = await self.upstream.batch_status([c.job.job_id for c in batch])
+        self.observer.dated(answer.date, self.gate.now() - sent)
         now = datetime.now(UTC)
         call = judge_status_call(answer, self.config, now, self.rand)
         fault = call.kind == "failed" and (answer.status is None or answer.status >= 500)
-        changes = self.gate.observe(answer.status, sent, fault=fault, pause_for=call.pause_for)
+        changes = self.gate.observe(answer.status, sent, fault=fault, pause_for=call.pause_for,
+                                    request="status")
         self.observer.status_answered(len(batch), call, changes)
         if call.kind == "rate_limited":
             self.observer.rate_limited()

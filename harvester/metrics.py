@@ -225,6 +225,16 @@ class Metrics:
         self.permission_circuit_open = Gauge(
             "harvester_permission_circuit_open",
             "1 while upstream refuses the token a permission (403) for every job.", registry=r)
+        self.permission_checks = Counter(
+            "harvester_permission_checks",
+            "Control requests asking whose a run of 403s is (a GET of a job that landed "
+            "lately), by what they showed: readable, refused, inconclusive.",
+            ["result"], registry=r)
+        self.upstream_clock_skew = Gauge(
+            "harvester_upstream_clock_skew_seconds",
+            "Upstream's clock minus this daemon's, in seconds (positive: upstream is ahead), "
+            "from the Date headers of the last 64 answers (median); 0 until one came.",
+            registry=r)
         self.upstream_alarm = Gauge("harvester_upstream_alarm",
                                     "1 while the daemon distrusts upstream for this reason "
                                     "(base_url_suspect: every answer is a web page).",
@@ -254,6 +264,8 @@ class Metrics:
             self.failed.labels(reason)
         for alarm in UPSTREAM_ALARMS:
             self.upstream_alarm.labels(alarm)
+        for result in ("readable", "refused", "inconclusive"):
+            self.permission_checks.labels(result)
         for table in TABLES:
             self.retention_deleted.labels(table)
             self.retention_failures.labels(table)

@@ -24,6 +24,7 @@ from harvester.metrics import Metrics, status_class
 from harvester.pacing import Gate, Transition
 from harvester.policy import (
     Answer,
+    ControlAnswer,
     Decision,
     Fail,
     Hold,
@@ -37,6 +38,7 @@ from harvester.policy import (
     looks_like_html,
 )
 from harvester.ports import Outcome, WriteReport
+from harvester.upstream_clock import UpstreamClock
 
 log = get_logger("harvester.engine")
 
@@ -118,6 +120,7 @@ class Observer:
         self.base_url = base_url
         self.api_base_url = api_base_url
         self.digest = WarningDigest()
+        self.clock = UpstreamClock()
         self._request_counters: dict[tuple[str, str], Any] = {}
         self._paused_counted = 0.0
         # One debug line per landed job is worth its cost only when someone reads it:
@@ -146,6 +149,12 @@ class Observer:
                                             or decision.status == 200):
             self.digest.warn("job.poll_error", str(job.job_id), decision.error or "error",
                              status=status, error=decision.error, polls=job.polls + 1)
+
+    def dated(self, date: str | None, elapsed: float) -> None:
+        """An answer's Date header, ``elapsed`` seconds after its request left: a reading
+        of upstream's clock (:mod:`harvester.upstream_clock`)."""
+        received = time.time()
+        self.clock.observe(date, received - elapsed, received)
 
     def status_answered(self, ids: int, call: StatusCall, changes: Iterable[Transition]
                         ) -> None:
@@ -205,6 +214,13 @@ class Observer:
             else:  # pragma: no cover - every transition the gate makes is listed above
                 log.info(change.event, **detail)
 
+    def controlled(self, control: ControlAnswer, changes: Sequence[Transition]) -> None:
+        """A control request (whose are the 403s?) came back."""
+        self.metrics.permission_checks.labels(control.result).inc()
+        if control.pause_for is not None:
+            self.rate_limited()
+        self.transitions(changes)
+
     def rate_limited(self) -> None:
         self.metrics.rate_limited.inc()
 
@@ -219,7 +235,23 @@ class Observer:
         if paused > self._paused_counted:
             self.metrics.paused_seconds.inc(paused - self._paused_counted)
             self._paused_counted = paused
+        self._clock_tick()
         self.digest.flush()
+
+    def _clock_tick(self) -> None:
+        skew = self.clock.skew
+        if skew is None:
+            return
+        self.metrics.upstream_clock_skew.set(skew)
+        change = self.clock.transition()
+        if change == "skewed":
+            log.warning("upstream.clock_skewed", skew_seconds=round(skew, 1),
+                        upstream="ahead" if skew > 0 else "behind",
+                        note="upstream's HTTP-dates are read against its own Date header, so "
+                             "waits stay as asked; a skew this large usually means one of the "
+                             "two hosts lost its time source (NTP)")
+        elif change == "agrees":
+            log.info("upstream.clock_agrees", skew_seconds=round(skew, 1))
 
     # ------------------------------------------------------------ writes
 

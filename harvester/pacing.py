@@ -3,7 +3,8 @@
 README "Pace". The state machines here are pure (time is an argument) and tested
 directly, with tables and hypothesis:
 
-- :class:`Circuit`: the auth circuit (401) and the permission circuit (403);
+- :class:`~harvester.circuit.Circuit` (its own module): the auth circuit (401) and the
+  permission circuit (403s that :mod:`harvester.refusals` finds are about the token);
 - :class:`FaultThrottle`: slows everything down while upstream is faulting;
 - :class:`SendRate`: the adaptive send rate. It finds a rate limit nobody announced and
   sits just under it, with requests leaving evenly paced (AIMD, shaped like CUBIC);
@@ -26,63 +27,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
+from uuid import UUID
 
-# ---------------------------------------------------------------- circuits
+from harvester.circuit import Circuit
+from harvester.policy import READABLE, ControlAnswer
+from harvester.refusals import FIRST_PROBE, Change, Refusals
 
-
-@dataclass(slots=True)
-class Circuit:
-    """Opens after ``threshold`` consecutive failures, lets one probe through every
-    ``probe_interval`` while open, closes on the first success. Transitions return True
-    so they are logged once.
-
-    The auth circuit opens on the first 401. The permission circuit opens after a few
-    403s in a row across jobs: one refused job is about that job, a run of them is about
-    the token (a missing ``jobs:read``)."""
-
-    probe_interval: float
-    threshold: int = 1
-    state: Literal["closed", "open"] = "closed"
-    failures: int = 0
-    opened_at: float | None = None
-    next_probe_at: float = 0.0
-    last_success: float = -math.inf
-
-    @property
-    def is_open(self) -> bool:
-        return self.state == "open"
-
-    def on_failure(self, now: float) -> bool:
-        self.failures += 1
-        if self.state == "open" or self.failures < self.threshold:
-            return False
-        self.state = "open"
-        self.opened_at = now
-        self.next_probe_at = now + self.probe_interval
-        return True
-
-    def on_success(self, now: float) -> bool:
-        self.failures = 0
-        self.last_success = now
-        if self.state == "closed":
-            return False
-        self.state = "closed"
-        self.opened_at = None
-        return True
-
-    def try_probe(self, now: float) -> bool:
-        """While open: True for exactly one caller per probe interval."""
-        if self.state == "closed":
-            return True
-        if now >= self.next_probe_at:
-            self.next_probe_at = now + self.probe_interval
-            return True
-        return False
-
-    def succeeded_within(self, seconds: float, now: float) -> bool:
-        """Closed, and something succeeded in the last ``seconds``."""
-        return self.state == "closed" and now - self.last_success <= seconds
-
+Request = Literal["result", "status", "control"]
+"""What a request is: a result GET for a job, a batch-status call, or a control (a GET
+asked to tell whose a run of 403s is, :mod:`harvester.refusals`)."""
 
 # ---------------------------------------------------------------- fault throttle
 
@@ -435,9 +388,9 @@ BOOK_AHEAD: Final = 0.25
 """While the rate ramps, departures are booked at most this far ahead: a thousand
 workers asking at once at the ramp's 200/s would otherwise book five seconds of slots,
 and keep them while the rate grows past them."""
-PERMISSION_THRESHOLD: Final = 5
-"""403s in a row (across jobs) before the permission circuit opens."""
-ANSWERED_RECENTLY: Final = 60.0
+PERMISSION_RECHECK: Final = 1.0
+"""While the permission circuit is open and controls probe it, the dispatcher looks
+again this often (it claims nothing meanwhile)."""
 
 
 class Gate:
@@ -449,7 +402,9 @@ class Gate:
         """Told, with the seconds until sending resumes, whenever an answer to this
         daemon cut its send rate (the fleet hears of it: :mod:`harvester.fleet`)."""
         self.auth = Circuit(probe_interval)
-        self.permission = Circuit(probe_interval, threshold=PERMISSION_THRESHOLD)
+        self.permission = Circuit(probe_interval, first_probe=FIRST_PROBE)
+        self.refusals = Refusals(self.permission)
+        """Whose a 403 is; it opens and closes the permission circuit."""
         self.throttle = FaultThrottle()
         self.rate = SendRate.with_ceiling(max_rps)
         self._clock = clock
@@ -465,18 +420,26 @@ class Gate:
         """How long the dispatcher should wait before claiming again (0 = go)."""
         now = self._clock()
         wait = max(0.0, self.paused_until - now)
-        for circuit in (self.auth, self.permission):
-            if circuit.is_open:
-                wait = max(wait, circuit.next_probe_at - now)
+        if self.auth.is_open:
+            wait = max(wait, self.auth.next_probe_at - now)
+        if self.permission.is_open:
+            # Probed by controls when there is a job to check with; else by the next job.
+            wait = max(wait, PERMISSION_RECHECK if self.refusals.can_check
+                       else self.permission.next_probe_at - now)
         return wait
 
     @property
     def circuit_open(self) -> bool:
         return self.auth.is_open or self.permission.is_open
 
-    def others_answered(self) -> bool:
-        """Other requests are being answered: a 403 now is about its job."""
-        return self.permission.succeeded_within(ANSWERED_RECENTLY, self._clock())
+    def _passes(self, circuit: Circuit, request: Request, now: float) -> bool:
+        """May this request leave while ``circuit`` is open (as its probe)?"""
+        if circuit is self.permission:
+            if request == "control":
+                return True  # the refusals' own probe: its turn was taken already
+            if request == "status" or self.refusals.can_check:
+                return False  # batch-status proves nothing; controls probe
+        return circuit.try_probe(now)
 
     def pause(self, seconds: float) -> bool:
         """Pause all dispatch; True only when this starts a pause: extending one already
@@ -491,7 +454,7 @@ class Gate:
         self.rate.hold_until(until)
         return started
 
-    async def admit(self, patience: float = math.inf) -> float:
+    async def admit(self, patience: float = math.inf, request: Request = "result") -> float:
         """Wait for this request's turn and return its departure time, or raise Released
         when a circuit refuses or the wait would outlast ``patience`` (seconds the caller's
         lease can spare)."""
@@ -505,7 +468,7 @@ class Gate:
                 continue
             for circuit, why in ((self.auth, "auth circuit open"),
                                  (self.permission, "permission circuit open")):
-                if circuit.is_open and not circuit.try_probe(now):
+                if circuit.is_open and not self._passes(circuit, request, now):
                     raise Released(0.0, why)
             growing = self.rate.ramping and self.rate.allowed < self.rate.ceiling
             ahead = min(patience, BOOK_AHEAD) if growing else patience
@@ -526,8 +489,10 @@ class Gate:
             return sent
 
     def observe(self, status: int | None, sent_at: float, *, fault: bool = False,
-                pause_for: float | None = None) -> list[Transition]:
-        """Learn from one answer (``status`` None: no HTTP answer)."""
+                pause_for: float | None = None, request: Request = "result"
+                ) -> list[Transition]:
+        """Learn from one answer (``status`` None: no HTTP answer). Only result GETs
+        speak about the permission to read results."""
         now = self._clock()
         changes: list[Transition] = []
         if status == 401:
@@ -535,12 +500,10 @@ class Gate:
                 changes.append(Transition("auth.circuit_open", {"status": 401}))
         elif status is not None and self.auth.on_success(now):
             changes.append(Transition("auth.circuit_closed", {"status": status}))
-        if status == 403:
-            if self.permission.on_failure(now):
-                changes.append(Transition("permission.circuit_open",
-                                          {"status": 403, "refusals": self.permission.failures}))
-        elif status is not None and status not in (401, 429) and self.permission.on_success(now):
-            changes.append(Transition("permission.circuit_closed", {"status": status}))
+        if request == "result" and status == 403:
+            changes += self._permission(self.refusals.refused(sent_at, now), status)
+        elif request == "result" and status in READABLE:
+            changes += self._permission(self.refusals.readable(sent_at, now), status)
         # The rate learns from the answer before its pause begins: how long sending had
         # run since the last pause is what tells a probe that found the limit from a
         # rate that was far over it.
@@ -556,6 +519,29 @@ class Gate:
         if self.throttle.observe(fault, now):
             changes.append(Transition("upstream.throttled", {"spacing": self.throttle.spacing}))
         return changes
+
+    def controlled(self, job_id: UUID, control: ControlAnswer, status: int | None,
+                   sent_at: float) -> list[Transition]:
+        """A control request for ``job_id`` came back (README "How upstream answers are
+        handled", 403): like any answer for the rate, pauses and the auth circuit, and
+        the verdict on the token."""
+        changes = self.observe(status, sent_at, fault=control.fault,
+                               pause_for=control.pause_for, request="control")
+        change = self.refusals.controlled(job_id, control.result, sent_at, self._clock(),
+                                          gone=control.gone)
+        return changes + self._permission(change, status)
+
+    def control_lost(self, job_id: UUID) -> None:
+        """A control never left (released by a pause longer than it could wait)."""
+        self.refusals.controlled(job_id, "inconclusive", -math.inf, self._clock())
+
+    def _permission(self, change: Change | None, status: int | None) -> list[Transition]:
+        if change == "opened":
+            return [Transition("permission.circuit_open",
+                               {"status": 403, "because": self.refusals.because})]
+        if change == "closed":
+            return [Transition("permission.circuit_closed", {"status": status})]
+        return []
 
     def heard(self, resume_in: float, by: str) -> list[Transition]:
         """Daemon ``by``, sharing this upstream, was refused; its sending resumes in

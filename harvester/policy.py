@@ -45,13 +45,20 @@ FAULT_BACKOFF_CAP: Final = 300.0
 NOT_FOUND_BACKOFF_BASE: Final = 5.0
 NOT_FOUND_BACKOFF_CAP: Final = 300.0
 FORBIDDEN_AFTER: Final = 3
-"""403s for one job, each while other jobs were answered, before it fails ``forbidden``."""
+"""403s for one job before it fails ``forbidden`` (the last known to be about the job)."""
 ERROR_TEXT_LIMIT: Final = 500
 STUCK_BODY_LIMIT: Final = 2000
 UNKNOWN: Final = "unknown"
 """Our word (not upstream's) for a job batch-status leaves out of its answer."""
 
 Step = Literal["status", "result"]
+Refusal = Literal["job", "token", "unknown"]
+"""Whose a 403 is, as far as the daemon knows when it decides (:mod:`harvester.refusals`)."""
+ControlResult = Literal["readable", "refused", "inconclusive"]
+READABLE: Final = frozenset({200, 202, 404})
+"""Answers to a result GET that only a token allowed to read results gets: the row, the
+indexing notice, "no such job in this org". A 403 to another request sent about then is
+about that request's job."""
 
 # ---------------------------------------------------------------- inputs
 
@@ -98,12 +105,16 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """An HTTP answer, its body already read within the size limit."""
+    """An HTTP answer, its body already read within the size limit.
+
+    ``date`` is its Date header as sent: the moment of the answer on upstream's clock,
+    against which upstream's HTTP-dates (Retry-After) are read."""
 
     status: int
     body: bytes = b""
     content_type: str | None = None
     retry_after: str | None = None
+    date: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +142,8 @@ class StatusAnswer:
     error: str | None = None
     retry_after: str | None = None
     html: bool = False
+    date: str | None = None
+    """The Date header, as on :class:`Response`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,15 +152,16 @@ class Context:
 
     ``seen``: what batch-status said about this job in this round (None: not asked).
     ``status_usable``: batch-status can be asked at all (False while it fails, so the
-    daemon falls back to polling results). ``others_answered``: other jobs are being
-    answered right now (a 403 is then about this job, not about the token).
+    daemon falls back to polling results). ``refusal``: whose a 403 is (README "How
+    upstream answers are handled"): this job's (a request known to be readable was
+    answered about then), the token's (the permission circuit is open), or not known.
     ``trust_not_found``: False while the base URL is suspect (every path answers 404),
     so that no job is failed ``not_found`` because of a configuration mistake.
     """
 
     seen: str | None = None
     status_usable: bool = True
-    others_answered: bool = False
+    refusal: Refusal = "unknown"
     trust_not_found: bool = True
 
 
@@ -216,8 +230,8 @@ class Fail:
 class Hold:
     """No attempt charged: release the job, due again after ``delay``.
 
-    ``auth_failed`` opens the auth circuit, ``refused`` feeds the permission circuit;
-    ``pause_for`` pauses all dispatch and lowers the send rate.
+    ``auth_failed`` opens the auth circuit; ``refused``: a 403, its refusals counted in
+    ``consecutive_403s``; ``pause_for`` pauses all dispatch and lowers the send rate.
     """
 
     delay: float
@@ -273,14 +287,22 @@ _HUGE_DIGITS = 12
 """Whole seconds with more significant digits than this are at least ``_HUGE``."""
 
 
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
+def parse_retry_after(value: str | None, now: datetime, date: str | None = None
+                      ) -> float | None:
     """Seconds to wait according to a Retry-After header value, or None if unusable.
 
     delta-seconds (``5``; a decimal such as ``1.5`` or ``5.`` is tolerated), or an
-    HTTP-date (a past date means "now"). Negative numbers and garbage are unusable.
-    A delta with more digits than any sane delay is still a request to wait, so it is
-    returned as a huge number for the caller to clamp: were it "unusable", the caller
-    would fall back to a default and poll earlier than upstream asked.
+    HTTP-date. An HTTP-date names a moment on upstream's clock, so the wait is that
+    moment minus the answer's own Date header (``date``, upstream's clock when it
+    answered; RFC 9110 §10.2.3 with §6.6.1); only without a usable Date is it read
+    against ``now``, our clock. Date is the answer's second rounded down and the answer
+    took time to reach us, so the wait it gives is never shorter than upstream meant;
+    reading the date against our clock instead would be off by the clocks' difference,
+    in either direction (README "How upstream answers are handled"). A date at or before
+    Date means "now". Negative numbers and garbage are unusable. A delta with more
+    digits than any sane delay is still a request to wait, so it is returned as a huge
+    number for the caller to clamp: were it "unusable", the caller would fall back to a
+    default and poll earlier than upstream asked.
     """
     if value is None:
         return None
@@ -292,6 +314,19 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
             return _HUGE
         # Only the leading digits matter; float() never sees an absurdly long string.
         return min(float(f"{whole}.{fraction[:9] or 0}"), _HUGE)
+    when = http_date(text)
+    if when is None:
+        return None
+    origin = http_date(date) or now
+    return clamp((when - origin).total_seconds(), 0.0, _HUGE)
+
+
+def http_date(value: str | None) -> datetime | None:
+    """An HTTP-date (IMF-fixdate, or the obsolete forms email.utils reads) as an aware
+    datetime, or None for anything else."""
+    if value is None:
+        return None
+    text = value.strip()
     if not text or len(text) > 64:
         return None
     try:
@@ -300,7 +335,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return clamp((when - now).total_seconds(), 0.0, _HUGE)
+    return when
 
 
 def body_retry_after(document: Any) -> float | None:
@@ -317,10 +352,12 @@ def body_retry_after(document: Any) -> float | None:
 
 
 def upstream_delay(
-    header: str | None, document: Any, config: PolicyConfig, now: datetime, rand: float
+    header: str | None, document: Any, config: PolicyConfig, now: datetime, rand: float,
+    date: str | None = None,
 ) -> float:
-    """The wait upstream asked for: header, else body, else default; clamped; jittered."""
-    seconds = parse_retry_after(header, now)
+    """The wait upstream asked for: header (an HTTP-date read against the answer's
+    ``date``), else body, else default; clamped; jittered."""
+    seconds = parse_retry_after(header, now, date)
     if seconds is None:
         seconds = body_retry_after(document)
     if seconds is None:
@@ -443,13 +480,14 @@ def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand:
         return _decide_200(answer, job, config, rand)
 
     if status == 202:
-        delay = upstream_delay(answer.retry_after, _json(answer), config, now, rand())
+        delay = upstream_delay(answer.retry_after, _json(answer), config, now, rand(),
+                               answer.date)
         return Retry(delay=delay, status=202, error=None, attempt=0, consecutive_500s=0)
 
     if status == 401:
         return Hold(delay=0.0, status=401,
                     error=_error_message(_json(answer), "401: the API token was rejected"),
-                    auth_failed=True)
+                    auth_failed=True, consecutive_403s=job.consecutive_403s)
 
     if status == 403:
         return _decide_403(answer, job, config, rand, context)
@@ -471,10 +509,11 @@ def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand:
                      attempt=job.attempt + 1, consecutive_500s=streak, state="pending")
 
     if status in (429, 503):
-        pause = parse_retry_after(answer.retry_after, now)
+        pause = parse_retry_after(answer.retry_after, now, answer.date)
         if status == 503 and pause is None:
             return _fault(job, config, rand, status, "503 service unavailable")
-        return rate_limited(status, pause, config, rand)
+        return replace(rate_limited(status, pause, config, rand),
+                       consecutive_403s=job.consecutive_403s)
 
     if 400 <= status < 500:
         detail = _error_message(_json(answer), body_text(answer.body, 200) or "no body")
@@ -499,8 +538,15 @@ def rate_limited(status: int, pause: float | None, config: PolicyConfig, rand: R
 
 def _decide_403(answer: Response, job: Job, config: PolicyConfig, rand: Random,
                 context: Context) -> Decision:
-    """A 403 is about the token (a missing ``jobs:read``) until other jobs are answered
-    while this one keeps being refused: only then is it about the job."""
+    """A 403 is about the job unless the token is refused too (README "How upstream
+    answers are handled"; :mod:`harvester.refusals` says which).
+
+    About the token (the permission circuit is open): nothing is charged, the job waits
+    for the circuit. Otherwise the refusal counts, and the job backs off; it fails
+    ``forbidden`` at the third, if that one is known to be about the job. A refusal
+    nobody could tell about still counts, up to two, so that the next one known to be
+    about the job ends it: when the token lost the permission, the circuit opens before
+    any job collects a third."""
     document = _json(answer)
     missing = document.get("missing") if isinstance(document, dict) else None
     names = [str(m) for m in missing] if isinstance(missing, list) else []
@@ -508,16 +554,17 @@ def _decide_403(answer: Response, job: Job, config: PolicyConfig, rand: Random,
     if names:
         detail = f"{detail} (missing: {', '.join(names)})"
     detail = shorten(f"403: {detail}")
-    if not context.others_answered:
+    if context.refusal == "token":
         return Hold(delay=0.0, status=403, error=detail, refused=True,
                     consecutive_403s=job.consecutive_403s)
     refusals = job.consecutive_403s + 1
-    if refusals >= FORBIDDEN_AFTER:
+    if context.refusal == "job" and refusals >= FORBIDDEN_AFTER:
         return Fail(reason="forbidden", status=403,
-                    error=shorten(f"{detail}; refused {refusals} times while other jobs "
+                    error=shorten(f"{detail}; refused {refusals} times while other requests "
                                   "were answered"))
-    return Hold(delay=fault_delay(refusals, config, rand()), status=403, error=detail,
-                refused=True, consecutive_403s=refusals)
+    counted = refusals if context.refusal == "job" else min(refusals, FORBIDDEN_AFTER - 1)
+    return Hold(delay=fault_delay(counted, config, rand()), status=403, error=detail,
+                refused=True, consecutive_403s=counted)
 
 
 def _decide_404(job: Job, config: PolicyConfig, now: datetime, rand: Random,
@@ -660,7 +707,9 @@ def decide_status(job: Job, seen: str, config: PolicyConfig, now: datetime
     if seen == COMPLETED:
         return Fetch()
     if seen == UNKNOWN:
-        if job.upstream_status != UNKNOWN:
+        if job.upstream_status != UNKNOWN or job.consecutive_403s:
+            # Once, or again for a job the result endpoint refused: only a GET ends that
+            # (another organisation's job is left out of batch-status).
             return Fetch()
         if age >= config.not_found_timeout:
             return _not_found(age, "unknown to batch-status")
@@ -703,13 +752,50 @@ def judge_status_call(answer: StatusAnswer, config: PolicyConfig, now: datetime,
     if status == 401:
         return StatusCall("unauthorized", error)
     if status in (429, 503):
-        pause = parse_retry_after(answer.retry_after, now)
+        pause = parse_retry_after(answer.retry_after, now, answer.date)
         if status == 429 or pause is not None:
             return StatusCall("rate_limited", error,
                               rate_limited(status, pause, config, rand).pause_for)
     if status == 404 or answer.html:
         return StatusCall("missing", error)
     return StatusCall("failed", error)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlAnswer:
+    """What the answer to a control request (a GET of a job that landed lately, asked
+    when 403s come in a run) says about the token.
+
+    ``readable``: the token reads results; ``refused``: it is refused too;
+    ``inconclusive``: no telling (a fault, a 401, a pause). ``gone``: this job is no use
+    as a control any more. ``pause_for`` and ``fault`` are for the gate, as for any
+    answer."""
+
+    result: ControlResult
+    gone: bool = False
+    fault: bool = False
+    pause_for: float | None = None
+
+
+def judge_control(answer: Answer, config: PolicyConfig, now: datetime, rand: Random
+                  ) -> ControlAnswer:
+    if isinstance(answer, TransportFailure):
+        return ControlAnswer("inconclusive", fault=True)
+    status = answer.status
+    if status == 403:
+        return ControlAnswer("refused")
+    if status in (200, 202) and not looks_like_html(answer):
+        return ControlAnswer("readable")
+    if status == 404:
+        return ControlAnswer("readable", gone=True)  # the endpoint answered: the row went
+    if status in (429, 503):
+        pause = parse_retry_after(answer.retry_after, now, answer.date)
+        if status == 429 or pause is not None:
+            return ControlAnswer("inconclusive",
+                                 pause_for=rate_limited(status, pause, config, rand).pause_for)
+    if status >= 500:
+        return ControlAnswer("inconclusive", fault=True)
+    return ControlAnswer("inconclusive", gone=status != 401)
 
 
 _STATUS_LIST: Final = TypeAdapter(list[BatchStatusEntry])

@@ -77,6 +77,8 @@ class WorkerState:
     in_flight: int
     send_rate: float | None
     upstream_alarm: str | None
+    upstream_clock_skew: float | None = None
+    """Upstream's clock minus ours, in seconds (None: not measured yet)."""
 
 
 @dataclass(slots=True)

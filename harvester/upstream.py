@@ -114,6 +114,7 @@ class Upstream:
                     body=body,
                     content_type=resp.headers.get("Content-Type"),
                     retry_after=resp.headers.get("Retry-After"),
+                    date=resp.headers.get("Date"),
                 )
         except BodyTooLarge as exc:
             return TransportFailure("too_large", str(exc))
@@ -157,7 +158,7 @@ class Upstream:
             ) as resp:
                 body = await self._read_limited(resp)
                 status, content_type = resp.status, resp.headers.get("Content-Type")
-                retry_after = resp.headers.get("Retry-After")
+                retry_after, date = resp.headers.get("Retry-After"), resp.headers.get("Date")
         except (BodyTooLarge, UndecodableBody) as exc:
             return StatusAnswer(None, None, f"batch-status: {exc}")
         except TimeoutError:
@@ -167,11 +168,12 @@ class Upstream:
         html = looks_like_html(Response(status, body, content_type))
         if status != 200 or html:
             return StatusAnswer(None, status, f"batch-status answered HTTP {status}"
-                                + (" with a web page" if html else ""), retry_after, html)
+                                + (" with a web page" if html else ""), retry_after, html, date)
         try:
-            return StatusAnswer(parse_batch_status(body))
+            return StatusAnswer(parse_batch_status(body), date=date)
         except (ValueError, UnicodeDecodeError) as exc:
-            return StatusAnswer(None, status, f"batch-status answer not understood: {_brief(exc)}")
+            return StatusAnswer(None, status, f"batch-status answer not understood: {_brief(exc)}",
+                                date=date)
 
 
 def _brief(exc: BaseException) -> str:

@@ -158,7 +158,7 @@ class MemoryStore:
                 row.status_checks += 1
             d = outcome.decision
             if isinstance(d, Land):
-                row.state, row.last_status = "landed", 200
+                row.state, row.last_status, row.consecutive_403s = "landed", 200, 0
                 self.mirror[row.job_id] = d.payload
                 report.landed += 1
             elif isinstance(d, Fail):
@@ -173,6 +173,7 @@ class MemoryStore:
                     d.attempt, d.consecutive_500s, d.step)
                 if not d.keep_last_answer:
                     row.last_status, row.last_error = d.status, d.error
+                    row.consecutive_403s = 0
             elif isinstance(d, Hold):
                 row.next_poll = now + d.delay
                 row.last_status, row.last_error = d.status, d.error
@@ -222,6 +223,10 @@ class MemoryStore:
             self._on_pace.remove(on_pace)
 
 
+FORBIDDEN = Response(403, b'{"error": "insufficient permissions", "missing": ["jobs:read"]}',
+                     "application/json")
+
+
 def row_answer(job_id: UUID) -> Response:
     return Response(200, json.dumps(result_row(job_id)).encode(), "application/json")
 
@@ -229,9 +234,11 @@ def row_answer(job_id: UUID) -> Response:
 class ScriptedUpstream:
     """Answers from scripts: ``results[job]`` a list of answers (the last repeats; a
     row by default), ``statuses[job]`` a list of batch-status answers (None: left out;
-    ``completed`` by default), ``status_call`` a whole-call answer overriding them."""
+    ``completed`` by default), ``status_call`` a whole-call answer overriding them;
+    ``refuse_all``: every GET answers 403, as to a token without jobs:read."""
 
     def __init__(self) -> None:
+        self.refuse_all = False
         self.results: dict[UUID, list[Answer]] = {}
         self.statuses: dict[UUID, list[str | None]] = {}
         self.status_call: StatusAnswer | None = None
@@ -251,6 +258,8 @@ class ScriptedUpstream:
             await self.release.wait()
         finally:
             self.in_flight -= 1
+        if self.refuse_all:
+            return FORBIDDEN
         script = self.results.get(job_id)
         if not script:
             return row_answer(job_id)

@@ -20,7 +20,8 @@ def add_parser(sub: Any) -> None:
     sim.add_argument("--mix", default="demo",
                      help="preset: first-poll, pending, demo, chaos (default demo)")
     sim.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                     help="override a mix field, e.g. --set stuck=0.1 --set retry_after=2")
+                     help="override a mix field, e.g. --set stuck=0.1 --set retry_after=2, "
+                          "--set clock_skew=-20 (its clock 20 s behind the machine's)")
     sim.add_argument("--token", default="sim-token",
                      help="the bearer token it accepts ('' accepts any)")
     sim.add_argument("--no-record", action="store_true",

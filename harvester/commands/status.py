@@ -15,6 +15,7 @@ from rich.table import Table
 from harvester.commands import options, render
 from harvester.commands.database import open_store
 from harvester.settings import Settings
+from harvester.upstream_clock import NOTABLE as CLOCK_NOTABLE
 
 
 def add_parser(sub: Any) -> None:
@@ -98,19 +99,27 @@ def _print_daemons(console: Console, workers: list[dict[str, Any]], now: datetim
         console.print("daemons alive: none (no heartbeat in the last 2 minutes)")
         return
     console.print(f"daemons alive: {len(workers)}")
+    for w in workers:
+        skew = w["upstream_clock_skew"]
+        if skew is not None and abs(skew) >= CLOCK_NOTABLE:
+            console.print(f"upstream's clock: {abs(skew):.1f}s {'ahead of' if skew > 0 else 'behind'}"
+                          f" {w['worker_id']}'s (Retry-After dates are read against upstream's "
+                          "Date header, so waits stay as asked; check both hosts' time sources)")
     daemons = Table(show_header=True, header_style="bold")
     for column in ("daemon", "host", "pid", "version", "requests in flight", "send rate",
-                   "paused", "auth", "permission", "alarm", "heartbeat"):
+                   "paused", "auth", "permission", "alarm", "upstream clock", "heartbeat"):
         daemons.add_column(column, justify="right" if column in (
-            "pid", "requests in flight", "send rate", "heartbeat") else "left")
+            "pid", "requests in flight", "send rate", "upstream clock", "heartbeat") else "left")
     for w in workers:
         paused = w["paused_until"]
+        skew = w["upstream_clock_skew"]
         daemons.add_row(
             w["worker_id"], w["hostname"], str(w["pid"]), w["version"], f"{w['in_flight']:,}",
             "no limit found" if w["send_rate"] is None else f"{w['send_rate']:,.1f}/s",
             f"for {render.duration((paused - now).total_seconds())}" if paused and paused > now
             else "-",
             w["auth_circuit"], w["permission_circuit"], w["upstream_alarm"] or "-",
+            "-" if skew is None else f"{skew:+.1f}s",
             f"{render.duration(w['heartbeat_age'])} ago")
     console.print(daemons)
 

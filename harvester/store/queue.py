@@ -174,7 +174,7 @@ class QueueStore:
                 SQL["heartbeat"],
                 state.worker_id, state.hostname, state.pid, state.version, state.auth_circuit,
                 state.paused_until, state.in_flight, state.send_rate, state.permission_circuit,
-                state.upstream_alarm,
+                state.upstream_alarm, state.upstream_clock_skew,
             )
 
     async def forget_worker(self, worker_id: str) -> None:
@@ -210,7 +210,8 @@ def _job_row(outcome: Outcome) -> dict[str, Any]:
     elif isinstance(d, Retry):
         row.update(state=d.state, delay=d.delay, status=d.status, error=d.error,
                    keep_answer=d.keep_last_answer, attempt=d.attempt, c500=d.consecutive_500s,
-                   step=d.step, due_at=d.due_at)
+                   step=d.step, due_at=d.due_at,
+                   c403=job.consecutive_403s if d.keep_last_answer else 0)
     elif isinstance(d, Stuck):
         row.update(state="stuck", delay=d.delay, status=d.status, step="result",
                    error=f"stuck: {d.consecutive_500s} consecutive 500s", attempt=d.attempt,

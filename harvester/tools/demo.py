@@ -100,7 +100,8 @@ async def _start_simulator(stack: contextlib.AsyncExitStack, log: Path) -> str:
 
 
 async def _start_daemon(stack: contextlib.AsyncExitStack, dsn: str, api_url: str, log: Path
-                        ) -> asyncio.subprocess.Process:
+                        ) -> str:
+    """Start ``harvester run``; returns its admin server's URL once it is ready."""
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""), "HOME": str(Path.home()),
@@ -115,7 +116,7 @@ async def _start_daemon(stack: contextlib.AsyncExitStack, dsn: str, api_url: str
         await wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
     except RuntimeError as exc:
         raise EmbeddedDatabaseError(f"{exc}; see {log}") from None
-    return proc
+    return f"http://127.0.0.1:{port}"
 
 
 # ---------------------------------------------------------------- the run
@@ -157,13 +158,13 @@ async def run_demo(settings: Settings, jobs: int, max_seconds: float, out: TextI
             api_url = await _start_simulator(stack, logs / "simulator.log")
             console.print(f"simulated upstream at {api_url} (jobs finish 0-12 s after they are "
                           "fed, then index for 2 s; some stuck, some failed, a short 429)")
-            await _start_daemon(stack, dsn, api_url, logs / "daemon.log")
+            admin_url = await _start_daemon(stack, dsn, api_url, logs / "daemon.log")
             console.print(f"daemon running (logs in {logs}); feeding {jobs:,} jobs\n")
             ids = [uuid.uuid4() for _ in range(jobs)]
             await pool.execute(
                 "INSERT INTO harvester.jobs (job_id) SELECT unnest($1::uuid[])", ids)
             started = time.monotonic()
-            await _watch(pool, api_url, jobs, started, max_seconds, console)
+            await _watch(pool, api_url, admin_url, jobs, started, max_seconds, console)
             elapsed = time.monotonic() - started
             await _summary(pool, api_url, jobs, elapsed, console)
     finally:
@@ -193,7 +194,21 @@ def next_commands(data_dir: Path) -> list[tuple[str, str]]:
     ]
 
 
-async def _watch(pool: asyncpg.Pool, api_url: str, jobs: int, started: float,
+async def _paused(session: aiohttp.ClientSession, admin_url: str) -> bool:
+    """The daemon is pausing for a 429's Retry-After now (its /metrics say until when: the
+    heartbeat in harvester.workers comes every 5 s, longer than the demo's pause)."""
+    try:
+        async with session.get(admin_url + "/metrics") as resp:
+            text = await resp.text()
+    except aiohttp.ClientError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("harvester_paused_until_timestamp_seconds "):
+            return float(line.split()[-1]) > time.time()
+    return False
+
+
+async def _watch(pool: asyncpg.Pool, api_url: str, admin_url: str, jobs: int, started: float,
                  max_seconds: float, console: Console) -> None:
     progress = Progress(TextColumn("resolved"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
                         TimeElapsedColumn(), console=console)
@@ -210,8 +225,7 @@ async def _watch(pool: asyncpg.Pool, api_url: str, jobs: int, started: float,
                                             json={"rate_limit_for": 1.0, "retry_after": 2}):
                         rate_limited = True
                 counts = await _counts(pool)
-                paused = bool(await pool.fetchval(
-                    "SELECT bool_or(paused_until > now()) FROM harvester.workers"))
+                paused = await _paused(session, admin_url)
                 rate_window.append((now, counts["landed"]))
                 rate_window = [(t, n) for t, n in rate_window if now - t <= 2.0]
                 span = rate_window[-1][0] - rate_window[0][0]

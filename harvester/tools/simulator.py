@@ -9,6 +9,9 @@ from the first time the simulator hears of a job it runs for a drawn time (404, 
 then has its row (``completed``); batch-status answers from the same timeline. A gateway
 limit (a token bucket over every request, 429 + Retry-After beyond it) can sit in
 front, and windows of 401 (a revoked token), 429 and outage can be opened while it runs.
+Its clock can be set apart from the machine's (``clock_skew``): the Date header and every
+HTTP-date it sends are then on that clock, as a real upstream's would be, while its own
+bookkeeping stays on the machine's.
 It records what it served and checks the client's manners as it goes: polls earlier
 than the Retry-After it gave, two requests in flight for one job at once, requests
 sent while it had just asked for a pause.
@@ -27,7 +30,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
@@ -78,6 +81,8 @@ class Mix:
     rate_limit: float = 0.0           # gateway: requests/s over all clients (0: none)
     rate_burst: float = 30.0          # gateway: bucket size
     rate_retry_after: float = 1.0     # gateway: Retry-After of its 429s
+    rate_retry_after_style: str = "header"  # 429s (gateway, 429 window, scripted): header | date
+    clock_skew: float = 0.0           # its clock minus the machine's (s): Date, HTTP-dates
     seed: int = 1
 
     @classmethod
@@ -109,7 +114,20 @@ class Mix:
         unknown = set(overrides) - known
         if unknown:
             raise ValueError(f"unknown mix field(s): {', '.join(sorted(unknown))}")
-        return cls(**{**presets[name], **overrides})
+        mix = cls(**{**presets[name], **overrides})
+        for field_name, allowed in (("retry_after_style", RETRY_AFTER_STYLES),
+                                    ("rate_retry_after_style", PAUSE_STYLES)):
+            if getattr(mix, field_name) not in allowed:
+                raise ValueError(f"{field_name} must be one of {', '.join(allowed)} "
+                                 f"(got {getattr(mix, field_name)!r})")
+        return mix
+
+
+RETRY_AFTER_STYLES: Final = ("header", "date", "body", "none", "mixed")
+"""How a 202 names its wait: delta-seconds, an HTTP-date, only the body, nothing; or each
+job one of the four."""
+PAUSE_STYLES: Final = ("header", "date")
+"""How a 429 (or a scripted 503) names its wait: delta-seconds or an HTTP-date."""
 
 
 # ---------------------------------------------------------------- rows
@@ -330,6 +348,7 @@ class SimulatorState:
     """Until then batch-status itself answers this status (result GETs are unaffected)."""
     rate_limited_until: float = 0.0
     rate_limit_retry_after: float = 1.0
+    rate_limit_style: str = "header"
     outage_until: float = 0.0
     outage_status: int = 502
     pauses: list[tuple[float, float]] = field(default_factory=list)
@@ -399,27 +418,39 @@ def _json(data: Any, status: int, headers: dict[str, str] | None = None) -> web.
                         content_type="application/json")
 
 
-def _retry_after(seconds: float, style: str, default: float) -> tuple[dict[str, str], float]:
+def _retry_after(seconds: float, style: str, default: float, skew: float = 0.0
+                 ) -> tuple[dict[str, str], float]:
     """The Retry-After header for a 202 (if its style has one) and the exact wait a
     polite client must observe: delta-seconds are whole, an HTTP-date names the next
-    whole second, a body-only or silent 202 means the body value or the default."""
-    if style == "header":
-        whole = max(0, math.ceil(seconds))
-        return {"Retry-After": str(whole)}, float(whole)
-    if style == "date":
-        now = time.time()
-        when = math.ceil(now + seconds)
-        return {"Retry-After": email.utils.formatdate(when, usegmt=True)}, when - now
+    whole second (on upstream's clock, ``skew`` seconds ahead of the machine's), a
+    body-only or silent 202 means the body value or the default."""
+    if style in ("header", "date"):
+        return _pause_header(seconds, style, skew)
     if style == "body":
         return {}, seconds
     return {}, default
 
 
-def _named_moment(retry_after: str | None) -> float | None:
-    """The wall-clock moment a Retry-After HTTP-date names (None for delta-seconds)."""
+def _pause_header(seconds: float, style: str, skew: float = 0.0) -> tuple[dict[str, str], float]:
+    """``Retry-After`` as delta-seconds (whole, rounded up) or as an HTTP-date naming the
+    next whole second at least ``seconds`` away on upstream's clock; and the exact wait."""
+    if style == "date":
+        upstream_now = time.time() + skew
+        # The next whole second (a moment named again, for an early poll, is not pushed
+        # to the second after it by the microseconds the clocks drift apart).
+        when = math.ceil(upstream_now + seconds - 0.01)
+        return ({"Retry-After": email.utils.formatdate(when, usegmt=True)},
+                when - upstream_now)
+    whole = max(0, math.ceil(seconds))
+    return {"Retry-After": str(whole)}, float(whole)
+
+
+def _named_moment(retry_after: str | None, skew: float = 0.0) -> float | None:
+    """The machine's wall-clock moment a Retry-After HTTP-date names (None for
+    delta-seconds): the date is on upstream's clock, ``skew`` seconds ahead."""
     if retry_after is None or retry_after.strip().isdigit():
         return None
-    return email.utils.parsedate_to_datetime(retry_after).timestamp()
+    return email.utils.parsedate_to_datetime(retry_after).timestamp() - skew
 
 
 class Simulator:
@@ -430,9 +461,13 @@ class Simulator:
         self.state = SimulatorState(mix=mix, token=token, record=record)
         self.default_retry_after = default_retry_after
         self._auth_header = f"Bearer {token}" if token else None
+        self.skew = mix.clock_skew
+        """Upstream's clock minus the machine's (Mix ``clock_skew``)."""
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
+        if self.skew:
+            app.on_response_prepare.append(self._date_header)
         app.router.add_get(RESULTS_PREFIX + "{job_id}", self.result)
         app.router.add_post(BATCH_STATUS_PATH, self.batch_status)
         app.router.add_get("/_sim/stats", self.stats)
@@ -442,6 +477,10 @@ class Simulator:
         app.router.add_post("/_sim/control", self.control)
         app.router.add_get("/", self.dashboard)
         return app
+
+    async def _date_header(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer's Date on upstream's clock (aiohttp adds the machine's otherwise)."""
+        response.headers["Date"] = email.utils.formatdate(time.time() + self.skew, usegmt=True)
 
     # ------------------------------------------------------------ control
 
@@ -463,6 +502,8 @@ class Simulator:
         if "rate_limit_for" in document:
             self.state.rate_limited_until = now + float(document["rate_limit_for"])
             self.state.rate_limit_retry_after = float(document.get("retry_after", 1.0))
+            style = document.get("retry_after_style", self.state.mix.rate_retry_after_style)
+            self.state.rate_limit_style = style if style in PAUSE_STYLES else "header"
         if "outage_for" in document:
             self.state.outage_until = now + float(document["outage_for"])
             self.state.outage_status = int(document.get("status", 502))
@@ -561,7 +602,7 @@ class Simulator:
                 await asyncio.sleep(state.mix.latency)
             response, kind, announced = await self._answer(request, job_id, record)
             status = response.status
-            named = _named_moment(response.headers.get("Retry-After"))
+            named = _named_moment(response.headers.get("Retry-After"), self.skew)
             return response
         finally:
             record.in_flight -= 1
@@ -597,14 +638,15 @@ class Simulator:
         if now < state.pause_until:
             state.during_pause += 1
         if now < state.rate_limited_until:
-            wait = float(math.ceil(state.rate_limit_retry_after))
+            wait, style = float(math.ceil(state.rate_limit_retry_after)), state.rate_limit_style
         elif state.gateway is not None and not state.gateway.admit(now):
             state.rate_limited += 1
-            wait = float(math.ceil(state.mix.rate_retry_after))
+            wait, style = float(math.ceil(state.mix.rate_retry_after)), state.mix.rate_retry_after_style
         else:
             return None
         state.answered_429 += 1
-        return _json({"error": "rate limited"}, 429, {"Retry-After": str(int(wait))}), wait
+        headers, exact = _pause_header(wait, style, self.skew)
+        return _json({"error": "rate limited"}, 429, headers), exact
 
     async def _answer(self, request: web.Request, job_id: UUID, record: JobRecord
                       ) -> tuple[web.StreamResponse, str, float | None]:
@@ -627,12 +669,19 @@ class Simulator:
             return _json({"error": "job not found"}, 404), "404", None
         if phase == "indexing":
             seconds = state.mix.retry_after
-            headers, wait = _retry_after(seconds, "header", self.default_retry_after)
+            headers, wait = _retry_after(seconds, "header", self.default_retry_after, self.skew)
             return _json({"indexingPending": True, "status": "extraction_done",
                           "retryAfterSeconds": seconds, "message": "result is being indexed"},
                          202, headers), "202", wait
-        step = plan.steps[min(record.polls, len(plan.steps) - 1)]
-        record.polls += 1
+        if record.polls and record.last_status == 202 and now + EARLY_TOLERANCE < record.not_before:
+            # Back before the Retry-After it was given: still indexing, as a real upstream
+            # would be, so a 202 again, naming the same moment (an early poll costs a
+            # request, not a step).
+            last = plan.steps[min(record.polls - 1, len(plan.steps) - 1)]
+            step = replace(last, retry_after=record.not_before - now)
+        else:
+            step = plan.steps[min(record.polls, len(plan.steps) - 1)]
+            record.polls += 1
         kind = step.kind
 
         if kind == "200":
@@ -644,12 +693,11 @@ class Simulator:
                                     "message": "result is being indexed"}
             if step.style in ("header", "date", "body"):
                 body["retryAfterSeconds"] = seconds
-            headers, wait = _retry_after(seconds, step.style, self.default_retry_after)
+            headers, wait = _retry_after(seconds, step.style, self.default_retry_after, self.skew)
             return _json(body, 202, headers), kind, wait
         if kind in ("429", "503") and step.retry_after is not None:
-            wait = float(math.ceil(step.retry_after))
-            return (_json({"error": "slow down"}, int(kind), {"Retry-After": str(int(wait))}),
-                    kind, wait)
+            headers, wait = _pause_header(step.retry_after, step.style, self.skew)
+            return _json({"error": "slow down"}, int(kind), headers), kind, wait
         if kind == "401":
             return _json({"error": "invalid token"}, 401), kind, None
         if kind == "403":
@@ -738,13 +786,14 @@ class Simulator:
             return _json({"error": f"at most {BATCH_STATUS_LIMIT} jobIds"}, 400)
         state.batch_ids += len(ids)
         state.batch_sizes[max(0, len(ids) - 1) // 10] += 1
+        updated_at = (datetime.now(UTC) + timedelta(seconds=self.skew)).isoformat()
         answer = []
         for job_id in ids:
             status = self._status_of(job_id, now)
             if status is None:
                 continue
             answer.append({"id": str(job_id), "status": status, "currentNodeId": "extract",
-                           "updatedAt": datetime.now(UTC).isoformat()})
+                           "updatedAt": updated_at})
         return _json(answer, 200)
 
     def _status_of(self, job_id: UUID, now: float) -> str | None:

@@ -123,11 +123,13 @@ async def add_workers(pool: asyncpg.Pool) -> None:
         """
         INSERT INTO harvester.workers (worker_id, hostname, pid, version, auth_circuit,
                                        permission_circuit, upstream_alarm, send_rate,
-                                       paused_until, in_flight, heartbeat_at)
+                                       paused_until, in_flight, upstream_clock_skew,
+                                       heartbeat_at)
         VALUES ('w1', 'host-a', 42, '0.1.0', 'open', 'open', 'base_url_suspect', 287.5,
-                now() + interval '30 seconds', 3, now()),
-               ('w2', 'host-b', 43, '0.1.0', 'closed', 'closed', NULL, NULL, NULL, 0, now()),
-               ('w0', 'host-c', 41, '0.1.0', 'closed', 'closed', NULL, NULL, NULL, 9,
+                now() + interval '30 seconds', 3, -20.04, now()),
+               ('w2', 'host-b', 43, '0.1.0', 'closed', 'closed', NULL, NULL, NULL, 0, NULL,
+                now()),
+               ('w0', 'host-c', 41, '0.1.0', 'closed', 'closed', NULL, NULL, NULL, 9, 0.2,
                 now() - interval '1 hour')
         """)
 
@@ -162,8 +164,9 @@ async def test_status_json_is_stable_and_counts_every_state(cli: Any, pool: asyn
     assert document["upstream_alarms"] == ["base_url_suspect"]
     workers = document["workers"]
     assert [(w["worker_id"], w["in_flight"], w["send_rate"], w["permission_circuit"],
-             w["upstream_alarm"]) for w in workers] == [
-        ("w1", 3, 287.5, "open", "base_url_suspect"), ("w2", 0, None, "closed", None)]
+             w["upstream_alarm"], w["upstream_clock_skew"]) for w in workers] == [
+        ("w1", 3, 287.5, "open", "base_url_suspect", -20.04),
+        ("w2", 0, None, "closed", None, None)]
     assert datetime.fromisoformat(workers[0]["paused_until"]).tzinfo is not None
     assert workers[1]["paused_until"] is None
 
@@ -255,16 +258,21 @@ async def test_status_shows_each_live_daemon_with_its_rate_circuits_and_alarm(
     assert ("upstream alarm: base_url_suspect (every answer is a web page: check "
             "HARVESTER_API_BASE_URL)") in lines
     assert "daemons alive: 2" in lines
+    # A skew worth a note (README "How upstream answers are handled"): one line per daemon.
+    notes = [line for line in lines if line.startswith("upstream's clock:")]
+    assert len(notes) == 1
+    assert notes[0].startswith("upstream's clock: 20.0s behind w1's (")
     rows = table_rows(result.out)
     header = rows.index(["daemon", "host", "pid", "version", "requests in flight", "send rate",
-                         "paused", "auth", "permission", "alarm", "heartbeat"])
+                         "paused", "auth", "permission", "alarm", "upstream clock",
+                         "heartbeat"])
     w1, w2 = rows[header + 1], rows[header + 2]
     assert w1[:6] == ["w1", "host-a", "42", "0.1.0", "3", "287.5/s"]
     assert w1[6].startswith("for ")
-    assert w1[7:10] == ["open", "open", "base_url_suspect"]
-    assert w2[:10] == ["w2", "host-b", "43", "0.1.0", "0", "no limit found", "-", "closed",
-                       "closed", "-"]
-    assert w2[10].endswith("s ago")
+    assert w1[7:11] == ["open", "open", "base_url_suspect", "-20.0s"]
+    assert w2[:11] == ["w2", "host-b", "43", "0.1.0", "0", "no limit found", "-", "closed",
+                       "closed", "-", "-"]
+    assert w2[11].endswith("s ago")
 
 
 # ---------------------------------------------------------------- stuck

@@ -164,7 +164,10 @@ async def test_metrics_carry_every_family_and_count_what_happened(
     assert page.value("harvester_landed_total") == landed == counts["landed"]
     assert page.by_label("harvester_failed_total", "reason") == {
         "forbidden": 1, "upstream_failed": 1}
-    assert page.value("harvester_polls_total") == polls_in_db == upstream.state.requests
+    # Every GET upstream saw is a poll of its job, or a control asking whose a 403 was
+    # (README "How upstream answers are handled"), which is no poll of any job.
+    checks = page.total("harvester_permission_checks_total")
+    assert page.value("harvester_polls_total") == polls_in_db == upstream.state.requests - checks
     assert page.total("harvester_requests_total") == page.value("harvester_polls_total")
     assert page.value("harvester_requests_total", status_class="2xx", outcome="landed") == landed
     # The refused job: held twice (refused while others were answered), failed the third time.

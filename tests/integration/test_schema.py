@@ -50,6 +50,7 @@ EXPECTED_COLUMNS = {
         "started_at": "timestamp with time zone", "heartbeat_at": "timestamp with time zone",
         "auth_circuit": "text", "paused_until": "timestamp with time zone", "in_flight": "integer",
         "send_rate": "double precision", "permission_circuit": "text", "upstream_alarm": "text",
+        "upstream_clock_skew": "double precision",
     },
 }
 

@@ -1,6 +1,7 @@
 """The simulator's own honesty: what it counts as an early poll is what a polite client
 could have known. A Retry-After HTTP-date names a moment, so a client back at that
-moment is on time however long the 202 took to leave the simulator."""
+moment is on time however long the 202 took to leave the simulator, and on a simulator
+whose clock is not the machine's."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import email.utils
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -16,7 +18,7 @@ from aiohttp import web
 
 from harvester.api import RESULTS_PREFIX
 from harvester.tools import simulator
-from harvester.tools.simulator import SIM_TOKEN
+from harvester.tools.simulator import SIM_TOKEN, Mix
 from tests.helpers import SimulatedUpstream
 
 
@@ -45,3 +47,54 @@ async def test_a_client_back_at_the_named_second_is_not_early_after_a_slow_202(
             assert second.status == 200
     stats = upstream.state.stats()
     assert stats["early_polls"] == 0, stats["early_examples"]
+
+
+async def test_a_skewed_simulator_speaks_its_own_clock() -> None:
+    """``clock_skew``: the Date header, every HTTP-date and batch-status' ``updatedAt`` are
+    on upstream's clock, ``clock_skew`` seconds from the machine's; what the simulator
+    counts (early polls, pauses) stays on the machine's. A 202 polled early is answered
+    202 again, naming the same moment."""
+    skew = -20.0
+    mix = Mix(pending_min=1, pending_max=1, retry_after=2.0, retry_after_style="date",
+              rate_retry_after_style="date", clock_skew=skew)
+    sim = await SimulatedUpstream(mix).start()
+    try:
+        job = uuid.uuid4()
+        url = f"{sim.url}{RESULTS_PREFIX}{job}"
+        auth = {"Authorization": f"Bearer {SIM_TOKEN}"}
+        async with aiohttp.ClientSession(headers=auth) as session:
+            async with session.get(url) as first:
+                date = _epoch(first.headers["Date"])
+                named = _epoch(first.headers["Retry-After"])
+            assert first.status == 202
+            assert date - time.time() == pytest.approx(skew, abs=1.5)
+            assert 2.0 <= named - date <= 3.0  # the wait is read against Date
+            # Read against the machine's clock, the date is long past: too early.
+            async with session.get(url) as early:
+                assert early.status == 202
+                assert _epoch(early.headers["Retry-After"]) == named
+            await asyncio.sleep(named - date + 0.01)
+            async with session.get(url) as second:
+                assert second.status == 200
+            sim.simulator.apply_control({"rate_limit_for": 5, "retry_after": 2})
+            async with session.post(sim.url + "/api/v1/jobs/batch-status",
+                                    json={"jobIds": [str(job)]}) as limited:
+                assert limited.status == 429
+                wait = _epoch(limited.headers["Retry-After"]) - _epoch(limited.headers["Date"])
+                assert 2.0 <= wait <= 3.0
+            sim.simulator.apply_control({"rate_limit_for": 0})
+            async with session.post(sim.url + "/api/v1/jobs/batch-status",
+                                    json={"jobIds": [str(job)]}) as status:
+                entry = (await status.json())[0]
+        updated = datetime.fromisoformat(entry["updatedAt"]).timestamp()
+        assert updated - time.time() == pytest.approx(skew, abs=1.5)
+        stats = sim.state.stats()
+        assert stats["early_polls"] == 1
+        assert stats["requests"] == 3  # the early poll cost a request, not a step
+        assert stats["statuses"] == {"200": 1, "202": 2}
+    finally:
+        await sim.stop()
+
+
+def _epoch(http_date: str) -> float:
+    return email.utils.parsedate_to_datetime(http_date).timestamp()

@@ -34,7 +34,7 @@ Variant = tuple[dict[str, str], tuple[Any, ...]]
 
 
 def _heartbeat() -> tuple[Any, ...]:
-    return ("w", "host", 1, "0.1.0", "closed", NOW, 0, None, "closed", None)
+    return ("w", "host", 1, "0.1.0", "closed", NOW, 0, None, "closed", None, None)
 
 
 def _list_jobs() -> list[Variant]:

@@ -136,10 +136,13 @@ async def test_batch_status_decodes_its_answer_and_refuses_a_bomb(serve: Serve,
                                                                  chunked: bool) -> None:
     listed = b'[{"id": "%s", "status": "running"}]' % str(JOB).encode()
     upstream = await serve(gzip.compress(listed), {"Content-Encoding": "gzip"}, chunked)
-    assert await upstream.batch_status([JOB]) == StatusAnswer({JOB: "running"})
+    answer = await upstream.batch_status([JOB])
+    assert answer == StatusAnswer({JOB: "running"}, date=answer.date)
+    assert answer.date is not None  # upstream's clock, for its Retry-After dates
 
     bomb = await serve(gzip.compress(bytes(100 * LIMIT)), {"Content-Encoding": "gzip"}, chunked)
-    answer = await bomb.batch_status([JOB])
-    assert answer.statuses is None
+    refused = await bomb.batch_status([JOB])
+    assert refused.statuses is None
+    answer = refused
     assert answer.error is not None
     assert f"exceeds HARVESTER_MAX_BODY_BYTES={LIMIT} once decoded (gzip)" in answer.error

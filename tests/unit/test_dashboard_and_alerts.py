@@ -168,6 +168,7 @@ def test_every_exported_metric_is_on_the_dashboard() -> None:
 COUNTED = {
     "harvester_requests_total": "reqps", "harvester_polls_total": "reqps",
     "harvester_batch_status_requests_total": "reqps", "harvester_rate_limited_total": "reqps",
+    "harvester_permission_checks_total": "reqps",
     "harvester_landed_total": "suffix:jobs/s", "harvester_failed_total": "suffix:jobs/s",
     "harvester_stuck_transitions_total": "suffix:jobs/s",
     "harvester_retention_deleted_total": "rowsps",

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,7 +32,7 @@ from harvester.metrics import Metrics
 from harvester.policy import Job, Response, StatusAnswer
 from harvester.ports import Outcome, ReleaseRow
 from harvester.settings import Settings, load_settings
-from tests.fakes import MemoryStore, ScriptedUpstream, row_answer
+from tests.fakes import FORBIDDEN, MemoryStore, ScriptedUpstream, row_answer
 
 
 def settings(**overrides: Any) -> Settings:
@@ -267,6 +267,69 @@ async def test_a_401_opens_the_circuit_and_hands_jobs_back_uncharged() -> None:
     assert all(row.attempt == 0 for row in store.rows.values())
     assert [e["event"] for e in logs].count("auth.circuit_open") == 1
     assert len(upstream.gets) < 12 + 12 + 10  # probes, not a storm
+
+
+@asynccontextmanager
+async def having_landed(count: int) -> AsyncIterator[
+        tuple[MemoryStore, ScriptedUpstream, Engine, list[MutableMapping[str, Any]]]]:
+    """A running engine that landed ``count`` jobs, then heard nothing for longer than a
+    readable answer vouches for the token (README "How upstream answers are handled")."""
+    store, upstream = MemoryStore(), ScriptedUpstream()
+    store.feed([uuid.uuid4() for _ in range(count)])
+    engine = engine_for(store, upstream)
+    with capture_logs() as logs:
+        async with running(engine):
+            await until(lambda: store.states()["landed"] == count)
+            await asyncio.sleep(1.5)
+            yield store, upstream, engine, logs
+
+
+async def test_foreign_jobs_fail_forbidden_after_three_refusals_checked_with_a_landed_job(
+) -> None:
+    """A batch of another organisation's jobs, fed when nothing else is being answered, is
+    checked with a GET of a job that landed before (not a poll of it), holds nothing back,
+    and each fails at the third refusal; the token is never suspected."""
+    async with having_landed(3) as (store, upstream, engine, logs):
+        landed = list(store.rows)
+        foreign = [uuid.uuid4() for _ in range(30)]
+        ordinary = [uuid.uuid4() for _ in range(100)]
+        for job_id in foreign:
+            upstream.results[job_id] = [FORBIDDEN]
+        store.feed(foreign)
+        store.feed(ordinary)
+        await until(lambda: store.states() == {"pending": 0, "stuck": 0, "landed": 103,
+                                               "failed": 30})
+    assert {store.rows[j].failed_reason for j in foreign} == {"forbidden"}
+    assert [store.rows[j].polls for j in foreign] == [3] * 30
+    assert all(store.rows[j].polls == 1 for j in ordinary)
+    checks = {result: engine.metrics.permission_checks.labels(result)._value.get()
+              for result in ("readable", "refused", "inconclusive")}
+    assert checks["readable"] >= 1 and checks["refused"] == 0  # the question was put ...
+    # ... as GETs of jobs that landed, which are no poll of those jobs.
+    assert len(upstream.gets) == sum(row.polls for row in store.rows.values()) + sum(
+        checks.values())
+    assert all(store.rows[j].polls == 1 for j in landed)
+    assert "permission.circuit_open" not in [e["event"] for e in logs]
+
+
+async def test_a_token_that_loses_jobs_read_is_found_by_a_control_and_fails_nothing() -> None:
+    async with having_landed(5) as (store, upstream, engine, logs):
+        upstream.refuse_all = True
+        after = [uuid.uuid4() for _ in range(40)]
+        store.feed(after)
+        await until(lambda: engine.gate.permission.is_open)
+        assert engine.health()["permission_circuit_closed"] is False
+        await asyncio.sleep(1.0)  # probes (controls) refused meanwhile
+        refused_gets = len(upstream.gets)
+        upstream.refuse_all = False
+        await until(lambda: store.states()["landed"] == 45)
+    opened = [e for e in logs if e["event"] == "permission.circuit_open"]
+    assert len(opened) == 1 and "landed lately is refused too" in opened[0]["because"]
+    assert [e["event"] for e in logs].count("permission.circuit_closed") == 1
+    assert store.states()["failed"] == 0
+    assert max(store.rows[j].consecutive_403s for j in after) <= 2
+    assert all(row.attempt == 0 for row in store.rows.values())
+    assert refused_gets < 5 + 40 + 20  # each job once at most, then probes: not a storm
 
 
 async def test_a_vital_task_that_dies_stops_the_daemon_with_its_error() -> None:

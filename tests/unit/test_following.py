@@ -4,6 +4,7 @@ means. Pure functions: ``now`` is an argument."""
 
 from __future__ import annotations
 
+import email.utils
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -34,10 +35,11 @@ JOB_ID = UUID("5d2b8c1e-4f7a-4c3b-9e21-7a6f0d3c8b45")
 
 
 def job(age: float = 60.0, upstream: str | None = None, since: float | None = None,
-        state: str = "pending") -> Job:
+        state: str = "pending", refusals: int = 0) -> Job:
     return Job(job_id=JOB_ID, state=state, age_origin=NOW - timedelta(seconds=age),
                upstream_status=upstream,
-               status_since=None if since is None else NOW - timedelta(seconds=since))
+               status_since=None if since is None else NOW - timedelta(seconds=since),
+               consecutive_403s=refusals)
 
 
 # ---------------------------------------------------------------- the cadence
@@ -101,6 +103,8 @@ def test_alignment_never_shortens(interval: float, offset: float) -> None:
     pytest.param(UNKNOWN, job(), Fetch(), id="unknown-first-time-get-once"),
     pytest.param(UNKNOWN, job(upstream="running"), Fetch(), id="unknown-after-running-get-once"),
     pytest.param(UNKNOWN, job(upstream=UNKNOWN), 5.875, id="unknown-again-followed"),
+    pytest.param(UNKNOWN, job(upstream=UNKNOWN, refusals=1), Fetch(),
+                 id="unknown-and-refused-get-again-only-a-get-ends-it"),
     pytest.param(UNKNOWN, job(age=86400.0, upstream=UNKNOWN), "not_found",
                  id="unknown-past-the-not-found-timeout"),
     pytest.param("extraction_done", job(), 2.0, id="indexing-checked-on-the-even-seconds"),
@@ -158,6 +162,10 @@ def test_what_was_seen_becomes_the_job_history() -> None:
     (StatusAnswer(None, 429, "429", retry_after="3"), "rate_limited", 3.0),
     (StatusAnswer(None, 429, "429"), "rate_limited", 5.0),
     (StatusAnswer(None, 503, "503", retry_after="7"), "rate_limited", 7.0),
+    # An HTTP-date is read against the answer's Date: upstream's clock, 20 s behind ours.
+    (StatusAnswer(None, 429, "429", retry_after=email.utils.format_datetime(
+        NOW - timedelta(seconds=17), usegmt=True), date=email.utils.format_datetime(
+        NOW - timedelta(seconds=20), usegmt=True)), "rate_limited", 3.0),
     (StatusAnswer(None, 503, "503"), "failed", None),
     (StatusAnswer(None, 500, "500"), "failed", None),
     (StatusAnswer(None, 403, "403"), "failed", None),

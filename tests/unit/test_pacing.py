@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import itertools
 import math
+import uuid
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harvester.circuit import Circuit
 from harvester.pacing import (
     BOOK_AHEAD,
     BURST,
@@ -25,16 +27,18 @@ from harvester.pacing import (
     GENTLE_CUT,
     HOLD,
     MIN_RATE,
+    PERMISSION_RECHECK,
     PLATEAU,
     RAMP_EXIT,
     RAMP_START,
     SAME_EVENT,
-    Circuit,
     FaultThrottle,
     Gate,
     Released,
     SendRate,
 )
+from harvester.policy import ControlAnswer
+from harvester.refusals import BLIND_RUN
 
 
 class Clock:
@@ -131,15 +135,17 @@ def test_circuit_reopens_with_a_fresh_probe_schedule() -> None:
     assert circuit.try_probe(230.0)
 
 
-def test_circuit_remembers_when_something_last_succeeded() -> None:
-    circuit = Circuit(probe_interval=30.0, threshold=5)
-    assert not circuit.succeeded_within(60.0, 0.0)
-    circuit.on_success(100.0)
-    assert circuit.succeeded_within(60.0, 150.0)
-    assert not circuit.succeeded_within(60.0, 161.0)
-    for _ in range(5):
-        circuit.on_failure(120.0)
-    assert not circuit.succeeded_within(60.0, 121.0)  # open: nothing is being answered
+def test_a_circuit_probed_first_soon_doubles_its_spacing_up_to_the_interval() -> None:
+    """The permission circuit: opened on evidence that may pass in a moment (a batch of
+    another organisation's jobs), it is probed after 1, 2, 4 … s, then every interval."""
+    circuit = Circuit(probe_interval=30.0, first_probe=1.0)
+    circuit.on_failure(100.0)
+    granted = [t for t in (x / 4 for x in range(400, 800)) if circuit.try_probe(t)]
+    assert granted == [101.0, 103.0, 107.0, 115.0, 131.0, 161.0, 191.0]
+    circuit.on_success(192.0)
+    circuit.on_failure(300.0)
+    assert not circuit.try_probe(300.5)
+    assert circuit.try_probe(301.0)  # a fresh schedule after it closed
 
 
 @given(st.integers(min_value=1, max_value=5),
@@ -670,18 +676,74 @@ async def test_gate_circuit_open_releases_all_but_the_probe() -> None:
         await gate.admit()
 
 
-async def test_gate_permission_circuit_opens_on_a_run_of_403s() -> None:
+async def test_gate_permission_circuit_opens_blind_on_a_run_of_403s_with_nothing_to_check() -> None:
+    """A daemon that has read nothing yet cannot check a run of 403s: BLIND_RUN of them in
+    a row open the permission circuit, probed by the next result GET (never batch-status,
+    which says nothing about reading results), after 1 s; a readable answer closes it."""
     clock = Clock(100.0)
     gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
-    gate.observe(200, clock())
-    assert gate.others_answered()
-    events = [t.event for n in range(5) for t in gate.observe(403, clock())]
+    events = [t.event for n in range(BLIND_RUN) for t in gate.observe(403, clock())]
     assert events == ["permission.circuit_open"]
-    assert not gate.others_answered()
-    with pytest.raises(Released) as released:
-        await gate.admit()
-    assert "permission" in released.value.why
+    assert "no job known to be readable" in gate.refusals.because
+    for request in ("result", "status"):
+        with pytest.raises(Released) as released:
+            await gate.admit(request=request)
+        assert "permission" in released.value.why
+    assert gate.blocked_for() == 1.0
+    clock.advance(1.0)
+    with pytest.raises(Released):
+        await gate.admit(request="status")
+    await gate.admit(request="result")  # the probe
+    with pytest.raises(Released):
+        await gate.admit(request="result")
+    # batch-status answers, even 200s, leave the circuit alone.
+    assert gate.observe(200, clock(), request="status") == []
     assert [t.event for t in gate.observe(202, clock())] == ["permission.circuit_closed"]
+
+
+async def test_gate_permission_circuit_opens_when_a_control_is_refused_and_controls_probe_it(
+) -> None:
+    clock = Clock(100.0)
+    gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
+    landed = uuid.uuid4()
+    gate.observe(200, clock())
+    gate.refusals.remember(landed)
+    clock.advance(5.0)
+    assert gate.observe(403, clock()) == []  # a control will tell, not the run
+    assert gate.refusals.ask()
+    job, _ = gate.refusals.next_control(clock())
+    assert job == landed
+    sent = await gate.admit(request="control")
+    changes = gate.controlled(landed, ControlAnswer("refused"), 403, sent)
+    assert [t.event for t in changes] == ["permission.circuit_open"]
+    assert "landed lately is refused too" in gate.refusals.because
+    # Every job waits; the dispatcher looks again each second while controls probe.
+    with pytest.raises(Released):
+        await gate.admit()
+    assert gate.blocked_for() == PERMISSION_RECHECK
+    clock.advance(1.0)
+    with pytest.raises(Released):
+        await gate.admit()  # not a job's turn to probe: a control's
+    job, _ = gate.refusals.next_control(clock())
+    assert job == landed
+    sent = await gate.admit(request="control")
+    changes = gate.controlled(landed, ControlAnswer("readable"), 200, sent)
+    assert [t.event for t in changes] == ["permission.circuit_closed"]
+    await gate.admit()
+
+
+async def test_a_control_answers_429_like_any_request() -> None:
+    clock = Clock(100.0)
+    gate = Gate(max_rps=0, probe_interval=30.0, clock=clock)
+    job = uuid.uuid4()
+    gate.refusals.remember(job)
+    gate.refusals.ask()
+    gate.refusals.next_control(clock())
+    sent = await gate.admit(request="control")
+    changes = gate.controlled(job, ControlAnswer("inconclusive", pause_for=2.0), 429, sent)
+    assert "upstream.paused" in [t.event for t in changes]
+    assert gate.paused_until == 102.0
+    assert gate.refusals.in_flight is None and not gate.permission.is_open
 
 
 async def test_gate_pause_wins_over_the_probe() -> None:

@@ -12,7 +12,7 @@ import email.utils
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -24,10 +24,12 @@ from hypothesis import strategies as st
 from harvester.api import FINISHED, IN_PROGRESS
 from harvester.policy import (
     FAULT_BACKOFF_CAP,
+    FORBIDDEN_AFTER,
     JITTER,
     NOT_FOUND_BACKOFF_CAP,
     UNKNOWN,
     Context,
+    ControlAnswer,
     Decision,
     Fail,
     Hold,
@@ -41,6 +43,7 @@ from harvester.policy import (
     backoff,
     decide,
     fault_delay,
+    judge_control,
     not_found_delay,
     parse_batch_status,
     parse_retry_after,
@@ -68,9 +71,10 @@ def job(state: str = "pending", *, attempt: int = 3, streak: int = 0,
 
 
 def answer(status: int, document: Any = None, *, retry_after: str | None = None,
-           content_type: str | None = "application/json") -> Response:
+           content_type: str | None = "application/json", date: str | None = None) -> Response:
     body = b"" if document is None else json.dumps(document).encode()
-    return Response(status=status, body=body, content_type=content_type, retry_after=retry_after)
+    return Response(status=status, body=body, content_type=content_type, retry_after=retry_after,
+                    date=date)
 
 
 def row(job_id: UUID = JOB_ID, **changes: Any) -> dict[str, Any]:
@@ -92,6 +96,10 @@ def http_date(seconds_from_now: float) -> str:
     return email.utils.format_datetime(NOW + timedelta(seconds=seconds_from_now), usegmt=True)
 
 
+BEHIND = -20.0
+"""Upstream's clock 20 s behind ours: its Date and its HTTP-dates both say so."""
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -107,7 +115,10 @@ class Expect:
 
 
 ASKED = Context()
-OTHERS_ANSWERED = Context(others_answered=True)
+ABOUT_THE_JOB = Context(refusal="job")
+"""A request known to be readable was answered about when this one was refused."""
+ABOUT_THE_TOKEN = Context(refusal="token")
+"""The permission circuit is open: the token itself is refused."""
 STATUS_DOWN = Context(status_usable=False)
 
 
@@ -187,6 +198,14 @@ TABLE = [
       waiting_202(7.0, 7.0 * (1 + JITTER)), id="202-retry-after-delta-wins-over-body"),
     P(answer(202, INDEXING, retry_after=http_date(42)), job(), ASKED,
       waiting_202(42.0, 42.0 * (1 + JITTER)), id="202-retry-after-http-date"),
+    P(answer(202, INDEXING, retry_after=http_date(BEHIND + 3), date=http_date(BEHIND)), job(),
+      ASKED, waiting_202(3.0, 3.0 * (1 + JITTER)),
+      id="202-http-date-is-read-against-the-date-header-of-a-clock-behind"),
+    P(answer(202, INDEXING, retry_after=http_date(-BEHIND + 3), date=http_date(-BEHIND)), job(),
+      ASKED, waiting_202(3.0, 3.0 * (1 + JITTER)),
+      id="202-http-date-is-read-against-the-date-header-of-a-clock-ahead"),
+    P(answer(202, INDEXING, retry_after=http_date(42), date="yesterday"), job(), ASKED,
+      waiting_202(42.0, 42.0 * (1 + JITTER)), id="202-http-date-with-a-garbage-date-header"),
     P(answer(202, {**INDEXING, "retryAfterSeconds": 12}), job(), ASKED,
       waiting_202(12.0, 12.0 * (1 + JITTER)), id="202-body-retry-after-seconds"),
     P(answer(202, {**INDEXING, "retryAfterSeconds": 12}, retry_after="soon"), job(), ASKED,
@@ -214,18 +233,36 @@ TABLE = [
       Expect(Hold, {"status": 401, "auth_failed": True}, (0.0, 0.0), ("token",)),
       id="401-is-about-the-token-even-for-an-old-job"),
     P(answer(403, {"error": "insufficient permissions", "missing": ["jobs:read", "results:read"]}),
-      job(), ASKED,
-      Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 0}, (0.0, 0.0),
+      job(refusals=1), ABOUT_THE_TOKEN,
+      Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 1}, (0.0, 0.0),
              ("insufficient permissions", "jobs:read", "results:read")),
-      id="403-while-nothing-else-is-answered-is-about-the-token"),
-    P(answer(403, None), job(), OTHERS_ANSWERED,
+      id="403-while-the-token-is-refused-charges-nothing-and-waits-for-the-circuit"),
+    P(answer(403, None), job(), ABOUT_THE_JOB,
       Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 1}, (1.0, 2.0),
-             ("forbidden",)), id="403-while-others-are-answered-counts-against-the-job"),
-    P(answer(403, {"error": "no", "missing": ["jobs:read"]}), job(refusals=2), OTHERS_ANSWERED,
+             ("forbidden",)), id="403-about-the-job-counts-against-it"),
+    P(answer(403, None), job(refusals=1), ABOUT_THE_JOB,
+      Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 2}, (1.0, 4.0)),
+      id="403-about-the-job-backs-off"),
+    P(answer(403, {"error": "no", "missing": ["jobs:read"]}), job(refusals=2), ABOUT_THE_JOB,
       failed("forbidden", 403, "jobs:read", "3 times"), id="403-third-refusal-fails-forbidden"),
-    P(answer(403, None), job(refusals=2, age=OLD), ASKED,
+    P(answer(403, None), job(), ASKED,
+      Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 1}, (1.0, 2.0)),
+      id="403-nobody-could-tell-about-still-counts"),
+    P(answer(403, None), job(refusals=2), ASKED,
+      Expect(Hold, {"status": 403, "refused": True, "consecutive_403s": 2}, (1.0, 4.0)),
+      id="403-nobody-could-tell-about-never-fails-the-job"),
+    P(answer(403, None), job(refusals=7), ASKED,
+      Expect(Hold, {"status": 403, "consecutive_403s": 2}, (1.0, 4.0)),
+      id="403-nobody-could-tell-about-counts-at-most-two"),
+    P(answer(403, None), job(refusals=2, age=OLD), ABOUT_THE_TOKEN,
       Expect(Hold, {"status": 403, "consecutive_403s": 2}, (0.0, 0.0)),
       id="403-about-the-token-never-expires-a-job"),
+    P(answer(401, None), job(refusals=2), ASKED,
+      Expect(Hold, {"status": 401, "consecutive_403s": 2}, (0.0, 0.0)),
+      id="401-keeps-the-403-count"),
+    P(answer(429, None, retry_after="3"), job(refusals=2), ASKED,
+      Expect(Hold, {"status": 429, "consecutive_403s": 2}, (3.0, 3.0 * (1 + JITTER))),
+      id="429-keeps-the-403-count"),
     # ------------------------------------------------------------ 404: followed by status
     P(answer(404), job(), ASKED, followed(60.0, 60.0, "unknown to batch-status"),
       id="404-followed-at-the-cadence-of-its-age"),
@@ -283,6 +320,10 @@ TABLE = [
       hold(30.0, 30.0 * (1 + JITTER), 503), id="503-retry-after-pauses"),
     P(answer(503, None, retry_after=http_date(120)), job(), ASKED,
       hold(120.0, 120.0 * (1 + JITTER), 503), id="503-retry-after-http-date-pauses"),
+    P(answer(429, None, retry_after=http_date(BEHIND + 2), date=http_date(BEHIND)), job(), ASKED,
+      hold(2.0, 2.0 * (1 + JITTER), 429), id="429-http-date-on-a-clock-behind-pauses-as-asked"),
+    P(answer(503, None, retry_after=http_date(7202), date=http_date(7200)), job(), ASKED,
+      hold(2.0, 2.0 * (1 + JITTER), 503), id="503-http-date-on-a-clock-two-hours-ahead"),
     P(answer(429, None, retry_after="30"), job(age=OLD), ASKED,
       hold(30.0, 30.0 * (1 + JITTER), 429), id="429-charges-nothing-so-never-expires"),
     P(answer(429, None), job(), ASKED, hold(5.0, 5.0 * (1 + JITTER), 429),
@@ -380,6 +421,70 @@ def test_a_404_for_a_job_upstream_runs_is_never_final_before_max_age() -> None:
         assert decision.step == "status"
 
 
+VERDICTS = st.sampled_from(["job", "token", "unknown"])
+
+
+@given(st.lists(VERDICTS, max_size=40), st.floats(min_value=0.0, max_value=1.0, exclude_max=True))
+def test_a_job_fails_forbidden_only_on_a_third_refusal_known_to_be_its_own(
+        verdicts: list[str], rand: float) -> None:
+    """Whatever the sequence of verdicts on its 403s: refusals while the token is refused
+    change nothing and wait for the circuit; the others count and back off at least a
+    second (so that, the token lost, no job collects a third before the circuit opens);
+    the job fails only on a refusal known to be about it, and only at the third."""
+    claimed = job(attempt=0)
+    for n, verdict in enumerate(verdicts):
+        decision = decide(answer(403), claimed, CONFIG, NOW, lambda: rand,
+                          Context(refusal=verdict))  # type: ignore[arg-type]
+        if isinstance(decision, Fail):
+            assert verdict == "job"
+            assert claimed.consecutive_403s + 1 >= FORBIDDEN_AFTER
+            assert sum(v != "token" for v in verdicts[:n + 1]) >= FORBIDDEN_AFTER
+            return
+        assert isinstance(decision, Hold)
+        if verdict == "token":
+            assert (decision.delay, decision.consecutive_403s) == (0.0, claimed.consecutive_403s)
+        else:
+            assert decision.delay >= 1.0
+            assert decision.consecutive_403s == min(claimed.consecutive_403s + 1,
+                                                    FORBIDDEN_AFTER - 1 + (verdict == "job"))
+        claimed = replace(claimed, consecutive_403s=decision.consecutive_403s)
+    counted = [v for v in verdicts if v != "token"]
+    assert len(counted) < FORBIDDEN_AFTER or "job" not in counted[FORBIDDEN_AFTER - 1:]
+
+
+def test_three_refusals_known_to_be_the_jobs_fail_it() -> None:
+    claimed, decisions = job(attempt=0), []
+    for _ in range(FORBIDDEN_AFTER):
+        decisions.append(decide(answer(403), claimed, CONFIG, NOW, lambda: 0.5, ABOUT_THE_JOB))
+        if isinstance(decisions[-1], Hold):
+            claimed = replace(claimed, consecutive_403s=decisions[-1].consecutive_403s)
+    assert [type(d) for d in decisions] == [Hold, Hold, Fail]
+
+
+@pytest.mark.parametrize(("control", "expected"), [
+    (answer(200, row()), ControlAnswer("readable")),
+    (answer(202, INDEXING, retry_after="5"), ControlAnswer("readable")),
+    (answer(404), ControlAnswer("readable", gone=True)),
+    (answer(403, {"error": "insufficient permissions", "missing": ["jobs:read"]}),
+     ControlAnswer("refused")),
+    (answer(401), ControlAnswer("inconclusive")),
+    (answer(429, None, retry_after="2"), ControlAnswer("inconclusive", pause_for=2.0)),
+    (answer(503, None, retry_after="3"), ControlAnswer("inconclusive", pause_for=3.0)),
+    (answer(503), ControlAnswer("inconclusive", fault=True)),
+    (answer(500), ControlAnswer("inconclusive", fault=True)),
+    (answer(502), ControlAnswer("inconclusive", fault=True)),
+    (answer(410), ControlAnswer("inconclusive", gone=True)),
+    (Response(200, b"<!doctype html><html></html>", "text/html"),
+     ControlAnswer("inconclusive", gone=True)),
+    (TransportFailure("timeout", "no answer"), ControlAnswer("inconclusive", fault=True)),
+], ids=lambda v: getattr(v, "status", None) or getattr(v, "kind", "") or repr(v)[:30])
+def test_what_a_control_says_about_the_token(control: Response | TransportFailure,
+                                             expected: ControlAnswer) -> None:
+    """A GET of a job that landed lately, asked to tell whose a run of 403s
+    is (README "How upstream answers are handled")."""
+    assert judge_control(control, CONFIG, NOW, lambda: 0.0) == expected
+
+
 def test_stuck_after_is_read_from_the_config() -> None:
     config = PolicyConfig(stuck_after=1, stuck_recheck=60.0)
     decision = decide(answer(500, None), job(), config, NOW, lambda: 0.5)
@@ -426,6 +531,60 @@ def test_deeply_nested_json_body_does_not_escape_as_recursion_error() -> None:
 )
 def test_retry_after_edges(header: str | None, expected: float | None) -> None:
     assert parse_retry_after(header, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "date", "expected"),
+    [
+        pytest.param(http_date(BEHIND + 90), http_date(BEHIND), 90.0, id="clock-20s-behind"),
+        pytest.param(http_date(10_800 + 90), http_date(10_800), 90.0, id="clock-3h-ahead"),
+        pytest.param(http_date(-86_400 + 5), http_date(-86_400), 5.0, id="clock-a-day-behind"),
+        pytest.param(http_date(90), None, 90.0, id="no-date-header-our-clock"),
+        pytest.param(http_date(90), "", 90.0, id="empty-date-header-our-clock"),
+        pytest.param(http_date(90), "Tuesday-ish", 90.0, id="garbage-date-header-our-clock"),
+        pytest.param(http_date(90), "5", 90.0, id="numeric-date-header-our-clock"),
+        pytest.param(http_date(BEHIND - 1), http_date(BEHIND), 0.0, id="a-date-before-date"),
+        pytest.param(http_date(BEHIND), http_date(BEHIND), 0.0, id="a-date-equal-to-date"),
+        pytest.param("7", http_date(3600), 7.0, id="delta-seconds-ignore-date"),
+        pytest.param("soon", http_date(BEHIND), None, id="garbage-stays-unusable"),
+    ],
+)
+def test_an_http_date_is_read_on_upstreams_clock(header: str, date: str | None,
+                                                 expected: float | None) -> None:
+    """README "How upstream answers are handled": an HTTP-date minus the answer's Date
+    header (RFC 9110 §10.2.3 with §6.6.1); our clock only when Date is missing or
+    unparsable."""
+    assert parse_retry_after(header, NOW, date) == expected
+
+
+@given(skew=st.floats(min_value=-6 * 3600, max_value=6 * 3600),
+       wait=st.floats(min_value=0.0, max_value=3600.0),
+       latency=st.floats(min_value=0.0, max_value=30.0))
+def test_an_http_date_never_waits_less_than_upstream_meant(skew: float, wait: float,
+                                                          latency: float) -> None:
+    """Upstream answers at the moment ``u`` of its clock (``skew`` from ours), says
+    ``Date: floor(u)`` and names ``ceil(u + wait)``, as HTTP's 1 s resolution makes it;
+    the answer reaches us ``latency`` seconds later. The wait read is at least what
+    upstream meant and at most a second more, whatever the skew or the latency."""
+    upstream_moment = NOW.timestamp() + skew
+    date = email.utils.formatdate(math.floor(upstream_moment), usegmt=True)
+    named = email.utils.formatdate(math.ceil(upstream_moment + wait), usegmt=True)
+    received = NOW + timedelta(seconds=latency)
+    seconds = parse_retry_after(named, received, date)
+    assert seconds is not None
+    meant = math.ceil(upstream_moment + wait) - upstream_moment
+    assert meant <= seconds <= meant + 1.0
+    assert wait - 1e-6 <= seconds <= wait + 2.0
+
+
+DATE_HEADERS = st.one_of(st.none(), st.text(max_size=70), st.datetimes(timezones=st.just(UTC)).map(
+    lambda d: email.utils.format_datetime(d, usegmt=True)))
+
+
+@given(DATE_HEADERS, st.integers(min_value=-10**6, max_value=10**6))
+def test_any_date_header_gives_a_usable_wait_or_falls_back(date: str | None, offset: int) -> None:
+    seconds = parse_retry_after(http_date(offset), NOW, date)
+    assert seconds is not None and math.isfinite(seconds) and seconds >= 0
 
 
 def test_retry_after_far_future_is_huge_but_finite() -> None:
@@ -626,7 +785,8 @@ def _check(decision: Decision) -> None:
 STATUSES = st.one_of(st.none(), st.sampled_from(sorted(IN_PROGRESS | FINISHED)),
                      st.just("failed"), st.just(UNKNOWN), st.text(max_size=30))
 CONTEXTS = st.builds(Context, seen=STATUSES, status_usable=st.booleans(),
-                     others_answered=st.booleans(), trust_not_found=st.booleans())
+                     refusal=st.sampled_from(["job", "token", "unknown"]),
+                     trust_not_found=st.booleans())
 
 
 @settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])

@@ -43,7 +43,8 @@ def status_value(**changes: Any) -> dict[str, Any]:
         "workers": [{"worker_id": "w-1", "hostname": "pod-a", "pid": 7, "version": "0.1.0",
                      "in_flight": 64, "send_rate": None, "paused_until": NOW + timedelta(minutes=5),
                      "auth_circuit": "closed", "permission_circuit": "open",
-                     "upstream_alarm": "base_url_suspect", "heartbeat_age": 3.0}],
+                     "upstream_alarm": "base_url_suspect", "upstream_clock_skew": -20.4,
+                     "heartbeat_age": 3.0}],
         "tables": {"jobs": {"rows_estimate": 46220, "bytes": 12 * 1024 * 1024},
                    "extraction_results": {"rows_estimate": 45000, "bytes": 3 * 1024 ** 3}},
         "oldest_finished_age_seconds": 86400.0 * 3, "autovacuum": False,
@@ -75,10 +76,11 @@ def test_status_prints_the_queue_the_circuits_retention_and_the_daemons() -> Non
             "ever)") in text
     assert "autovacuum: OFF on this server" in text
     assert "daemons alive: 1" in text
+    assert "upstream's clock: 20.4s behind w-1's" in text
     daemon = next(line for line in lines(text) if "pod-a" in line)
     assert [c.strip() for c in daemon.split("│")[1:-1]] == [
         "w-1", "pod-a", "7", "0.1.0", "64", "no limit found", "for 5.0m", "closed", "open",
-        "base_url_suspect", "3.0s ago"]
+        "base_url_suspect", "-20.4s", "3.0s ago"]
 
 
 def test_status_without_daemons_or_due_jobs_says_so_and_json_is_the_value() -> None:

@@ -144,6 +144,13 @@ def test_preset_refuses_an_unknown_name() -> None:
         Mix.preset("wild")
 
 
+@pytest.mark.parametrize(("field", "value"), [("retry_after_style", "soon"),
+                                               ("rate_retry_after_style", "body")])
+def test_preset_refuses_an_unknown_style(field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be one of"):
+        Mix.preset("demo", **{field: value})
+
+
 def test_preset_refuses_unknown_fields() -> None:
     with pytest.raises(ValueError, match=r"unknown mix field\(s\): colour, stcuk"):
         Mix.preset("demo", stcuk=0.5, colour="red", seed=3)

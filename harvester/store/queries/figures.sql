@@ -46,7 +46,7 @@ SELECT current_setting('autovacuum') = 'on'
 
 -- live_workers --
 SELECT worker_id, hostname, pid, version, auth_circuit, permission_circuit,
-       upstream_alarm, send_rate, paused_until, in_flight,
+       upstream_alarm, send_rate, paused_until, in_flight, upstream_clock_skew,
        extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age
   FROM harvester.workers
  WHERE heartbeat_at > now() - interval '2 minutes'

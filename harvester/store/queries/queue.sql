@@ -199,14 +199,15 @@ RETURNING j.job_id
 -- heartbeat --
 INSERT INTO harvester.workers AS w
        (worker_id, hostname, pid, version, auth_circuit, paused_until, in_flight,
-        send_rate, permission_circuit, upstream_alarm)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        send_rate, permission_circuit, upstream_alarm, upstream_clock_skew)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (worker_id) DO UPDATE
    SET heartbeat_at = now(), auth_circuit = excluded.auth_circuit,
        paused_until = excluded.paused_until, in_flight = excluded.in_flight,
        send_rate = excluded.send_rate,
        permission_circuit = excluded.permission_circuit,
-       upstream_alarm = excluded.upstream_alarm
+       upstream_alarm = excluded.upstream_alarm,
+       upstream_clock_skew = excluded.upstream_clock_skew
 
 -- forget_worker --
 DELETE FROM harvester.workers WHERE worker_id = $1

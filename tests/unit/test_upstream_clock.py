@@ -1,0 +1,87 @@
+"""Upstream's clock as its Date headers show it (README "Probes and metrics",
+``harvester_upstream_clock_skew_seconds``): pure, times are arguments."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harvester.upstream_clock import AGREES, NOTABLE, WINDOW, UpstreamClock
+
+T0 = 1_772_366_400.0  # 2026-03-01 12:00:00 UTC
+
+
+def answered(clock: UpstreamClock, ours: float, skew: float, latency: float = 0.0,
+             stamped_at: float = 0.5) -> None:
+    """An answer sent at ``ours`` (our clock), stamped by upstream ``stamped_at`` of the
+    way through its ``latency``, whose clock runs ``skew`` seconds from ours."""
+    upstream = ours + stamped_at * latency + skew
+    clock.observe(email.utils.formatdate(math.floor(upstream), usegmt=True), ours, ours + latency)
+
+
+def test_nothing_measured_yet() -> None:
+    clock = UpstreamClock()
+    assert clock.skew is None
+    assert clock.transition() is None
+    for date in (None, "", "not a date", "5"):
+        clock.observe(date, T0, T0 + 0.01)
+    assert clock.skew is None
+
+
+@pytest.mark.parametrize("skew", [-20.0, -3.2, 0.0, 0.4, 20.0, 7200.0, -86400.0])
+def test_the_median_finds_the_skew_within_a_fraction_of_a_second(skew: float) -> None:
+    """Date is a whole second, so one answer is off by up to half a second; the median
+    over answers sent at every phase of the second is not."""
+    clock = UpstreamClock()
+    rng = random.Random(7)
+    for n in range(WINDOW):
+        answered(clock, T0 + n * 0.37 + rng.random(), skew, latency=rng.uniform(0.001, 0.05))
+    assert clock.skew == pytest.approx(skew, abs=0.15)
+
+
+@given(skew=st.floats(min_value=-6 * 3600, max_value=6 * 3600),
+       phases=st.lists(st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
+                       min_size=1, max_size=WINDOW),
+       latency=st.floats(min_value=0.0, max_value=2.0),
+       stamped_at=st.floats(min_value=0.0, max_value=1.0))
+def test_the_estimate_is_never_further_than_half_a_second_and_half_the_round_trip(
+        skew: float, phases: list[float], latency: float, stamped_at: float) -> None:
+    clock = UpstreamClock()
+    for n, phase in enumerate(phases):
+        answered(clock, T0 + 10 * n + phase, skew, latency, stamped_at)
+    assert clock.skew is not None
+    assert abs(clock.skew - skew) <= 0.5 + latency / 2 + 1e-6
+
+
+def test_a_few_answers_from_a_stray_clock_do_not_move_it() -> None:
+    clock = UpstreamClock()
+    for n in range(WINDOW):
+        answered(clock, T0 + n * 0.31, -20.0)
+    for n in range(5):  # a proxy's own clock, an hour off
+        answered(clock, T0 + 30 + n, 3600.0)
+    assert clock.skew == pytest.approx(-20.0, abs=0.6)
+
+
+def test_the_window_forgets_old_answers() -> None:
+    clock = UpstreamClock()
+    for n in range(WINDOW):
+        answered(clock, T0 + n * 0.29, 20.0)
+    for n in range(WINDOW):
+        answered(clock, T0 + 100 + n * 0.29, 0.0)
+    assert clock.skew == pytest.approx(0.0, abs=0.6)
+
+
+def test_one_line_when_the_skew_passes_a_few_seconds_and_one_when_it_is_back() -> None:
+    clock = UpstreamClock(window=1)
+    said = []
+    for skew in (0.0, 1.0, NOTABLE - 0.6, NOTABLE + 1, 20.0, NOTABLE - 0.6, AGREES + 0.6, 2.0,
+                 0.0, 0.0, -NOTABLE - 1, -20.0, 0.0):
+        answered(clock, T0, skew, stamped_at=0.0)
+        said.append(clock.transition())
+    assert said == [None, None, None, "skewed", None, None, None, None, "agrees", None,
+                    "skewed", None, "agrees"]
