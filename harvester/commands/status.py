@@ -73,7 +73,7 @@ def render_status(status: dict[str, Any], as_json: bool, out: TextIO,
     reasons = ", ".join(f"{k} {v:,}" for k, v in status["failed_by_reason"].items())
     table.add_row("failed", f"{jobs['failed']:,}", reasons)
     table.add_row("total", f"{status['total']:,}", "", style="bold")
-    console.print(table)
+    render.print_table(console, table)
     age = status["oldest_due_age_seconds"]
     console.print(f"due now: {status['due_now']:,}"
                   + (f" (the oldest has waited {render.duration(age)})" if age is not None else ""))
@@ -121,7 +121,7 @@ def _print_daemons(console: Console, workers: list[dict[str, Any]], now: datetim
             w["auth_circuit"], w["permission_circuit"], w["upstream_alarm"] or "-",
             "-" if skew is None else f"{skew:+.1f}s",
             f"{render.duration(w['heartbeat_age'])} ago")
-    console.print(daemons)
+    render.print_table(console, daemons)
 
 
 def _print_retention(console: Console, status: dict[str, Any]) -> None:

@@ -342,19 +342,22 @@ async def test_stuck_limit_bounds_the_list_and_says_how_many_there_are(
     assert table.status == 0, table.err
     assert "open stuck jobs (7), oldest first" in table.out
     assert [r[0] for r in table_rows(table.out)[1:]] == [str(i) for i in ids[:3]]
-    assert "showing 3 of 7 open stuck jobs; --limit N shows more (--limit 0: all)" in table.out
+    assert "showing 3 of 7 open stuck jobs; --limit 7 shows them all" in table.out
 
     as_json = await cli("stuck", "--json", "--limit", "2")
     assert [r["job_id"] for r in as_json.json()] == [str(i) for i in ids[:2]]
-    assert as_json.err == ("harvester: showing 2 of 7 open stuck jobs; --limit N shows more "
-                           "(--limit 0: all)\n")
-    everything = await cli("stuck", "--json", "--limit", "0")
+    assert as_json.err == "harvester: showing 2 of 7 open stuck jobs; --limit 7 shows them all\n"
+    everything = await cli("stuck", "--json", "--limit", "7")
     assert len(everything.json()) == 7
     assert everything.err == ""
     assert len((await cli("stuck", "--json")).json()) == 7  # the default bound is 100
-    negative = await cli("stuck", "--limit", "-1")
-    assert (negative.status, negative.err) == (
-        2, "harvester: --limit: must be 0 (no limit) or more (got -1)\n")
+    # One rule for every --limit (issue 23): 1 or more, no 0 for "all", as in `jobs`.
+    for bad in ("0", "-1"):
+        refused = await cli("stuck", "--limit", bad)
+        assert (refused.status, refused.err) == (
+            2, f"harvester: --limit: 1 or more records (got {bad})\n")
+    assert (await cli("jobs", "--state", "landed", "--limit", "0")).err == \
+        "harvester: --limit: 1 to 1000 jobs per page (got 0)\n"
 
 
 async def test_stuck_ack_closes_records_with_who_and_why_and_the_gauge_drops(
