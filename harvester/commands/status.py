@@ -128,10 +128,14 @@ def _print_retention(console: Console, status: dict[str, Any]) -> None:
     """Table sizes, the oldest finished queue row and the retention that should bound it
     (README "Retention")."""
     tables = status["tables"]
-    sizes = "; ".join(f"{label} ~{tables[name]['rows_estimate']:,} rows, "
-                      f"{render.byte_size(tables[name]['bytes'])}"
+    sizes = "; ".join(f"{label} {'' if tables[name]['rows_counted'] else '~'}"
+                      f"{tables[name]['rows']:,} rows, {render.byte_size(tables[name]['bytes'])}"
                       for name, label in (("jobs", "queue"), ("extraction_results", "mirror")))
-    console.print(f"tables: {sizes} (rows: PostgreSQL's estimate)")
+    counted = {t["rows_counted"] for t in tables.values()}
+    how = ("rows counted" if counted == {True}
+           else "~ rows: PostgreSQL's live-row statistics" if counted == {False}
+           else "rows counted; ~: PostgreSQL's live-row statistics")
+    console.print(f"tables: {sizes} ({how})")
     retention = status["retention"]
     finished = retention["finished_seconds"]
     results = retention["results_seconds"]

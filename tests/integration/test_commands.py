@@ -16,7 +16,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harvester.store import figures
+from harvester.store.operators import OperatorStore
 from harvester.tools.simulator import result_row
+from tests.helpers import wait_until
 from tests.stores import Store
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
@@ -188,12 +191,12 @@ async def test_status_shows_table_sizes_and_the_oldest_finished_job(
                                      "results_seconds": 90 * 86400}
     tables = document["tables"]
     assert sorted(tables) == ["extraction_results", "jobs"]
-    assert tables["jobs"]["rows_estimate"] == 7
+    assert tables["jobs"]["rows_estimate"] == tables["jobs"]["rows"] == 7
     assert tables["extraction_results"]["rows_estimate"] == 2
-    assert all(t["bytes"] >= 8192 for t in tables.values())
+    assert all(t["bytes"] >= 8192 and t["rows_counted"] for t in tables.values())
     lines = (await cli("status")).out.splitlines()
-    assert any(line.startswith("tables: queue ~7 rows, ") and "; mirror ~2 rows, " in line
-               for line in lines), lines
+    assert any(line.startswith("tables: queue 7 rows, ") and "; mirror 2 rows, " in line
+               and line.endswith(" (rows counted)") for line in lines), lines
     assert ("oldest finished job in the queue: 3.0h ago (retention 3.0d; mirror kept 90.0d)"
             in lines)
     on = await pool.fetchval("SELECT current_setting('autovacuum') = 'on'")
@@ -332,6 +335,35 @@ async def add_stuck(pool: asyncpg.Pool, n: int) -> list[uuid.UUID]:
         "SELECT id, now() - make_interval(mins => $2 - n::int), 500 "
         "FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, n)", ids, n)
     return ids
+
+
+async def test_table_rows_are_right_before_any_analyze(
+    cli: Any, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_class.reltuples is -1 until the first ANALYZE: status said ~0 rows after the
+    demo (issue 23). Small tables are counted; large ones read the statistics' live rows
+    (README "Retention"), also right without an ANALYZE."""
+    await pool.execute("INSERT INTO harvester.jobs (job_id) "
+                       "SELECT gen_random_uuid() FROM generate_series(1, 1500)")
+    assert await pool.fetchval("SELECT reltuples FROM pg_class "
+                               "WHERE oid = 'harvester.jobs'::regclass") < 1  # never analyzed
+    counted = (await cli("status", "--json")).json()["tables"]["jobs"]
+    assert (counted["rows"], counted["rows_counted"]) == (1500, True)
+    gauges = await OperatorStore(pool).queue_gauges()
+    assert gauges["table_rows:jobs"] == 1500
+
+    monkeypatch.setattr(figures, "COUNTED_BELOW", -1)  # every table "large"
+
+    async def statistics_caught_up() -> bool:
+        tables = (await cli("status", "--json")).json()["tables"]
+        return bool(tables["jobs"]["rows"] == 1500 and not tables["jobs"]["rows_counted"])
+
+    await wait_until(statistics_caught_up, 20, "n_live_tup to count the inserted rows")
+    assert (await OperatorStore(pool).queue_gauges())["table_rows:jobs"] == 1500
+    shown = next(line for line in (await cli("status")).out.splitlines()
+                 if line.startswith("tables: "))
+    assert shown.startswith("tables: queue ~1,500 rows, "), shown
+    assert shown.endswith(" (~ rows: PostgreSQL's live-row statistics)"), shown
 
 
 async def test_stuck_limit_bounds_the_list_and_says_how_many_there_are(

@@ -54,8 +54,10 @@ def status_value(**changes: Any) -> dict[str, Any]:
                      "auth_circuit": "closed", "permission_circuit": "open",
                      "upstream_alarm": "base_url_suspect", "upstream_clock_skew": -20.4,
                      "heartbeat_age": 3.0}],
-        "tables": {"jobs": {"rows_estimate": 46220, "bytes": 12 * 1024 * 1024},
-                   "extraction_results": {"rows_estimate": 45000, "bytes": 3 * 1024 ** 3}},
+        "tables": {"jobs": {"rows": 46220, "rows_counted": True, "rows_estimate": 46220,
+                            "bytes": 12 * 1024 * 1024},
+                   "extraction_results": {"rows": 45000, "rows_counted": False,
+                                          "rows_estimate": 45000, "bytes": 3 * 1024 ** 3}},
         "oldest_finished_age_seconds": 86400.0 * 3, "autovacuum": False,
         "retention": {"finished_seconds": 7 * 86400.0, "results_seconds": None},
     }
@@ -79,8 +81,9 @@ def test_status_prints_the_queue_the_circuits_retention_and_the_daemons() -> Non
     assert "permission circuit: OPEN (the API token lacks a permission, e.g. jobs:read)" in text
     assert ("upstream alarm: base_url_suspect (every answer is a web page: check "
             "HARVESTER_API_BASE_URL)") in text
-    assert ("tables: queue ~46,220 rows, 12.0 MiB; mirror ~45,000 rows, 3.0 GiB (rows: "
-            "PostgreSQL's estimate)") in text
+    # Counted rows plain, the statistics' with "~" (README "Retention").
+    assert ("tables: queue 46,220 rows, 12.0 MiB; mirror ~45,000 rows, 3.0 GiB (rows "
+            "counted; ~: PostgreSQL's live-row statistics)") in text
     assert ("oldest finished job in the queue: 3.0d ago (retention 7.0d; mirror kept for "
             "ever)") in text
     assert "autovacuum: OFF on this server" in text
