@@ -175,3 +175,31 @@ def test_at_the_piped_width_a_table_folds_its_cells_and_loses_nothing(
              for column in zip(*body, strict=True)]
     assert cells[5] == "no limit found"
     assert cells[9].replace(" ", "") == "base_url_suspect"
+
+
+# ---------------------------------------------------------------- README "Commands"
+
+
+def readme_section(title: str) -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_the_commands_table_lists_every_command() -> None:
+    """healthcheck was missing (issue 23)."""
+    table = readme_section("Commands")
+    for name in subcommands(build_parser()):
+        assert f"| `harvester {name}" in table, name
+    assert "| `harvester jobs (--state STATE \\| --reason R …)" in table
+
+
+def test_try_it_shows_the_commands_the_demo_suggests() -> None:
+    from harvester.settings import default_data_dir  # noqa: PLC0415
+    from harvester.tools.demo import next_commands  # noqa: PLC0415
+
+    shown = [line.split("#")[0].split(maxsplit=2)[2].strip()
+             for line in readme_section("Try it").splitlines()
+             if line.startswith("uv run harvester ") and line != "uv run harvester demo"]
+    assert shown == [
+        command for command, _ in next_commands(default_data_dir())]
