@@ -38,14 +38,13 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 
 from harvester.api import RESULTS_PREFIX
-from harvester.embedded import DEFAULT_DATABASE, database_url, recreate_database
-from harvester.errors import UserError
+from harvester.commands.database import check_scratch
+from harvester.embedded import database_url, recreate_database
 from harvester.settings import Settings
 from harvester.tools.processes import free_port, percentile, wait_ready
 
@@ -619,12 +618,7 @@ def render(report: Report, out: TextIO) -> None:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    if args.database in ("", DEFAULT_DATABASE, "postgres") or (
-            settings.database_url is not None and args.database == urlsplit(
-                settings.database_url.get_secret_value()).path.lstrip("/")):
-        raise UserError(f"--database: bench drops and recreates its database; "
-                        f"{args.database!r} is not a scratch database (default "
-                        f"{BENCH_DATABASE})")
+    check_scratch(settings, args.database, BENCH_DATABASE, "bench")
     report = asyncio.run(run_bench(settings, args, sys.stderr))
     if args.json:
         document = {"machine": report.machine, "concurrency": report.concurrency,
