@@ -4,7 +4,8 @@ Each sub-command is a module (:mod:`harvester.commands`, and the tools' ``demo``
 ``bench``) that adds its parser and names its handler; this loops over them. Settings
 are built here, at the edge, from the environment, ``.env`` and the flags, and passed
 down. Every error a user can cause is printed as one line on stderr with a non-zero exit
-status; a traceback means a bug.
+status, a command line argparse refuses too (:class:`OneLineParser`); a traceback means a
+bug.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Final
+from typing import Final, NoReturn
 
 from harvester import __version__
 from harvester.commands import (
@@ -51,8 +52,20 @@ Handler = Callable[[Settings, argparse.Namespace], int]
 settings and the parsed arguments, and returns the exit status."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a refused command line is one line and exit status 2, like every
+    other mistake (README "Commands"): what is wrong and where ``--help`` says more, not
+    the usage block. Sub-command parsers are made of the same class (argparse's
+    ``add_subparsers`` takes the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("harvester").strip()
+        self.exit(2, f"harvester: {where + ': ' if where else ''}{message} "
+                     f"(`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="harvester",
         description="Mirror justcrawl extraction results into PostgreSQL. Configuration comes "
                     "from HARVESTER_* environment variables (and .env); flags override them.",
@@ -73,9 +86,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise ConfigError("\n".join([str(exc), *map(str, unknown)])) from None
     configure_logging(settings.log_level, settings.log_format, settings.secret_values())
     for variable in unknown:
-        get_logger("harvester.settings").warning(
-            "settings.unknown_variable", variable=variable.name, did_you_mean=variable.closest,
-            note="not a harvester setting; ignored")
+        if getattr(args, "speaks_in_logs", False):
+            # The daemon's output is its log: the warning is one of its events.
+            get_logger("harvester.settings").warning(
+                "settings.unknown_variable", variable=variable.name,
+                did_you_mean=variable.closest, note="not a harvester setting; ignored")
+        else:
+            sys.stderr.write(f"harvester: warning: {variable}\n")
     handler: Handler = args.handler
     return handler(settings, args)
 

@@ -8,7 +8,8 @@ the privileges the daemon needs) or an admin address that cannot be bound stops 
 one clear line and exit status 2 (README "The database's faults"). SIGTERM
 is acted on at once in every phase: connecting, waiting for the migration lock,
 migrating, waiting for someone else's migration (``--no-migrate``) and running;
-``daemon.exit`` is logged whatever the way out.
+``daemon.exit`` is logged whatever the way out, except a mistake of the user's (a
+:class:`~harvester.errors.UserError`), which the command line says in its one line.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import prometheus_client
 
 from harvester import __version__
 from harvester.admin import Admin
-from harvester.embedded import database_url
+from harvester.dsn import with_database
+from harvester.embedded import DEFAULT_DATABASE, database_url
 from harvester.engine import Engine
-from harvester.errors import HarvesterError, StoreError, StoreUnavailable
+from harvester.errors import HarvesterError, StoreError, StoreUnavailable, UserError
 from harvester.logs import QuietLoopErrors, get_logger
 from harvester.metrics import Metrics
 from harvester.migrations import (
@@ -181,7 +183,9 @@ async def wait_for_current_schema(pool: asyncpg.Pool) -> None:
         await asyncio.sleep(SCHEMA_WAIT_RECHECK)
 
 
-async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> None:
+async def run_daemon(settings: Settings, *, apply_migrations: bool = True,
+                     database: str | None = None) -> None:
+    """``database``: another database on the same server (``run --database NAME``)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     engine: Engine | None = None
@@ -205,7 +209,8 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
     failure: BaseException | None = None
     try:
         await admin.start()
-        async with database_url(settings) as dsn:
+        async with database_url(settings, database or DEFAULT_DATABASE) as configured:
+            dsn = with_database(configured, database) if database else configured
             pool = await connect_with_retry(dsn, stop, max_size=8)
             if pool is None:
                 return
@@ -244,8 +249,10 @@ async def run_daemon(settings: Settings, *, apply_migrations: bool = True) -> No
             loop.remove_signal_handler(sig)
         reason = ("error" if failure is not None else
                   "signal" if stop.is_set() else "engine_stopped")
-        log.info("daemon.exit", version=__version__, reason=reason,
-                 **({"error": type(failure).__name__} if failure is not None else {}))
+        # A mistake is the command line's one line (README "Commands"), no log event.
+        if not isinstance(failure, UserError):
+            log.info("daemon.exit", version=__version__, reason=reason,
+                     **({"error": type(failure).__name__} if failure is not None else {}))
 
 
 async def _with_retry(what: str, stop: asyncio.Event,

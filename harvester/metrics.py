@@ -131,8 +131,9 @@ class QueueGauges(Collector):
             value=self._values.get("oldest_finished_age", 0.0))
         rows = GaugeMetricFamily(
             "harvester_table_rows",
-            "Rows in the queue (jobs) and the mirror (extraction_results): PostgreSQL's "
-            "estimate (pg_class.reltuples, refreshed by autovacuum and ANALYZE).",
+            "Rows in the queue (jobs) and the mirror (extraction_results): counted while "
+            "the table's heap is at most 8 MiB, above that PostgreSQL's live-row statistics "
+            "(pg_stat_user_tables.n_live_tup), right before any ANALYZE.",
             labels=["table"])
         size = GaugeMetricFamily(
             "harvester_table_bytes",

@@ -50,9 +50,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's HARVESTER_* settings."""
+    """No test sees the developer's HARVESTER_* settings, nor the width of their terminal
+    (tables written to a pipe fit $COLUMNS)."""
     for key in list(os.environ):
-        if key.startswith("HARVESTER_"):
+        if key.startswith("HARVESTER_") or key == "COLUMNS":
             monkeypatch.delenv(key)
 
 

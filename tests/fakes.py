@@ -31,7 +31,7 @@ from harvester.policy import (
     Stuck,
 )
 from harvester.ports import Outcome, ReleaseRow, WorkerState, WriteReport
-from harvester.tools.simulator import result_row
+from harvester.tools.simulator.plans import result_row
 
 
 @dataclass

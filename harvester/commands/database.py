@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, Literal
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -132,3 +133,14 @@ async def open_store(settings: Settings, *, database: str | None = None,
             await check_schema(conn, where, target, need)
         yield OperatorStore(pool)
 
+
+
+def check_scratch(settings: Settings, name: str, default: str, command: str) -> None:
+    """Refuse to let ``command`` drop and recreate a database that is not a scratch one:
+    the harvester's own (``harvester``, or the one HARVESTER_DATABASE_URL names) or the
+    server's ``postgres``."""
+    configured = (urlsplit(settings.database_url.get_secret_value()).path.lstrip("/")
+                  if settings.database_url is not None else None)
+    if name in ("", DEFAULT_DATABASE, "postgres", configured):
+        raise UserError(f"--database: {command} drops and recreates its database; {name!r} "
+                        f"is not a scratch database (default {default})")

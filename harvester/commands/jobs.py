@@ -19,7 +19,7 @@ from rich.table import Table
 
 from harvester.commands import options, render
 from harvester.commands.database import Target, open_store
-from harvester.jobquery import DEFAULT_PAGE, LISTABLE_STATES, BadJobQuery, JobQuery
+from harvester.jobquery import DEFAULT_PAGE, LISTABLE_STATES, MAX_PAGE, BadJobQuery, JobQuery
 from harvester.ports import JobCursor
 from harvester.settings import Settings
 
@@ -27,17 +27,24 @@ from harvester.settings import Settings
 def add_parser(sub: Any) -> None:
     jobs = sub.add_parser(
         "jobs", help="list jobs by state (and failure reason), a page at a time",
+        # Written out: argparse would show --state as optional, and it is not (the
+        # question needs a state; --reason names failed).
+        usage="%(prog)s (--state STATE | --reason REASON [--reason REASON ...]) [--limit N] "
+              "[--after CURSOR] [--json] [--data-dir PATH] [--database NAME] "
+              "[--log-level LEVEL] [--log-format FORMAT]",
         description="One page of jobs in a state, in the order of that state's index: "
                     "pending and stuck by next poll time (most overdue first), landed by "
                     "landing time and failed by failure time (most recent first). The last "
                     "line gives the command for the next page (--after CURSOR).")
-    jobs.add_argument("--state", choices=LISTABLE_STATES,
-                      help="which jobs (--reason implies failed)")
+    jobs.add_argument("--state", choices=LISTABLE_STATES, metavar="STATE",
+                      help=f"which jobs: {', '.join(LISTABLE_STATES)}; required unless "
+                           "--reason, which implies failed")
     jobs.add_argument("--reason", action="append", default=[], metavar="REASON",
                       help="failed jobs with this reason: forbidden, upstream_failed, "
                            "not_found, expired or http_<status>; repeatable")
-    jobs.add_argument("--limit", type=int, default=100, metavar="N",
-                      help="jobs per page, 1 to 1000 (default 100)")
+    jobs.add_argument("--limit", type=int, default=DEFAULT_PAGE, metavar="N",
+                      help=f"jobs per page, 1 to {MAX_PAGE} (default {DEFAULT_PAGE}); the "
+                           "last line pages on")
     jobs.add_argument("--after", metavar="CURSOR", help="the cursor a previous page printed")
     jobs.add_argument("--json", action="store_true",
                       help='print {"jobs": [...], "next": CURSOR or null} as JSON')
@@ -102,7 +109,7 @@ def render_jobs(rows: list[dict[str, Any]], following: JobCursor | None, query: 
                       row["upstream_status"] or "not asked yet",
                       (row["failed_reason"] if state == "failed" else row["next_step"]) or "-",
                       error[:60] + ("…" if len(error) > 60 else ""))
-    console.print(table)
+    render.print_table(console, table)
     if following is not None:
         flags = [f"--state {state}", *(f"--reason {r}" for r in reasons)]
         if limit != DEFAULT_PAGE:

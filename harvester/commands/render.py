@@ -3,16 +3,22 @@
 Each command gets its data first (a value from the store) and then renders it, so that
 what it prints is tested from values alone (tests/unit/test_render.py): a readable table
 fitted to the terminal, or stable JSON (``--json``) on stdout for scripts.
+
+Tables are for people. On a terminal they fit its width; piped into a file, ``less`` or
+``grep`` they fit ``$COLUMNS`` when it is set, else :data:`PIPED_WIDTH` columns, wrapping
+long cells. Scripts read ``--json``, the machine format (README "Commands").
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any, TextIO
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, TextIO
 from uuid import UUID
 
 from rich.console import Console
+from rich.table import Table
 
 from harvester.ports import json_default
 
@@ -21,11 +27,32 @@ def dump_json(data: Any, out: TextIO) -> None:
     out.write(json.dumps(data, default=json_default, indent=2, sort_keys=True) + "\n")
 
 
+PIPED_WIDTH: Final = 120
+"""Columns of a table written to something other than a terminal, without $COLUMNS."""
+
+
+def output_width(out: TextIO, environ: Mapping[str, str] | None = None) -> int | None:
+    """The width tables fit: None on a terminal (rich measures it), else ``$COLUMNS`` if
+    it is a positive whole number, else :data:`PIPED_WIDTH`."""
+    if out.isatty():
+        return None
+    columns = (os.environ if environ is None else environ).get("COLUMNS", "").strip()
+    return int(columns) if columns.isdigit() and int(columns) > 0 else PIPED_WIDTH
+
+
 def console(out: TextIO) -> Console:
-    """Rich output fitted to a terminal; piped into a file or grep, lines are not
-    wrapped at 80 columns so that every row stays on one line."""
-    return Console(file=out, highlight=False, soft_wrap=True,
-                   width=None if out.isatty() else 200)
+    """Rich output fitted to :func:`output_width`. Lines of text are never wrapped
+    (``soft_wrap``), so that a printed command stays one line to copy; tables wrap
+    their long cells to fit."""
+    return Console(file=out, highlight=False, soft_wrap=True, width=output_width(out))
+
+
+def print_table(console: Console, table: Table) -> None:
+    """A table fitted to the console's width: a cell too long for its column folds onto
+    the next line rather than ending in "…", so a narrow width loses nothing."""
+    for column in table.columns:
+        column.overflow = "fold"
+    console.print(table)
 
 
 def duration(seconds: float) -> str:

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from harvester.commands import options
+from harvester.errors import UserError
 from harvester.settings import Settings
 
 
@@ -25,13 +26,18 @@ def add_parser(sub: Any) -> None:
     daemon.add_argument("--admin-host", dest="admin_host", metavar="HOST")
     daemon.add_argument("--admin-port", dest="admin_port", type=int, metavar="PORT")
     options.add_database(daemon)
+    options.add_database_name(daemon)
     options.add_logging(daemon)
-    daemon.set_defaults(handler=run)
+    # Its warnings are log events (harvester.cli), the other commands' plain lines.
+    daemon.set_defaults(handler=run, speaks_in_logs=True)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     from harvester.daemon import run_daemon  # noqa: PLC0415 - the daemon loads only when it runs
 
     settings.require_api_token()
-    asyncio.run(run_daemon(settings, apply_migrations=not args.no_migrate))
+    if args.database is not None and not args.database.strip():
+        raise UserError("--database needs a database name")
+    asyncio.run(run_daemon(settings, apply_migrations=not args.no_migrate,
+                           database=args.database))
     return 0

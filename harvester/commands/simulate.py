@@ -1,5 +1,5 @@
 """``harvester simulate``: a simulated justcrawl API on loopback
-(:mod:`harvester.tools.simulator`)."""
+(:mod:`harvester.tools.simulator`, its running part :mod:`harvester.tools.simulator.cli`)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from harvester.tools.simulator import cmd_simulate  # noqa: PLC0415 - loads aiohttp's server
+    from harvester.tools.simulator.cli import cmd_simulate  # noqa: PLC0415 - loads aiohttp's server
 
     return cmd_simulate(args)

@@ -73,7 +73,7 @@ def render_status(status: dict[str, Any], as_json: bool, out: TextIO,
     reasons = ", ".join(f"{k} {v:,}" for k, v in status["failed_by_reason"].items())
     table.add_row("failed", f"{jobs['failed']:,}", reasons)
     table.add_row("total", f"{status['total']:,}", "", style="bold")
-    console.print(table)
+    render.print_table(console, table)
     age = status["oldest_due_age_seconds"]
     console.print(f"due now: {status['due_now']:,}"
                   + (f" (the oldest has waited {render.duration(age)})" if age is not None else ""))
@@ -121,17 +121,21 @@ def _print_daemons(console: Console, workers: list[dict[str, Any]], now: datetim
             w["auth_circuit"], w["permission_circuit"], w["upstream_alarm"] or "-",
             "-" if skew is None else f"{skew:+.1f}s",
             f"{render.duration(w['heartbeat_age'])} ago")
-    console.print(daemons)
+    render.print_table(console, daemons)
 
 
 def _print_retention(console: Console, status: dict[str, Any]) -> None:
     """Table sizes, the oldest finished queue row and the retention that should bound it
     (README "Retention")."""
     tables = status["tables"]
-    sizes = "; ".join(f"{label} ~{tables[name]['rows_estimate']:,} rows, "
-                      f"{render.byte_size(tables[name]['bytes'])}"
+    sizes = "; ".join(f"{label} {'' if tables[name]['rows_counted'] else '~'}"
+                      f"{tables[name]['rows']:,} rows, {render.byte_size(tables[name]['bytes'])}"
                       for name, label in (("jobs", "queue"), ("extraction_results", "mirror")))
-    console.print(f"tables: {sizes} (rows: PostgreSQL's estimate)")
+    counted = {t["rows_counted"] for t in tables.values()}
+    how = ("rows counted" if counted == {True}
+           else "~ rows: PostgreSQL's live-row statistics" if counted == {False}
+           else "rows counted; ~: PostgreSQL's live-row statistics")
+    console.print(f"tables: {sizes} ({how})")
     retention = status["retention"]
     finished = retention["finished_seconds"]
     results = retention["results_seconds"]

@@ -28,8 +28,9 @@ def add_parser(sub: Any) -> None:
     stuck.add_argument("--json", action="store_true",
                        help="print a JSON array of records (at most --limit; stderr says when "
                             "there are more)")
-    stuck.add_argument("--limit", type=int, default=100, metavar="N",
-                       help="show at most N records (default 100; 0 = all)")
+    stuck.add_argument("--limit", type=int, default=DEFAULT_PAGE, metavar="N",
+                       help=f"show at most N records, 1 or more (default {DEFAULT_PAGE}); "
+                            "a list cut short says how many there are")
     which = stuck.add_mutually_exclusive_group()
     which.add_argument("--resolved", dest="which", action="store_const", const="resolved",
                        default="open", help="closed records instead, most recently closed first")
@@ -47,11 +48,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                                  which=args.which, limit=args.limit, err=sys.stderr))
 
 
-def check_limit(limit: int, flag: str = "--limit") -> int | None:
-    """A list bound: a positive number, or 0 for no bound."""
-    if limit < 0:
-        raise UserError(f"{flag}: must be 0 (no limit) or more (got {limit})")
-    return None if limit == 0 else limit
+def check_limit(limit: int) -> int:
+    """A list bound, as every ``--limit`` is: how many to show, 1 or more (``jobs``
+    adds its page's ceiling); no number means "all" (README "Commands")."""
+    if limit < 1:
+        raise UserError(f"--limit: 1 or more records (got {limit})")
+    return limit
 
 
 async def cmd_stuck(settings: Settings, as_json: bool, out: TextIO, *,
@@ -72,8 +74,8 @@ def render_stuck(rows: list[dict[str, Any]], total: int, which: Literal["open", 
     cut short."""
     what = {"open": "open stuck jobs", "resolved": "closed stuck records",
             "all": "stuck records"}[which]
-    cut = (f"showing {len(rows):,} of {total:,} {what}; --limit N shows more "
-           "(--limit 0: all)") if total > len(rows) else None
+    cut = (f"showing {len(rows):,} of {total:,} {what}; --limit {total} shows them all"
+           ) if total > len(rows) else None
     if as_json:
         render.dump_json(rows, out)
         if cut and err is not None:
@@ -114,6 +116,6 @@ def render_stuck(rows: list[dict[str, Any]], total: int, which: Literal["open", 
                           + f", {row['resolved_at'].astimezone(UTC):%Y-%m-%d %H:%M}")
             cells += [closed, row["resolution_note"] or ""]
         table.add_row(*cells)
-    console.print(table)
+    render.print_table(console, table)
     if cut:
         console.print(cut)

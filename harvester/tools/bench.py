@@ -43,6 +43,7 @@ import aiohttp
 import asyncpg
 
 from harvester.api import RESULTS_PREFIX
+from harvester.commands.database import check_scratch
 from harvester.embedded import database_url, recreate_database
 from harvester.settings import Settings
 from harvester.tools.processes import free_port, percentile, wait_ready
@@ -71,6 +72,9 @@ def add_parser(sub: Any) -> None:
                         help="the gateway's requests/s in phase (g) (default 300)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--data-dir", dest="data_dir", metavar="PATH")
+    parser.add_argument("--database", metavar="NAME", default=BENCH_DATABASE,
+                        help="the scratch database on the same server, DROPPED and recreated "
+                             f"at start (default {BENCH_DATABASE})")
     parser.set_defaults(handler=cmd_bench)
 
 
@@ -333,10 +337,11 @@ async def add_backlog(pool: asyncpg.Pool, rows: int) -> None:
 
 
 @asynccontextmanager
-async def bench_database(settings: Settings) -> AsyncIterator[str]:
-    """An empty, migrated ``harvester_bench`` database on the configured server."""
+async def bench_database(settings: Settings, name: str = BENCH_DATABASE
+                         ) -> AsyncIterator[str]:
+    """An empty, migrated database ``name`` (``--database``) on the configured server."""
     async with database_url(settings, database="postgres") as admin_dsn:
-        yield await recreate_database(admin_dsn, BENCH_DATABASE)
+        yield await recreate_database(admin_dsn, name)
 
 
 async def run_bench(settings: Settings, args: argparse.Namespace,
@@ -347,7 +352,7 @@ async def run_bench(settings: Settings, args: argparse.Namespace,
         progress.write(text + "\n")
         progress.flush()
 
-    async with bench_database(settings) as dsn:
+    async with bench_database(settings, args.database) as dsn:
         pool = await asyncpg.create_pool(dsn, min_size=2, max_size=3)
         try:
             async with simulator_process("first-poll") as (api_url, sim_pid):
@@ -613,6 +618,7 @@ def render(report: Report, out: TextIO) -> None:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    check_scratch(settings, args.database, BENCH_DATABASE, "bench")
     report = asyncio.run(run_bench(settings, args, sys.stderr))
     if args.json:
         document = {"machine": report.machine, "concurrency": report.concurrency,

@@ -7,7 +7,8 @@ production), feeds a few thousand jobs with a realistic mix (most land after a f
 with a summary and a sample query over the mirror. The database stays in place
 afterwards, and the demo ends by printing the commands that look at it
 (``harvester status --database harvester_demo`` and friends). Ctrl-C at any moment stops
-everything cleanly.
+everything cleanly. Its logs (``demo-logs`` in the data directory) are written afresh
+by each run.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def add_parser(sub: Any) -> None:
 async def _child(args: list[str], env: dict[str, str] | None = None,
                  stdout: int | None = subprocess.DEVNULL, log: Path | None = None
                  ) -> AsyncIterator[asyncio.subprocess.Process]:
-    handle = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115, ASYNC230
+    # Each run writes its logs afresh: a demo run again and again must not grow them.
+    handle = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115, ASYNC230
     proc = await asyncio.create_subprocess_exec(
         *args, env=env, stdout=stdout, stderr=handle, start_new_session=True)
     try:
@@ -159,7 +161,8 @@ async def run_demo(settings: Settings, jobs: int, max_seconds: float, out: TextI
             console.print(f"simulated upstream at {api_url} (jobs finish 0-12 s after they are "
                           "fed, then index for 2 s; some stuck, some failed, a short 429)")
             admin_url = await _start_daemon(stack, dsn, api_url, logs / "daemon.log")
-            console.print(f"daemon running (logs in {logs}); feeding {jobs:,} jobs\n")
+            console.print(f"daemon running (logs in {logs}, written afresh each run); "
+                          f"feeding {jobs:,} jobs\n")
             ids = [uuid.uuid4() for _ in range(jobs)]
             await pool.execute(
                 "INSERT INTO harvester.jobs (job_id) SELECT unnest($1::uuid[])", ids)
@@ -181,7 +184,9 @@ async def run_demo(settings: Settings, jobs: int, max_seconds: float, out: TextI
 
 def next_commands(data_dir: Path) -> list[tuple[str, str]]:
     """The commands a newcomer runs after the demo, pointed at the demo's database
-    (README "Try it"; a test runs each of them)."""
+    (README "Try it"). Each shows something after a demo: the demo's mix fails jobs
+    ``upstream_failed`` (batch-status says failed) and ``forbidden``, never
+    ``not_found`` (tests/acceptance/test_demo.py runs the demo, then each of them)."""
     where = f" --database {DEMO_DATABASE}"
     if data_dir != default_data_dir():
         where += f" --data-dir {shlex.quote(str(data_dir))}"
@@ -189,7 +194,9 @@ def next_commands(data_dir: Path) -> list[tuple[str, str]]:
         (f"harvester status{where}", "queue counts, backlog, circuits"),
         (f"harvester stuck{where}", "the open stuck records"),
         (f"harvester jobs --state failed{where}", "failed jobs and why"),
-        (f"harvester requeue --reason not_found --dry-run{where}", "what a requeue would do"),
+        (f"harvester jobs --state landed --limit 5{where}", "the last jobs to land"),
+        (f"harvester requeue --reason upstream_failed --dry-run{where}",
+         "how many a requeue would put back"),
         (f"harvester psql{where}", "SQL over the mirror"),
     ]
 

@@ -51,6 +51,9 @@ def cli(db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mon
         restore_logging: None) -> Cli:
     """``harvester ...`` in-process against this test's database."""
     monkeypatch.setenv("HARVESTER_DATABASE_URL", db_url)
+    # Tables as wide as their rows, so that tests read each row on one line (the width
+    # of a pipe without $COLUMNS is tests/unit/test_cli.py's).
+    monkeypatch.setenv("COLUMNS", "250")
 
     async def run(*args: str, stdin: bytes | None = None) -> CliResult:
         if stdin is not None:

@@ -16,7 +16,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harvester.store import figures
+from harvester.store.operators import OperatorStore
 from harvester.tools.simulator import result_row
+from tests.helpers import wait_until
 from tests.stores import Store
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
@@ -188,12 +191,12 @@ async def test_status_shows_table_sizes_and_the_oldest_finished_job(
                                      "results_seconds": 90 * 86400}
     tables = document["tables"]
     assert sorted(tables) == ["extraction_results", "jobs"]
-    assert tables["jobs"]["rows_estimate"] == 7
+    assert tables["jobs"]["rows_estimate"] == tables["jobs"]["rows"] == 7
     assert tables["extraction_results"]["rows_estimate"] == 2
-    assert all(t["bytes"] >= 8192 for t in tables.values())
+    assert all(t["bytes"] >= 8192 and t["rows_counted"] for t in tables.values())
     lines = (await cli("status")).out.splitlines()
-    assert any(line.startswith("tables: queue ~7 rows, ") and "; mirror ~2 rows, " in line
-               for line in lines), lines
+    assert any(line.startswith("tables: queue 7 rows, ") and "; mirror 2 rows, " in line
+               and line.endswith(" (rows counted)") for line in lines), lines
     assert ("oldest finished job in the queue: 3.0h ago (retention 3.0d; mirror kept 90.0d)"
             in lines)
     on = await pool.fetchval("SELECT current_setting('autovacuum') = 'on'")
@@ -334,6 +337,35 @@ async def add_stuck(pool: asyncpg.Pool, n: int) -> list[uuid.UUID]:
     return ids
 
 
+async def test_table_rows_are_right_before_any_analyze(
+    cli: Any, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_class.reltuples is -1 until the first ANALYZE: status said ~0 rows after the
+    demo (issue 23). Small tables are counted; large ones read the statistics' live rows
+    (README "Retention"), also right without an ANALYZE."""
+    await pool.execute("INSERT INTO harvester.jobs (job_id) "
+                       "SELECT gen_random_uuid() FROM generate_series(1, 1500)")
+    assert await pool.fetchval("SELECT reltuples FROM pg_class "
+                               "WHERE oid = 'harvester.jobs'::regclass") < 1  # never analyzed
+    counted = (await cli("status", "--json")).json()["tables"]["jobs"]
+    assert (counted["rows"], counted["rows_counted"]) == (1500, True)
+    gauges = await OperatorStore(pool).queue_gauges()
+    assert gauges["table_rows:jobs"] == 1500
+
+    monkeypatch.setattr(figures, "COUNTED_BELOW", -1)  # every table "large"
+
+    async def statistics_caught_up() -> bool:
+        tables = (await cli("status", "--json")).json()["tables"]
+        return bool(tables["jobs"]["rows"] == 1500 and not tables["jobs"]["rows_counted"])
+
+    await wait_until(statistics_caught_up, 20, "n_live_tup to count the inserted rows")
+    assert (await OperatorStore(pool).queue_gauges())["table_rows:jobs"] == 1500
+    shown = next(line for line in (await cli("status")).out.splitlines()
+                 if line.startswith("tables: "))
+    assert shown.startswith("tables: queue ~1,500 rows, "), shown
+    assert shown.endswith(" (~ rows: PostgreSQL's live-row statistics)"), shown
+
+
 async def test_stuck_limit_bounds_the_list_and_says_how_many_there_are(
     cli: Any, pool: asyncpg.Pool
 ) -> None:
@@ -342,19 +374,22 @@ async def test_stuck_limit_bounds_the_list_and_says_how_many_there_are(
     assert table.status == 0, table.err
     assert "open stuck jobs (7), oldest first" in table.out
     assert [r[0] for r in table_rows(table.out)[1:]] == [str(i) for i in ids[:3]]
-    assert "showing 3 of 7 open stuck jobs; --limit N shows more (--limit 0: all)" in table.out
+    assert "showing 3 of 7 open stuck jobs; --limit 7 shows them all" in table.out
 
     as_json = await cli("stuck", "--json", "--limit", "2")
     assert [r["job_id"] for r in as_json.json()] == [str(i) for i in ids[:2]]
-    assert as_json.err == ("harvester: showing 2 of 7 open stuck jobs; --limit N shows more "
-                           "(--limit 0: all)\n")
-    everything = await cli("stuck", "--json", "--limit", "0")
+    assert as_json.err == "harvester: showing 2 of 7 open stuck jobs; --limit 7 shows them all\n"
+    everything = await cli("stuck", "--json", "--limit", "7")
     assert len(everything.json()) == 7
     assert everything.err == ""
     assert len((await cli("stuck", "--json")).json()) == 7  # the default bound is 100
-    negative = await cli("stuck", "--limit", "-1")
-    assert (negative.status, negative.err) == (
-        2, "harvester: --limit: must be 0 (no limit) or more (got -1)\n")
+    # One rule for every --limit (issue 23): 1 or more, no 0 for "all", as in `jobs`.
+    for bad in ("0", "-1"):
+        refused = await cli("stuck", "--limit", bad)
+        assert (refused.status, refused.err) == (
+            2, f"harvester: --limit: 1 or more records (got {bad})\n")
+    assert (await cli("jobs", "--state", "landed", "--limit", "0")).err == \
+        "harvester: --limit: 1 to 1000 jobs per page (got 0)\n"
 
 
 async def test_stuck_ack_closes_records_with_who_and_why_and_the_gauge_drops(

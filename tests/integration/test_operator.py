@@ -32,6 +32,7 @@ from harvester.migrations import latest_version
 from harvester.settings import load_settings
 from harvester.store import create_pool
 from harvester.tools.demo import DEMO_DATABASE, next_commands
+from tests.helpers import Daemon, SimulatedUpstream, wait_until
 from tests.integration.test_admin_api import AUTH, TOKEN, ready
 from tests.integration.test_commands import put_jobs_in_each_state, table_rows
 from tests.stores import Store
@@ -85,6 +86,34 @@ async def test_every_command_takes_the_database_by_name_and_says_when_it_is_not_
     listed = (await cli("jobs", "--state", "pending", "--json", "--database", other)).json()
     assert [j["job_id"] for j in listed["jobs"]] == [str(job)]
     assert (await cli("stuck", "--database", other)).out == "no open stuck jobs\n"
+
+
+async def test_run_works_on_the_database_it_is_given_by_name(
+        db_url: str, empty_db_url: str, pool: asyncpg.Pool, upstream: SimulatedUpstream,
+        tmp_path: Path) -> None:
+    """`run --database NAME` (README "Commands"): the daemon migrates and works there,
+    and leaves the configured database alone."""
+    other = database_name(empty_db_url)
+    daemon = Daemon(db_url, upstream.url, tmp_path, args=["--database", other]).start()
+    try:
+        await daemon.wait_ready()
+        there = await asyncpg.connect(empty_db_url)
+        try:
+            job = uuid.uuid4()
+            await there.execute("INSERT INTO harvester.jobs (job_id) VALUES ($1)", job)
+
+            async def landed() -> bool:
+                state = await there.fetchval(
+                    "SELECT state FROM harvester.jobs WHERE job_id = $1", job)
+                return bool(state == "landed")
+
+            await wait_until(landed, 30, "the job fed to the named database to land")
+            assert await there.fetchval("SELECT count(*) FROM harvester.workers") == 1
+        finally:
+            await there.close()
+    finally:
+        await daemon.stop()
+    assert await pool.fetchval("SELECT count(*) FROM harvester.workers") == 0
 
 
 async def test_a_missing_database_is_named_and_not_created(cli: Any, pool: asyncpg.Pool,

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 
 from harvester.api import RESULTS_PREFIX
-from harvester.tools import simulator
 from harvester.tools.simulator import SIM_TOKEN, Mix
+from harvester.tools.simulator import app as simulator
 from tests.helpers import SimulatedUpstream
 
 

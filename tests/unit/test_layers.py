@@ -11,12 +11,20 @@ reaches the database and upstream only through :mod:`harvester.ports`.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
 import harvester
 
 PACKAGE = Path(harvester.__file__).parent
+
+SIMULATOR_PURE = frozenset({"harvester.tools.simulator.plans",
+                            "harvester.tools.simulator.answers",
+                            "harvester.tools.simulator.state"})
+"""The simulated upstream's part without a server: plans, answers as data, its state
+(the tests' fakes import it; README "Test it", layout)."""
 
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     # 0. Names and values everyone shares; nothing of the daemon.
@@ -27,7 +35,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     # 1. The pure core (decisions, pacing, alarms), the metrics' names, the settings.
     {"harvester.policy", "harvester.pacing", "harvester.alarms", "harvester.metrics",
      "harvester.settings", "harvester.database_faults", "harvester.refusals",
-     "harvester.upstream_clock"},
+     "harvester.upstream_clock", *SIMULATOR_PURE},
     # 2. The ports and the values that cross them; the operators' questions.
     {"harvester.ports", "harvester.jobquery"},
     # 3. The engine and the rooms it calls; the adapters behind the ports.
@@ -40,7 +48,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     # 4. The edges: wiring, the admin server, the command line, the tools.
     {"harvester.daemon", "harvester.admin", "harvester.admin_connections",
      "harvester.healthcheck", "harvester.cli",
-     "harvester.__main__", "harvester.tools.simulator", "harvester.tools.demo",
+     "harvester.__main__", "harvester.tools.simulator", "harvester.tools.simulator.app",
+     "harvester.tools.simulator.cli", "harvester.tools.demo",
      "harvester.tools.bench"} | {f"harvester.commands.{path.stem}"
                                  for path in (PACKAGE / "commands").glob("*.py")
                                  if path.stem != "__init__"},
@@ -103,7 +112,8 @@ def test_no_module_imports_one_above_it() -> None:
 
 PURE_CORE = frozenset({"harvester.policy", "harvester.pacing", "harvester.refusals",
                        "harvester.circuit", "harvester.cadence", "harvester.alarms",
-                       "harvester.upstream_clock"})
+                       "harvester.upstream_clock", "harvester.tools.simulator.plans",
+                       "harvester.tools.simulator.answers"})
 """Decisions and state machines with time as an argument: no I/O, nothing of the daemon."""
 
 
@@ -157,3 +167,25 @@ def test_the_import_graph_has_no_cycle() -> None:
     for module in sorted(modules()):
         if module not in state:
             visit(module, [])
+
+
+def test_the_simulators_pure_part_loads_no_server() -> None:
+    """Issue 22: plans, answers and state import no aiohttp, nor anything that does; and
+    importing them through the package loads none (its server's names are lazy)."""
+    reached: set[str] = set()
+    todo = list(SIMULATOR_PURE)
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(internal(module))
+    drivers = {(module, name) for module in reached for name in imports(module)
+               if name.split(".")[0] in ("aiohttp", "asyncpg")}
+    assert not drivers
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys; from harvester.tools.simulator.plans import "
+         "result_row; from harvester.tools.simulator import Mix, plan_for; "
+         "import harvester.tools.simulator.answers, harvester.tools.simulator.state; "
+         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'asyncpg')))"],
+        capture_output=True, text=True, check=True, timeout=60)
+    assert loaded.stdout == "[]\n"

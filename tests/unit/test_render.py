@@ -10,6 +10,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from harvester.commands.ack import render_ack
 from harvester.commands.enqueue import EnqueueReport, render_enqueue
 from harvester.commands.ids import SHOWN_IDS, Tally
@@ -24,6 +26,13 @@ from harvester.migrations import Migration
 from harvester.ports import JobCursor
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def wide_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cells are checked whole here, each on one line: tables as wide as $COLUMNS lets
+    them (the default width of a pipe, 120, folds long cells: tests/unit/test_cli.py)."""
+    monkeypatch.setenv("COLUMNS", "250")
 IDS = sorted(uuid.UUID(int=n) for n in range(1, 61))
 
 
@@ -45,8 +54,10 @@ def status_value(**changes: Any) -> dict[str, Any]:
                      "auth_circuit": "closed", "permission_circuit": "open",
                      "upstream_alarm": "base_url_suspect", "upstream_clock_skew": -20.4,
                      "heartbeat_age": 3.0}],
-        "tables": {"jobs": {"rows_estimate": 46220, "bytes": 12 * 1024 * 1024},
-                   "extraction_results": {"rows_estimate": 45000, "bytes": 3 * 1024 ** 3}},
+        "tables": {"jobs": {"rows": 46220, "rows_counted": True, "rows_estimate": 46220,
+                            "bytes": 12 * 1024 * 1024},
+                   "extraction_results": {"rows": 45000, "rows_counted": False,
+                                          "rows_estimate": 45000, "bytes": 3 * 1024 ** 3}},
         "oldest_finished_age_seconds": 86400.0 * 3, "autovacuum": False,
         "retention": {"finished_seconds": 7 * 86400.0, "results_seconds": None},
     }
@@ -70,8 +81,9 @@ def test_status_prints_the_queue_the_circuits_retention_and_the_daemons() -> Non
     assert "permission circuit: OPEN (the API token lacks a permission, e.g. jobs:read)" in text
     assert ("upstream alarm: base_url_suspect (every answer is a web page: check "
             "HARVESTER_API_BASE_URL)") in text
-    assert ("tables: queue ~46,220 rows, 12.0 MiB; mirror ~45,000 rows, 3.0 GiB (rows: "
-            "PostgreSQL's estimate)") in text
+    # Counted rows plain, the statistics' with "~" (README "Retention").
+    assert ("tables: queue 46,220 rows, 12.0 MiB; mirror ~45,000 rows, 3.0 GiB (rows "
+            "counted; ~: PostgreSQL's live-row statistics)") in text
     assert ("oldest finished job in the queue: 3.0d ago (retention 7.0d; mirror kept for "
             "ever)") in text
     assert "autovacuum: OFF on this server" in text
@@ -118,8 +130,7 @@ def test_stuck_lists_open_records_and_says_when_the_list_is_cut() -> None:
     assert [c.strip() for c in first.split("│")[1:-1]] == [
         str(IDS[0]), "stuck", "2026-12-07 10:00:00", "2.0h", "3", "500", "in 10.0m"]
     assert "due now" in next(line for line in lines(text) if str(IDS[1]) in line)
-    assert lines(text)[-1] == ("showing 2 of 5 open stuck jobs; --limit N shows more "
-                               "(--limit 0: all)")
+    assert lines(text)[-1] == "showing 2 of 5 open stuck jobs; --limit 5 shows them all"
 
 
 def test_closed_stuck_records_say_how_by_whom_and_why() -> None:
@@ -132,8 +143,8 @@ def test_closed_stuck_records_say_how_by_whom_and_why() -> None:
     out, err = io.StringIO(), io.StringIO()
     render_stuck([closed], 3, "resolved", True, out, err)
     assert [r["job_id"] for r in json.loads(out.getvalue())] == [str(IDS[0])]
-    assert err.getvalue() == ("harvester: showing 1 of 3 closed stuck records; --limit N "
-                              "shows more (--limit 0: all)\n")
+    assert err.getvalue() == ("harvester: showing 1 of 3 closed stuck records; --limit 3 "
+                              "shows them all\n")
     out = io.StringIO()
     render_stuck([], 0, "all", False, out)
     assert out.getvalue() == "no stuck records\n"

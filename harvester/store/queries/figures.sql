@@ -68,10 +68,19 @@ SELECT extract(epoch FROM now() - least(
              ORDER BY updated_at LIMIT 1)))::float8
 
 -- table_sizes --
--- Each table's size. Row counts are the planner's estimate (pg_class.reltuples,
--- refreshed by autovacuum and ANALYZE), so reading them costs nothing on a table of
--- billions of rows.
-SELECT c.relname AS name, greatest(c.reltuples, 0)::float8 AS rows,
+-- Each table's size and rows. The rows are counted (count(*)) while the table's heap is
+-- at most $1 bytes (figures.COUNTED_BELOW; README "Retention"); beyond it they are
+-- the statistics' live-row count (pg_stat_user_tables.n_live_tup: kept current by every
+-- insert and delete, within about a second), which costs nothing on a table of billions
+-- of rows. Not pg_class.reltuples: that is -1 until the first ANALYZE, so a fresh
+-- table read 0. Each uncorrelated count is an InitPlan, run only if its CASE branch is.
+SELECT c.relname AS name,
+       (CASE WHEN pg_relation_size(c.oid) > $1 THEN coalesce(s.n_live_tup, 0)
+             WHEN c.relname = 'jobs' THEN (SELECT count(*) FROM harvester.jobs)
+             ELSE (SELECT count(*) FROM harvester.extraction_results)
+        END)::float8 AS rows,
+       pg_relation_size(c.oid) <= $1 AS counted,
        pg_total_relation_size(c.oid)::float8 AS bytes
   FROM pg_class AS c
+  LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
  WHERE c.oid IN ('harvester.jobs'::regclass, 'harvester.extraction_results'::regclass)
