@@ -39,8 +39,3 @@ class MirrorStore:
             row = await self.pool.fetchrow(SQL["compact"], after, limit)
         assert row is not None
         return CompactBatch(row["last"], row["scanned"], row["rewritten"])
-
-    async def whole_bodies(self) -> int:
-        """How many rows still hold the whole body (reads the whole table)."""
-        async with translated(self.pool):
-            return int(await self.pool.fetchval(SQL["whole_bodies"]))

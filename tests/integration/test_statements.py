@@ -75,7 +75,6 @@ SAMPLES: dict[tuple[str, str], list[Variant]] = {
     ("purge", "purge_finished"): [({}, (86400.0, 1000))],
     ("purge", "purge_results"): [({}, (86400.0, 1000))],
     ("mirror", "compact"): [({}, (mirror.NIL, 500))],
-    ("mirror", "whole_bodies"): [({}, ())],
     ("operators", "enqueue"): [({}, (IDS,))],
     ("operators", "requeue"): _requeue(),
     ("operators", "requeue_dry_run"): _requeue(),
@@ -115,14 +114,12 @@ INDEXES: dict[tuple[str, str], set[str]] = {
 # Statements that may read a whole table: status counts the finished jobs of each state;
 # closed stuck records have no index of their own, so `harvester stuck --resolved` and
 # `--all` read them all (bounded by retention: a closed record goes with its job), and
-# the planner then joins the queue by hash. The open records never may. `harvester mirror
-# compact` counts the rows still holding the whole body, once, for its summary.
+# the planner then joins the queue by hash. The open records never may.
 WHOLE_TABLE: dict[tuple[str, str], set[str]] = {
     ("figures", "closed_jobs"): {"jobs"},
     ("figures", "failed_by_reason"): {"jobs"},
     ("operators", "stuck_records"): {"stuck_jobs", "jobs"},
     ("operators", "stuck_count"): {"stuck_jobs"},
-    ("mirror", "whole_bodies"): {"extraction_results"},
 }
 
 

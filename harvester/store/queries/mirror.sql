@@ -34,6 +34,3 @@ SELECT (SELECT job_id FROM batch ORDER BY job_id DESC LIMIT 1) AS last,
        (SELECT count(*) FROM batch) AS scanned,
        (SELECT count(*) FROM rewritten) AS rewritten
 
--- whole_bodies --
--- How many rows still hold the whole body (a full scan: for the command's summary).
-SELECT count(*) FROM harvester.extraction_results WHERE payload ? 'normalized'
