@@ -22,6 +22,7 @@ from harvester.commands import (
     healthcheck,
     jobs,
     migrate,
+    mirror,
     psql,
     requeue,
     run,
@@ -43,8 +44,8 @@ from harvester.settings import Settings, unknown_variables
 from harvester.tools import bench, demo
 
 COMMANDS: Final[tuple[ModuleType, ...]] = (
-    run, migrate, enqueue, status, stuck, jobs, requeue, simulate, healthcheck, psql, demo,
-    bench)
+    run, migrate, enqueue, status, stuck, jobs, requeue, simulate, healthcheck, psql, mirror,
+    demo, bench)
 """Every sub-command's module, in the order ``harvester --help`` lists them."""
 
 Handler = Callable[[Settings, argparse.Namespace], int]

@@ -415,11 +415,12 @@ async def wait_landed(db_url: str, count: int, timeout: float, *, fleet: Fleet |
 
 async def assert_mirror_is_upstream(conn: asyncpg.Pool | asyncpg.Connection, seed: int) -> None:
     """Every mirror row equals, field by field, the row the simulator served."""
-    rows = await conn.fetch("SELECT * FROM harvester.extraction_results")
+    rows = await conn.fetch("SELECT e.*, b.body FROM harvester.extraction_results AS e "
+                            "JOIN harvester.result_bodies AS b USING (job_id)")
     for row in rows:
         served = result_row(row["job_id"], seed=seed)
         where = f"job {row['job_id']}"
-        assert json.loads(row["payload"]) == served, where
+        assert json.loads(row["body"]) == served, where
         assert (str(row["id"]), str(row["org_id"])) == (served["id"], served["orgId"]), where
         assert (row["domain"], row["schema_id"], row["data_type"], row["raw_blob_key"]) == (
             served["domain"], served["schemaId"], served["dataType"], served["rawBlobKey"]), where

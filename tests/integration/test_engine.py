@@ -31,11 +31,12 @@ async def test_thousands_of_jobs_with_pending_answers_all_land_field_by_field(
     stats = sim.state.stats()
     assert stats["early_polls"] == 0, stats["early_examples"]
     assert stats["overlaps"] == 0
-    rows = await pool.fetch("SELECT * FROM harvester.extraction_results")
+    rows = await pool.fetch("SELECT e.*, b.body FROM harvester.extraction_results AS e "
+                            "JOIN harvester.result_bodies AS b USING (job_id)")
     assert len(rows) == 3000
     for row in rows:
         served = result_row(row["job_id"], seed=7)
-        assert json.loads(row["payload"]) == served
+        assert json.loads(row["body"]) == served
         assert str(row["id"]) == served["id"]
         assert str(row["org_id"]) == served["orgId"]
         assert row["domain"] == served["domain"]

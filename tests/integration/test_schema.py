@@ -90,7 +90,7 @@ async def test_columns_and_types_match_the_spec(pool: asyncpg.Pool) -> None:
         assert await _schema(conn) == EXPECTED_COLUMNS
         views = await conn.fetch(
             "SELECT table_name FROM information_schema.views WHERE table_schema = 'harvester'")
-    assert [v["table_name"] for v in views] == ["open_stuck_jobs"]
+    assert sorted(v["table_name"] for v in views) == ["open_stuck_jobs", "result_bodies"]
 
 
 async def test_sql_feed_makes_a_due_pending_job_and_notifies(db_url: str, pool: asyncpg.Pool

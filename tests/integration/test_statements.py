@@ -22,7 +22,7 @@ import pytest
 
 from harvester.jobquery import LISTABLE_STATES
 from harvester.ports import JobCursor, Selection
-from harvester.store import create_pool, figures, listen, operators, purge, queries, queue
+from harvester.store import create_pool, figures, listen, mirror, operators, purge, queries, queue
 from harvester.store.listen import CHANNEL_JOBS, CHANNEL_PACE
 from harvester.store.purge import RETENTION_LOCK_KEY
 
@@ -74,6 +74,7 @@ SAMPLES: dict[tuple[str, str], list[Variant]] = {
     ("purge", "purge_unlock"): [({}, (RETENTION_LOCK_KEY,))],
     ("purge", "purge_finished"): [({}, (86400.0, 1000))],
     ("purge", "purge_results"): [({}, (86400.0, 1000))],
+    ("mirror", "compact"): [({}, (mirror.NIL, 500))],
     ("operators", "enqueue"): [({}, (IDS,))],
     ("operators", "requeue"): _requeue(),
     ("operators", "requeue_dry_run"): _requeue(),
@@ -104,6 +105,7 @@ INDEXES: dict[tuple[str, str], set[str]] = {
     ("queue", "next_due"): {"jobs_due_idx"},
     ("purge", "purge_finished"): {"jobs_landed_at_idx", "jobs_failed_idx", "stuck_jobs_pkey"},
     ("purge", "purge_results"): {"extraction_results_harvested_idx"},
+    ("mirror", "compact"): {"extraction_results_pkey"},
     ("figures", "due_backlog"): {"jobs_due_idx"},
     ("figures", "stuck_open"): {"stuck_jobs_open_idx"},
     ("figures", "oldest_finished"): {"jobs_landed_at_idx", "jobs_failed_idx"},
@@ -191,8 +193,8 @@ def _statements() -> dict[tuple[str, str], str]:
 
 
 def test_every_statement_file_is_loaded_by_its_adapter_and_has_samples() -> None:
-    assert {figures.SQL.file, listen.SQL.file, operators.SQL.file, purge.SQL.file,
-            queue.SQL.file} | {"schema"} == set(queries.files())
+    assert {figures.SQL.file, listen.SQL.file, mirror.SQL.file, operators.SQL.file,
+            purge.SQL.file, queue.SQL.file} | {"schema"} == set(queries.files())
     statements = _statements()
     assert set(statements) == set(SAMPLES) | UTILITY
     for (file, name), text in statements.items():

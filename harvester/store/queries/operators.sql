@@ -110,9 +110,14 @@ SELECT {job_columns} FROM harvester.jobs WHERE job_id = $1
 SELECT harvested_at FROM harvester.extraction_results WHERE job_id = $1
 
 -- job_result --
+-- payload shown is the whole body as received (README "Querying the mirror": the
+-- column keeps what the typed columns do not hold, harvester.result_body puts it back).
 SELECT id, org_id, domain, schema_id, data_type, normalized, raw_blob_key,
        quality_completeness, quality_validation, quality_composite, latency_ms,
-       delivered_at, created_at, payload, harvested_at
+       delivered_at, created_at,
+       harvester.result_body(payload, job_id, id, org_id, domain, schema_id, data_type,
+                             normalized, raw_blob_key, latency_ms) AS payload,
+       harvested_at
   FROM harvester.extraction_results WHERE job_id = $1
 
 -- job_stuck --

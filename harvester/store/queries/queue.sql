@@ -109,17 +109,24 @@ WITH u AS (
        AND j.lease_seq = u.lease_seq
     RETURNING j.job_id, j.state, j.failed_reason
 ), r AS (
-    SELECT r.*, r.payload_text::jsonb AS payload
+    SELECT r.*, r.payload_text::jsonb AS body
       FROM {result_columns}
       JOIN fenced USING (job_id)
 ), mirrored AS (
+    -- Each result stored once (README "Querying the mirror"): payload is the body minus
+    -- the keys the typed columns give back exactly (harvester.result_payload, schema
+    -- version 5). A row is rewritten only when the body differs, compared whole
+    -- (harvester.result_body), so a row written before version 5 (the whole body in
+    -- payload) landed again unchanged is left alone too.
     INSERT INTO harvester.extraction_results AS e
            (job_id, id, org_id, domain, schema_id, data_type, normalized, raw_blob_key,
             quality_completeness, quality_validation, quality_composite, latency_ms,
             delivered_at, created_at, payload)
-    SELECT job_id, id, org_id, domain, schema_id, data_type, payload -> 'normalized',
+    SELECT job_id, id, org_id, domain, schema_id, data_type, body -> 'normalized',
            raw_blob_key, quality_completeness, quality_validation, quality_composite,
-           latency_ms, delivered_at, created_at, payload
+           latency_ms, delivered_at, created_at,
+           harvester.result_payload(body, job_id, id, org_id, domain, schema_id, data_type,
+                                    body -> 'normalized', raw_blob_key, latency_ms)
       FROM r
     ON CONFLICT (job_id) DO UPDATE
        SET id = excluded.id, org_id = excluded.org_id, domain = excluded.domain,
@@ -131,7 +138,13 @@ WITH u AS (
            latency_ms = excluded.latency_ms, delivered_at = excluded.delivered_at,
            created_at = excluded.created_at, payload = excluded.payload,
            harvested_at = now()
-     WHERE e.payload IS DISTINCT FROM excluded.payload
+     WHERE harvester.result_body(e.payload, e.job_id, e.id, e.org_id, e.domain, e.schema_id,
+                                 e.data_type, e.normalized, e.raw_blob_key, e.latency_ms)
+           IS DISTINCT FROM
+           harvester.result_body(excluded.payload, excluded.job_id, excluded.id,
+                                 excluded.org_id, excluded.domain, excluded.schema_id,
+                                 excluded.data_type, excluded.normalized,
+                                 excluded.raw_blob_key, excluded.latency_ms)
     RETURNING job_id
 ), resolved AS (
     UPDATE harvester.stuck_jobs AS s
