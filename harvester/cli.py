@@ -17,6 +17,7 @@ from typing import Final
 
 from harvester import __version__
 from harvester.commands import (
+    changes,
     enqueue,
     healthcheck,
     jobs,
@@ -42,8 +43,8 @@ from harvester.settings import Settings, unknown_variables
 from harvester.tools import bench, demo
 
 COMMANDS: Final[tuple[ModuleType, ...]] = (
-    run, migrate, enqueue, status, stuck, jobs, requeue, simulate, healthcheck, psql, demo,
-    bench)
+    run, migrate, enqueue, status, stuck, jobs, requeue, simulate, healthcheck, psql, changes,
+    demo, bench)
 """Every sub-command's module, in the order ``harvester --help`` lists them."""
 
 Handler = Callable[[Settings, argparse.Namespace], int]

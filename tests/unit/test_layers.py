@@ -35,7 +35,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
      "harvester.outage", "harvester.retention",
      "harvester.store", "harvester.store.connect", "harvester.store.queue",
      "harvester.store.listen", "harvester.store.purge", "harvester.store.operators",
-     "harvester.store.figures", "harvester.upstream", "harvester.migrations",
+     "harvester.store.figures", "harvester.store.changes", "harvester.upstream",
+     "harvester.migrations",
      "harvester.embedded", "harvester.private_cluster", "harvester.privileges"},
     # 4. The edges: wiring, the admin server, the command line, the tools.
     {"harvester.daemon", "harvester.admin", "harvester.admin_connections",
