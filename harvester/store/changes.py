@@ -36,8 +36,8 @@ sends nothing."""
 READ_TIMEOUT: Final = 60.0
 RETRY_CAP: Final = 30.0
 MAX_PAGE: Final = 10_000
-_CURSOR: Final = re.compile(r"^([0-9]{1,20})/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
-                            r"[0-9a-f]{4}-[0-9a-f]{12})$")
+_CURSOR: Final = re.compile(r"([0-9]{1,20})/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-"
+                            r"[0-9a-f]{4}-[0-9a-f]{12})")
 _XID8_MAX: Final = 2**64 - 1
 
 SQL: Final = queries.load("changes")
@@ -61,7 +61,7 @@ class Cursor:
 
     @classmethod
     def parse(cls, text: str) -> Cursor:
-        match = _CURSOR.match(text)
+        match = _CURSOR.fullmatch(text)
         if match is None or int(match[1]) > _XID8_MAX:
             raise BadCursor(text)
         return cls(int(match[1]), uuid.UUID(match[2]))
