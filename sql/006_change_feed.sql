@@ -3,9 +3,9 @@
 --
 -- Each mirror row records the id of the transaction that last wrote it (changed_xid,
 -- xid8: 64 bits, never wraps). A consumer reads rows in (changed_xid, job_id) order
--- after its cursor, and only below the oldest transaction still running
--- (pg_snapshot_xmin of the reading statement's snapshot): every transaction below it
--- has ended, so no row can still appear behind a cursor handed out. Rows written
+-- after its cursor, and only below the oldest transaction still running that could
+-- write here (from the reading statement's snapshot): every transaction below it has
+-- ended, so no row can still appear behind a cursor handed out. Rows written
 -- before this version read as xid 0 and come first, in job_id order.
 --
 -- Additive only, and independent of what payload holds: a daemon of version 5 keeps
@@ -79,7 +79,13 @@ CREATE TRIGGER extraction_results_deleted
 -- in (changed_xid, job_id) order below the horizon; a row written again in the same
 -- transaction that deleted it comes as the row. The horizon is read from the
 -- statement's own snapshot (a STABLE function runs on its caller's), so a row below it
--- is visible to this very read. The third member of the row comparison makes one
+-- is visible to this very read. The snapshot lists the transactions running in every
+-- database of the server; one seen in pg_stat_activity as another database's cannot
+-- write here (a session writes only in its own database), so it does not hold this
+-- feed back. Any other (ended since, prepared, hidden from this role) does: the horizon
+-- may wait too long, never too little. The reader's own transaction holds it back too,
+-- so a transaction that writes the mirror and reads the feed never hands out its own
+-- uncommitted rows. The third member of the row comparison makes one
 -- statement serve both cases on the (changed_xid, job_id) index: after a cursor,
 -- (xid, job, true) > (cx, cj, true) is strictly after it; from the start, (0, nil,
 -- false) lets even a row at (0, nil) in.
@@ -91,8 +97,16 @@ DECLARE
     after_xid xid8    := '0';
     after_job uuid    := '00000000-0000-0000-0000-000000000000';
     strictly  boolean := false;
-    horizon   xid8    := pg_snapshot_xmin(pg_current_snapshot());
+    snap      pg_snapshot := pg_current_snapshot();
+    horizon   xid8;
 BEGIN
+    SELECT min(x) INTO horizon
+      FROM pg_snapshot_xip(snap) AS x
+     WHERE NOT EXISTS (
+           SELECT 1 FROM pg_stat_get_activity(NULL) AS a
+            WHERE a.backend_xid = x::xid
+              AND a.datid <> (SELECT oid FROM pg_database WHERE datname = current_database()));
+    horizon := least(horizon, pg_snapshot_xmax(snap), pg_current_xact_id_if_assigned());
     IF after IS NOT NULL THEN
         IF after !~ '^[0-9]{1,20}/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
             RAISE EXCEPTION 'not a change feed cursor: %', left(after, 80)

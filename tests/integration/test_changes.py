@@ -243,3 +243,27 @@ async def test_following_survives_a_dropped_connection_without_gaps_or_repeats(
 
 async def _is_set(value: object) -> bool:
     return (await value) is not None  # type: ignore[misc]
+
+
+async def test_a_transaction_open_in_another_database_holds_nothing_back(
+    pg_server_url: str, pool: asyncpg.Pool
+) -> None:
+    """The snapshot lists every database's transactions; only this one's can write here."""
+    elsewhere = await asyncpg.connect(pg_server_url)
+    try:
+        tx = elsewhere.transaction()
+        await tx.start()
+        await elsewhere.fetchval("SELECT pg_current_xact_id()")  # holds an xid, open
+        job = uuid.uuid4()
+        await land(pool, [job])
+
+        async def visible() -> bool:
+            return [c.job_id for c in await feed(pool)] == [job]
+
+        await wait_until(visible, 60, "the row, past the other database's transaction")
+        assert await pool.fetchval(
+            "SELECT $1::xid8 = ANY (SELECT pg_snapshot_xip(pg_current_snapshot()))",
+            await elsewhere.fetchval("SELECT pg_current_xact_id()"))
+        await tx.rollback()
+    finally:
+        await elsewhere.close()
