@@ -15,7 +15,11 @@
 -- only (PostgreSQL 11+): no rewrite of the mirror, whatever its size; the default then
 -- becomes the writing transaction's id for rows written from now on. The index is
 -- built inside this migration's transaction, under the ADD COLUMN's lock: on a large
--- mirror the landing of rows waits for it (about a second per million rows).
+-- mirror the landing of rows waits for it (README "Upgrades" gives the time measured).
+--
+-- A new table, harvester.mirror_deletions: run deploy/readonly-role.sql again so that
+-- readers may read the feed's tombstones. The daemons' role needs nothing new (the
+-- trigger that fills it writes with its owner's rights).
 
 ALTER TABLE harvester.extraction_results
     ADD COLUMN changed_xid xid8 NOT NULL DEFAULT '0';

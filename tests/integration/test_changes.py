@@ -14,7 +14,7 @@ import pytest
 
 from harvester.store import Connection
 from harvester.store.changes import Change, Cursor, follow_changes, read_changes
-from tests.helpers import wait_until
+from tests.helpers import login_role, wait_until
 from tests.integration.conftest import Cli
 from tests.stores import Store
 
@@ -267,3 +267,34 @@ async def test_a_transaction_open_in_another_database_holds_nothing_back(
         await tx.rollback()
     finally:
         await elsewhere.close()
+
+
+async def test_the_daemons_role_leaves_tombstones_and_a_reader_reads_the_feed(
+    db_url: str, pool: asyncpg.Pool
+) -> None:
+    """deploy/runtime-role.sql's rights (DELETE on the mirror, nothing on the tombstones)
+    are enough to purge; deploy/readonly-role.sql's (SELECT) to read the feed."""
+    doomed = [uuid.uuid4() for _ in range(2)]
+    await land(pool, doomed)
+    purger_grants = ("GRANT USAGE ON SCHEMA harvester TO {role}",
+                     "GRANT SELECT, DELETE ON harvester.extraction_results TO {role}")
+    reader_grants = ("GRANT USAGE ON SCHEMA harvester TO {role}",
+                     "GRANT SELECT ON ALL TABLES IN SCHEMA harvester TO {role}")
+    async with login_role(db_url, *purger_grants) as (_role, dsn):
+        purger = await asyncpg.connect(dsn)
+        try:
+            await purger.execute("DELETE FROM harvester.extraction_results")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await purger.execute("DELETE FROM harvester.mirror_deletions")
+        finally:
+            await purger.close()
+    async with login_role(db_url, *reader_grants) as (_role, dsn):
+        reader = await asyncpg.connect(dsn)
+        try:
+            async def tombstones() -> bool:
+                return len(await read_changes(reader, None, 10)) == 2
+
+            await wait_until(tombstones, 60, "the tombstones, read by a reader")
+            assert all(c.deleted for c in await read_changes(reader, None, 10))
+        finally:
+            await reader.close()
