@@ -298,3 +298,41 @@ async def test_the_daemons_role_leaves_tombstones_and_a_reader_reads_the_feed(
             assert all(c.deleted for c in await read_changes(reader, None, 10))
         finally:
             await reader.close()
+
+
+async def test_the_feed_reads_by_its_index_on_a_large_mirror(db_url: str, pool: asyncpg.Pool
+                                                             ) -> None:
+    """The function's own statement, as the server plans it inside the function
+    (auto_explain's nested plans, sent to this session as notices), walks the
+    (changed_xid, job_id) index rather than the 50,000 rows."""
+    await pool.execute(
+        """
+        INSERT INTO harvester.extraction_results
+               (job_id, id, org_id, domain, data_type, normalized, quality_completeness,
+                quality_validation, quality_composite, created_at, payload)
+        SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'd', 't', '{}', 1, 1,
+               1, now(), '{}'
+          FROM generate_series(1, 50000)
+        """)
+    await pool.execute("ANALYZE harvester.extraction_results")
+    notices: list[str] = []
+    conn = await asyncpg.connect(db_url)  # its own session: auto_explain stays with it
+    conn.add_log_listener(lambda _conn, message: notices.append(str(message)))
+    try:
+        await conn.execute("LOAD 'auto_explain'")
+        for setting in ("log_min_duration = 0", "log_nested_statements = on",
+                        "log_level = notice"):
+            await conn.execute(f"SET auto_explain.{setting}")
+        middle = await conn.fetchval(
+            "SELECT changed_xid::text || '/' || job_id FROM harvester.extraction_results "
+            "ORDER BY changed_xid, job_id OFFSET 25000 LIMIT 1")
+        for after in (None, middle):
+            notices.clear()
+            await conn.fetch("SELECT * FROM harvester.changes_after($1, 100)", after)
+            nested = [n for n in notices if "extraction_results" in n and "Query Text" in n
+                      and "WITH kept" in n]
+            assert nested, notices
+            assert "Index Scan using extraction_results_changed_idx" in nested[0], nested[0]
+            assert "Seq Scan on extraction_results" not in nested[0], nested[0]
+    finally:
+        await conn.close()
