@@ -8,14 +8,14 @@
 -- ended, so no row can still appear behind a cursor handed out. Rows written
 -- before this version read as xid 0 and come first, in job_id order.
 --
--- Additive only, and independent of what payload holds: a daemon of version 5 keeps
--- running on this schema during a rolling upgrade (its INSERT names its columns; the
+-- Additive only, and independent of what payload holds: a daemon of an earlier version
+-- keeps running on this schema during a rolling upgrade (its INSERT names its columns; the
 -- default fills changed_xid), and the new column, table, trigger and function name
 -- no other column of the mirror. ADD COLUMN with a constant default changes the catalog
 -- only (PostgreSQL 11+): no rewrite of the mirror, whatever its size; the default then
 -- becomes the writing transaction's id for rows written from now on. The index is
 -- built inside this migration's transaction, under the ADD COLUMN's lock: on a large
--- mirror the landing of rows waits for it (README "Upgrades" gives the time measured).
+-- mirror the landing of rows waits for it (README "Upgrades").
 --
 -- A new table, harvester.mirror_deletions: run deploy/readonly-role.sql again so that
 -- readers may read the feed's tombstones. The daemons' role needs nothing new (the
