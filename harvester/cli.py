@@ -18,6 +18,7 @@ from typing import Final, NoReturn
 
 from harvester import __version__
 from harvester.commands import (
+    changes,
     enqueue,
     healthcheck,
     jobs,
@@ -45,7 +46,7 @@ from harvester.tools import bench, demo
 
 COMMANDS: Final[tuple[ModuleType, ...]] = (
     run, migrate, enqueue, status, stuck, jobs, requeue, simulate, healthcheck, psql, mirror,
-    demo, bench)
+    changes, demo, bench)
 """Every sub-command's module, in the order ``harvester --help`` lists them."""
 
 Handler = Callable[[Settings, argparse.Namespace], int]

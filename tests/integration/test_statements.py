@@ -22,7 +22,17 @@ import pytest
 
 from harvester.jobquery import LISTABLE_STATES
 from harvester.ports import JobCursor, Selection
-from harvester.store import create_pool, figures, listen, mirror, operators, purge, queries, queue
+from harvester.store import (
+    changes,
+    create_pool,
+    figures,
+    listen,
+    mirror,
+    operators,
+    purge,
+    queries,
+    queue,
+)
 from harvester.store.listen import CHANNEL_JOBS, CHANNEL_PACE
 from harvester.store.purge import RETENTION_LOCK_KEY
 
@@ -92,6 +102,7 @@ SAMPLES: dict[tuple[str, str], list[Variant]] = {
     ("operators", "job_stuck"): [({}, (IDS[0],))],
     ("operators", "ping"): [({}, ())],
     ("schema", "table_exists"): [({}, ("jobs",))],
+    ("changes", "changes_after"): [({}, (None, 1000)), ({}, (f"7/{IDS[0]}", 1000))],
     ("schema", "databases"): [({}, ())],
     **{("figures", name): [({}, ())] for name in figures.SQL if name != "table_sizes"},
     ("figures", "table_sizes"): [({}, (figures.COUNTED_BELOW,))],
@@ -194,7 +205,7 @@ def _statements() -> dict[tuple[str, str], str]:
 
 def test_every_statement_file_is_loaded_by_its_adapter_and_has_samples() -> None:
     assert {figures.SQL.file, listen.SQL.file, mirror.SQL.file, operators.SQL.file,
-            purge.SQL.file, queue.SQL.file} | {"schema"} == set(queries.files())
+            purge.SQL.file, queue.SQL.file, changes.SQL.file} | {"schema"} == set(queries.files())
     statements = _statements()
     assert set(statements) == set(SAMPLES) | UTILITY
     for (file, name), text in statements.items():

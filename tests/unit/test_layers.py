@@ -43,7 +43,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
      "harvester.outage", "harvester.retention",
      "harvester.store", "harvester.store.connect", "harvester.store.queue",
      "harvester.store.listen", "harvester.store.purge", "harvester.store.operators",
-     "harvester.store.mirror",
+     "harvester.store.mirror", "harvester.store.changes",
      "harvester.store.figures", "harvester.upstream", "harvester.migrations",
      "harvester.embedded", "harvester.private_cluster", "harvester.privileges"},
     # 4. The edges: wiring, the admin server, the command line, the tools.
