@@ -8,7 +8,7 @@
 -- ended, so no row can still appear behind a cursor handed out. Rows written
 -- before this version read as xid 0 and come first, in job_id order.
 --
--- Additive only, and independent of what payload holds: a daemon of an earlier version
+-- Additive only: a daemon of an earlier version
 -- keeps running on this schema during a rolling upgrade (its INSERT names its columns; the
 -- default fills changed_xid), and the new column, table, trigger and function name
 -- no other column of the mirror. ADD COLUMN with a constant default changes the catalog
@@ -44,9 +44,20 @@ BEGIN
 END
 $$;
 
+-- Only when the body changes (schema version 5's harvester.result_body, the body as
+-- received): `harvester mirror compact` rewrites how an old row is stored, not what it
+-- says, and must not hand every compacted row to consumers again.
 CREATE TRIGGER extraction_results_changed
     BEFORE UPDATE ON harvester.extraction_results
-    FOR EACH ROW EXECUTE FUNCTION harvester.mirror_row_changed();
+    FOR EACH ROW
+    WHEN (harvester.result_body(OLD.payload, OLD.job_id, OLD.id, OLD.org_id, OLD.domain,
+                                OLD.schema_id, OLD.data_type, OLD.normalized,
+                                OLD.raw_blob_key, OLD.latency_ms)
+          IS DISTINCT FROM
+          harvester.result_body(NEW.payload, NEW.job_id, NEW.id, NEW.org_id, NEW.domain,
+                                NEW.schema_id, NEW.data_type, NEW.normalized,
+                                NEW.raw_blob_key, NEW.latency_ms))
+    EXECUTE FUNCTION harvester.mirror_row_changed();
 
 -- Deletions (retention, or by hand) are tombstones in the same cursor space: one row per
 -- deleting statement, with the job_ids it deleted, written by a statement-level trigger

@@ -24,6 +24,7 @@ from harvester.model import ExtractionResult
 from harvester.policy import Land
 from harvester.ports import Outcome
 from harvester.settings import load_settings
+from harvester.store.changes import read_changes
 from harvester.tools.simulator import result_row
 from tests.helpers import enqueue
 from tests.stores import Store
@@ -150,6 +151,8 @@ async def test_a_row_written_whole_reads_back_and_is_compacted(
     assert await pool.fetchval("SELECT payload ? 'normalized' FROM "
                                "harvester.extraction_results WHERE job_id = $1", ids[0])
 
+    xids = await pool.fetch("SELECT job_id, changed_xid::text FROM "
+                            "harvester.extraction_results ORDER BY job_id")
     out = io.StringIO()
     config = load_settings({"database_url": db_url}, env_file=None)
     assert await cmd_mirror_compact(config, 5, 0.0, True, out) == 0
@@ -158,6 +161,14 @@ async def test_a_row_written_whole_reads_back_and_is_compacted(
     after = {r["job_id"]: r["harvested_at"] for r in await pool.fetch(
         "SELECT job_id, harvested_at FROM harvester.extraction_results")}
     assert after == before
+    # Compacting changes how a row is stored, not what it says: the change feed does not
+    # hand it out again (README "Querying the mirror"), and it gives the whole body.
+    assert await pool.fetch("SELECT job_id, changed_xid::text FROM "
+                            "harvester.extraction_results ORDER BY job_id") == xids
+    async with pool.acquire() as conn:
+        fed = {c.job_id: json.loads(c.body or "null") for c in await read_changes(conn, None, 100)}
+    for job_id, body in zip(ids, bodies, strict=True):
+        assert fed[job_id]["payload"] == body
     assert not await pool.fetchval(
         "SELECT count(*) FROM harvester.extraction_results WHERE payload ? 'normalized'")
     # A second pass finds nothing to do.
