@@ -41,7 +41,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"harvester.daemon", "harvester.admin", "harvester.admin_connections",
      "harvester.healthcheck", "harvester.cli",
      "harvester.__main__", "harvester.tools.simulator", "harvester.tools.demo",
-     "harvester.tools.bench"} | {f"harvester.commands.{path.stem}"
+     "harvester.tools.bench", "harvester.tools.bench_mixes", "harvester.tools.benchkit"} | {f"harvester.commands.{path.stem}"
                                  for path in (PACKAGE / "commands").glob("*.py")
                                  if path.stem != "__init__"},
 ))
