@@ -34,6 +34,7 @@ from uuid import UUID
 
 from harvester import __version__
 from harvester.alarms import BaseUrlCheck, StatusEndpoint
+from harvester.api import BATCH_STATUS_LIMIT
 from harvester.batching import gather_batch
 from harvester.errors import StoreError, ValueRefused
 from harvester.fleet import FleetPace
@@ -64,8 +65,12 @@ from harvester.settings import Settings
 log = get_logger("harvester.engine")
 
 CLAIM_BATCH_MAX: Final = 500
-STATUS_AHEAD: Final = 100 * CALLS
+STATUS_AHEAD: Final = BATCH_STATUS_LIMIT * CALLS
 """Jobs that may wait for batch-status beside the jobs the workers hold."""
+READY_AHEAD: Final = BATCH_STATUS_LIMIT
+"""Jobs claimed (and followed) ahead of the workers beyond that: about one claim's worth
+ready, so a slot that frees takes a job at once instead of waiting for a claim and a
+batch-status call (README "Performance")."""
 CLAIM_HORIZON: Final = 4.0
 """Under a send rate, claim no more than can leave within this many seconds. Shorter
 leaves more of the queue to faster replicas at the end of a burst, but a replica that
@@ -128,7 +133,8 @@ class Engine:
         self.fleet = FleetPace(self.gate, store, self.observer, self.worker_id)
         self.gate.on_refused = self.fleet.refused
         self.concurrency = settings.concurrency
-        self.min_claim = max(1, min(self.concurrency // 4, 64))
+        self.min_claim = BATCH_STATUS_LIMIT
+        """Claim no fewer while this many wait: claims that fill a batch-status call."""
         self.local: asyncio.Queue[Claimed | None] = asyncio.Queue()
         self.outcomes: asyncio.Queue[Outcome] = asyncio.Queue(
             maxsize=max(4 * self.concurrency, 1024))
@@ -301,7 +307,7 @@ class Engine:
     def _room(self) -> int:
         """How many more jobs to claim now: enough to keep every worker and the status
         calls busy, and under a send rate no more than can leave within CLAIM_HORIZON."""
-        room = self.concurrency + STATUS_AHEAD - self._in_hand()
+        room = self.concurrency + READY_AHEAD + STATUS_AHEAD - self._in_hand()
         rate = self.gate.rate.allowed
         if math.isfinite(rate):
             room = min(room, max(1, int(rate * CLAIM_HORIZON)) - self._in_hand())
