@@ -41,9 +41,9 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"harvester.daemon", "harvester.admin", "harvester.admin_connections",
      "harvester.healthcheck", "harvester.cli",
      "harvester.__main__", "harvester.tools.simulator", "harvester.tools.demo",
-     "harvester.tools.bench", "harvester.tools.bench_mixes", "harvester.tools.benchkit"} | {f"harvester.commands.{path.stem}"
-                                 for path in (PACKAGE / "commands").glob("*.py")
-                                 if path.stem != "__init__"},
+     "harvester.tools.bench", "harvester.tools.bench_mixes", "harvester.tools.benchkit",
+     } | {f"harvester.commands.{path.stem}" for path in (PACKAGE / "commands").glob("*.py")
+          if path.stem != "__init__"},
 ))
 ENGINE_SIDE = frozenset({"harvester.engine", "harvester.follower", "harvester.observer",
                          "harvester.fleet", "harvester.outage", "harvester.retention",
