@@ -52,6 +52,7 @@ from harvester.tools.benchkit import (
     Report,
     daemon_process,
     peak_rss_mib,
+    postmaster_of,
     simulator_process,
 )
 from harvester.tools.processes import percentile
@@ -215,16 +216,17 @@ async def run_bench(settings: Settings, args: argparse.Namespace,
     async with bench_database(settings) as dsn:
         pool = await asyncpg.create_pool(dsn, min_size=2, max_size=3)
         try:
+            server = postmaster_of(await pool.fetchval("SELECT pg_backend_pid()"))
             async with simulator_process("first-poll") as (api_url, sim_pid):
                 say(f"(a) raw aiohttp GET loop, {args.jobs} requests, concurrency {args.concurrency}")
-                meter = CpuMeter({"client": os.getpid(), "simulator": sim_pid})
+                meter = CpuMeter({"client": os.getpid(), "simulator": sim_pid}, server)
                 phase = await raw_ceiling(api_url, args.jobs, args.concurrency)
                 phase.cpu_us_per_job = meter.per_job(phase.jobs)
                 report.phases.append(phase)
                 async with daemon_process(dsn, api_url, args.concurrency) as daemon:
                     pid = daemon.pid
                     say(f"(b) daemon harvesting {args.jobs} jobs that land on the first poll")
-                    meter = CpuMeter({"daemon": pid, "simulator": sim_pid})
+                    meter = CpuMeter({"daemon": pid, "simulator": sim_pid}, server)
                     phase = await harvest(pool, pid, args.jobs, "b", "daemon, empty queue",
                                           admin_url=daemon.admin_url)
                     phase.cpu_us_per_job = meter.per_job(phase.jobs)
@@ -232,7 +234,7 @@ async def run_bench(settings: Settings, args: argparse.Namespace,
                     if args.backlog:
                         say(f"(c) adding {args.backlog:,} jobs that are not due, then again")
                         await add_backlog(pool, args.backlog)
-                        meter = CpuMeter({"daemon": pid, "simulator": sim_pid})
+                        meter = CpuMeter({"daemon": pid, "simulator": sim_pid}, server)
                         phase = await harvest(
                             pool, pid, args.jobs, "c",
                             f"daemon, {args.backlog:,} not-due jobs in the queue",

@@ -86,21 +86,43 @@ async def simulator_process(mix: str, *sets: str, own_session: bool = False
 
 
 class CpuMeter:
-    """CPU seconds used by the processes of a phase, read from /proc (Linux only)."""
+    """CPU seconds used by the processes of a phase, read from /proc (Linux only).
 
-    def __init__(self, roles: dict[str, int]) -> None:
+    ``postmaster``: the PostgreSQL server's, when it runs on this machine: its CPU is
+    the postmaster's, its live children's and the children it reaped. Without it every
+    process named ``postgres`` counts (any other server on the machine too)."""
+
+    def __init__(self, roles: dict[str, int], postmaster: int | None = None) -> None:
         self.roles = roles
+        self.postmaster = postmaster
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._start = self._read()
 
-    def _cpu(self, pid: int) -> float:
+    @staticmethod
+    def _stat(pid: int) -> list[str] | None:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
+            return None
+
+    def _cpu(self, pid: int, *, reaped: bool = False) -> float:
+        fields = self._stat(pid)
+        if fields is None:
             return 0.0
-        return (int(fields[11]) + int(fields[12])) / self._tick
+        used = int(fields[11]) + int(fields[12])
+        if reaped:
+            used += int(fields[13]) + int(fields[14])
+        return used / self._tick
 
     def _postgres(self) -> float:
+        if self.postmaster is not None:
+            total = self._cpu(self.postmaster, reaped=True)
+            parent = str(self.postmaster)
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit() and (fields := self._stat(int(entry.name))) is not None \
+                        and fields[1] == parent:
+                    total += (int(fields[11]) + int(fields[12])) / self._tick
+            return total
         total = 0.0
         for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
             if entry.name.isdigit():
@@ -121,6 +143,19 @@ class CpuMeter:
             return {}
         end = self._read()
         return {role: (end[role] - self._start.get(role, 0.0)) / jobs * 1e6 for role in end}
+
+
+def postmaster_of(backend: int) -> int | None:
+    """The pid of a backend's postmaster when that server runs on this machine (else None)."""
+    fields = CpuMeter._stat(backend)
+    if fields is None:
+        return None
+    parent = int(fields[1])
+    try:
+        comm = Path(f"/proc/{parent}/comm").read_text().strip()
+    except OSError:
+        return None
+    return parent if comm in ("postgres", "postmaster") else None
 
 
 @dataclass(frozen=True)
