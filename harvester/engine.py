@@ -33,7 +33,6 @@ from typing import Any, Final
 from uuid import UUID
 
 from harvester import __version__
-from harvester.alarms import BaseUrlCheck, StatusEndpoint
 from harvester.api import BATCH_STATUS_LIMIT
 from harvester.batching import gather_batch
 from harvester.errors import StoreError, ValueRefused
@@ -43,7 +42,7 @@ from harvester.logs import get_logger
 from harvester.metrics import Metrics
 from harvester.observer import Observer
 from harvester.outage import Outage, Retrying
-from harvester.pacing import Gate, Released
+from harvester.pacing import Released
 from harvester.policy import (
     Context,
     Hold,
@@ -61,6 +60,7 @@ from harvester.policy import (
 )
 from harvester.ports import Outcome, ReleaseRow, StorePort, UpstreamPort, WorkerState, WriteReport
 from harvester.settings import Settings
+from harvester.upstream_view import UpstreamView
 
 log = get_logger("harvester.engine")
 
@@ -123,15 +123,16 @@ class Engine:
         self.rand = rand
         self.hostname = socket.gethostname()
         self.worker_id = worker_id or f"{self.hostname}:{os.getpid()}:{random.getrandbits(24):06x}"
-        self.gate = Gate(max_rps=settings.max_rps, probe_interval=settings.auth_probe_interval)
-        self.endpoint = StatusEndpoint()
+        refusals: asyncio.Queue[float] = asyncio.Queue()
+        self.view = UpstreamView(max_rps=settings.max_rps,
+                                 probe_interval=settings.auth_probe_interval,
+                                 on_refused=refusals.put_nowait)
+        """What the daemon believes about upstream; it alone changes it."""
+        self.gate = self.view.gate
         self.outage = Outage()
         """The database as the claim, write and heartbeat loops find it."""
-        self.base_url = BaseUrlCheck()
-        self.observer = Observer(metrics, self.gate, self.endpoint, self.base_url,
-                                 settings.api_base_url)
-        self.fleet = FleetPace(self.gate, store, self.observer, self.worker_id)
-        self.gate.on_refused = self.fleet.refused
+        self.observer = Observer(metrics, self.gate, settings.api_base_url)
+        self.fleet = FleetPace(self.gate, store, self.observer, self.worker_id, refusals)
         self.concurrency = settings.concurrency
         self.min_claim = BATCH_STATUS_LIMIT
         """Claim no fewer while this many wait: claims that fill a batch-status call."""
@@ -140,7 +141,7 @@ class Engine:
             maxsize=max(4 * self.concurrency, 1024))
         self.releases: asyncio.Queue[ReleaseRow] = asyncio.Queue()
         self.follower = StatusFollower(
-            upstream, self.gate, self.observer, self.config, rand,
+            upstream, self.view, self.observer, self.config, rand,
             fetch=self.local.put_nowait, write=self.outcomes.put, hand_back=self.releases.put,
             patience=self._patience, top_up=self._top_up)
         self.control_wanted = asyncio.Event()
@@ -188,7 +189,7 @@ class Engine:
         return {
             "auth_circuit_closed": not self.gate.auth.is_open,
             "permission_circuit_closed": not self.gate.permission.is_open,
-            "base_url_plausible": not self.base_url.suspect,
+            "base_url_plausible": not self.view.base_url_suspect,
             # A ping is not enough: a read-only node answers SELECT 1 happily.
             "database_serving": not self.outage.active,
             "running": self.started.is_set() and not self.stopping.is_set(),
@@ -359,11 +360,10 @@ class Engine:
             # batch-status answer says nothing about reading results.
             probing = self.gate.permission.is_open
             for job in jobs:
-                if job.next_step == "status" and not probing and self.endpoint.usable(now):
+                if job.next_step == "status" and not probing and self.view.status_usable(now):
                     self.follower.follow(Claimed(job, now))
                 else:
-                    self.local.put_nowait(Claimed(job, now,
-                                                  status_usable=self.endpoint.state == "ok"))
+                    self.local.put_nowait(Claimed(job, now, status_usable=self.view.status_ok))
             if len(jobs) < room:
                 await self._idle(retry)
 
@@ -476,7 +476,7 @@ class Engine:
         job = item.job
         # batch-status itself missing (404, a web page) is already a sign of a wrong base
         # URL: until a result answers, no job is failed not_found because of it.
-        trust = not (self.base_url.suspect or self.base_url.status_missing)
+        trust = self.view.trust_not_found
         status = answer.status if isinstance(answer, Response) else None
         if status is not None:
             self.observer.dated(answer.date, self.gate.now() - sent)
@@ -486,7 +486,7 @@ class Engine:
         decision = decide(answer, job, self.config, datetime.now(UTC), self.rand, context)
         pause = decision.pause_for if isinstance(decision, Hold) else None
         fault = isinstance(decision, Retry) and decision.fault
-        changes = self.gate.observe(status, sent, fault=fault, pause_for=pause)
+        changes = self.view.result_answered(answer, sent, fault=fault, pause_for=pause)
         if isinstance(decision, Land):
             # A control to check a run of 403s with: a landed job is polled no more, so
             # a GET of it never overlaps a poll nor comes before a Retry-After.
@@ -652,7 +652,7 @@ class Engine:
             paused_until=datetime.now(UTC) + timedelta(seconds=paused) if paused > 0 else None,
             in_flight=len(self.sent),
             send_rate=None if rate.ramping and not math.isfinite(rate.ceiling) else rate.allowed,
-            upstream_alarm="base_url_suspect" if self.base_url.suspect else None,
+            upstream_alarm="base_url_suspect" if self.view.base_url_suspect else None,
             upstream_clock_skew=self.observer.clock.skew)
 
     async def _heartbeat(self) -> None:

@@ -21,7 +21,7 @@ from typing import Final
 from harvester.api import BATCH_STATUS_LIMIT
 from harvester.batching import gather_batch
 from harvester.observer import Observer
-from harvester.pacing import Gate, Released
+from harvester.pacing import Released
 from harvester.policy import (
     UNKNOWN,
     Fetch,
@@ -33,6 +33,7 @@ from harvester.policy import (
     with_status,
 )
 from harvester.ports import Outcome, ReleaseRow, UpstreamPort
+from harvester.upstream_view import UpstreamView
 
 LINGER: Final = 0.02
 """Seconds a batch may wait for more jobs: claims arrive in bursts, so batches fill."""
@@ -56,7 +57,7 @@ class Claimed:
 
 
 class StatusFollower:
-    def __init__(self, upstream: UpstreamPort, gate: Gate, observer: Observer,
+    def __init__(self, upstream: UpstreamPort, view: UpstreamView, observer: Observer,
                  config: PolicyConfig, rand: Random, *,
                  fetch: Callable[[Claimed], None],
                  write: Callable[[Outcome], Awaitable[None]],
@@ -64,7 +65,8 @@ class StatusFollower:
                  patience: Callable[[Claimed], float],
                  top_up: Callable[[int], Awaitable[list[Job]]] | None = None) -> None:
         self.upstream = upstream
-        self.gate = gate
+        self.view = view
+        self.gate = view.gate
         self.observer = observer
         self.config = config
         self.rand = rand
@@ -118,9 +120,7 @@ class StatusFollower:
         self.observer.dated(answer.date, self.gate.now() - sent)
         now = datetime.now(UTC)
         call = judge_status_call(answer, self.config, now, self.rand)
-        fault = call.kind == "failed" and (answer.status is None or answer.status >= 500)
-        changes = self.gate.observe(answer.status, sent, fault=fault, pause_for=call.pause_for,
-                                    request="status")
+        changes = self.view.status_answered(answer.status, sent, call, jobs=len(batch))
         self.observer.status_answered(len(batch), call, changes)
         if call.kind == "rate_limited":
             self.observer.rate_limited()

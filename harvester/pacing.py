@@ -397,8 +397,9 @@ class Gate:
     """Everything a request must respect before it leaves, and learns from its answer."""
 
     def __init__(self, *, max_rps: float, probe_interval: float,
+                 on_refused: Callable[[float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.on_refused: Callable[[float], None] | None = None
+        self.on_refused = on_refused
         """Told, with the seconds until sending resumes, whenever an answer to this
         daemon cut its send rate (the fleet hears of it: :mod:`harvester.fleet`)."""
         self.auth = Circuit(probe_interval)

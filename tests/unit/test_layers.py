@@ -27,7 +27,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     # 1. The pure core (decisions, pacing, alarms), the metrics' names, the settings.
     {"harvester.policy", "harvester.pacing", "harvester.alarms", "harvester.metrics",
      "harvester.settings", "harvester.database_faults", "harvester.refusals",
-     "harvester.upstream_clock"},
+     "harvester.upstream_clock", "harvester.upstream_view"},
     # 2. The ports and the values that cross them; the operators' questions.
     {"harvester.ports", "harvester.jobquery"},
     # 3. The engine and the rooms it calls; the adapters behind the ports.
@@ -48,7 +48,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
 ENGINE_SIDE = frozenset({"harvester.engine", "harvester.follower", "harvester.observer",
                          "harvester.fleet", "harvester.outage", "harvester.retention",
                          "harvester.policy", "harvester.pacing", "harvester.alarms",
-                         "harvester.ports", "harvester.cadence", "harvester.batching"})
+                         "harvester.ports", "harvester.cadence", "harvester.batching",
+                         "harvester.upstream_view"})
 ADAPTERS = ("harvester.store", "harvester.upstream", "asyncpg", "aiohttp")
 
 
