@@ -55,11 +55,11 @@ from harvester.policy import (
     Retry,
     Stuck,
     decide,
-    judge_control,
     store_refused,
 )
 from harvester.ports import Outcome, ReleaseRow, StorePort, UpstreamPort, WorkerState, WriteReport
 from harvester.settings import Settings
+from harvester.status_policy import judge_control
 from harvester.upstream_view import UpstreamView
 
 log = get_logger("harvester.engine")

@@ -3,7 +3,7 @@ batches through batch-status (README "How a job is followed").
 
 The dispatcher hands it jobs whose next step is ``status``; it gathers up to 100 of them
 (waiting at most :data:`LINGER` for a batch to fill), asks the gate for a slot like any
-request, and carries out :func:`~harvester.policy.decide_status` for each job: a job
+request, and carries out :func:`~harvester.status_policy.decide_status` for each job: a job
 that has its row goes straight on to a result GET under the same lease (nothing is
 written in between), the others are written back with their next check time. When
 batch-status itself fails, the batch falls back to result GETs.
@@ -28,11 +28,9 @@ from harvester.policy import (
     Job,
     PolicyConfig,
     Random,
-    decide_status,
-    judge_status_call,
-    with_status,
 )
 from harvester.ports import Outcome, ReleaseRow, UpstreamPort
+from harvester.status_policy import decide_status, judge_status_call, with_status
 from harvester.upstream_view import UpstreamView
 
 LINGER: Final = 0.02

@@ -23,7 +23,6 @@ from harvester.metrics import Metrics, status_class
 from harvester.pacing import Gate, Transition
 from harvester.policy import (
     Answer,
-    ControlAnswer,
     Decision,
     Fail,
     Hold,
@@ -31,11 +30,11 @@ from harvester.policy import (
     Land,
     Response,
     Retry,
-    StatusCall,
     Stuck,
     TransportFailure,
 )
 from harvester.ports import Outcome, WriteReport
+from harvester.status_policy import ControlAnswer, StatusCall
 from harvester.upstream_clock import UpstreamClock
 
 log = get_logger("harvester.engine")

@@ -30,8 +30,9 @@ from typing import Final, Literal
 from uuid import UUID
 
 from harvester.circuit import Circuit
-from harvester.policy import READABLE, ControlAnswer
+from harvester.policy import READABLE
 from harvester.refusals import FIRST_PROBE, Change, Refusals
+from harvester.status_policy import ControlAnswer
 
 Request = Literal["result", "status", "control"]
 """What a request is: a result GET for a job, a batch-status call, or a control (a GET

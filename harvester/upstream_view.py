@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 from harvester.alarms import BaseUrlCheck, ResultKind, StatusEndpoint
 from harvester.pacing import Gate, Transition
-from harvester.policy import Answer, Response, StatusCall, looks_like_html
+from harvester.policy import Answer, Response, looks_like_html
+from harvester.status_policy import StatusCall
 
 
 class UpstreamView:

@@ -27,7 +27,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     # 1. The pure core (decisions, pacing, alarms), the metrics' names, the settings.
     {"harvester.policy", "harvester.pacing", "harvester.alarms", "harvester.metrics",
      "harvester.settings", "harvester.database_faults", "harvester.refusals",
-     "harvester.upstream_clock", "harvester.upstream_view"},
+     "harvester.upstream_clock", "harvester.upstream_view", "harvester.status_policy",
+     "harvester.waits"},
     # 2. The ports and the values that cross them; the operators' questions.
     {"harvester.ports", "harvester.jobquery"},
     # 3. The engine and the rooms it calls; the adapters behind the ports.
@@ -49,7 +50,8 @@ ENGINE_SIDE = frozenset({"harvester.engine", "harvester.follower", "harvester.ob
                          "harvester.fleet", "harvester.outage", "harvester.retention",
                          "harvester.policy", "harvester.pacing", "harvester.alarms",
                          "harvester.ports", "harvester.cadence", "harvester.batching",
-                         "harvester.upstream_view"})
+                         "harvester.upstream_view", "harvester.status_policy",
+                         "harvester.waits"})
 ADAPTERS = ("harvester.store", "harvester.upstream", "asyncpg", "aiohttp")
 
 
@@ -104,7 +106,8 @@ def test_no_module_imports_one_above_it() -> None:
 
 PURE_CORE = frozenset({"harvester.policy", "harvester.pacing", "harvester.refusals",
                        "harvester.circuit", "harvester.cadence", "harvester.alarms",
-                       "harvester.upstream_clock"})
+                       "harvester.upstream_clock", "harvester.upstream_view",
+                       "harvester.status_policy", "harvester.waits"})
 """Decisions and state machines with time as an argument: no I/O, nothing of the daemon."""
 
 
@@ -124,7 +127,8 @@ def test_the_engine_side_imports_no_adapter_and_no_driver() -> None:
 def test_the_adapters_import_nothing_of_the_engine() -> None:
     adapters = [m for m in modules() if m.startswith("harvester.store") or m == "harvester.upstream"]
     rooms = ENGINE_SIDE - {"harvester.policy", "harvester.pacing", "harvester.alarms",
-                           "harvester.ports", "harvester.cadence", "harvester.batching"}
+                           "harvester.ports", "harvester.cadence", "harvester.batching",
+                           "harvester.status_policy", "harvester.waits"}
     for module in adapters:
         assert not internal(module) & rooms, (module, internal(module) & rooms)
 

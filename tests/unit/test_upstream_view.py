@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from harvester.alarms import HTML_STREAK_ALARM, NOT_FOUND_STREAK_ALARM
 from harvester.pacing import Transition
-from harvester.policy import Response, StatusCall, TransportFailure
+from harvester.policy import Response, TransportFailure
+from harvester.status_policy import StatusCall
 from harvester.upstream_view import UpstreamView
 
 PAGE = Response(200, b"<!doctype html><html></html>", "text/html")
