@@ -6,9 +6,10 @@ them; jobs whose next step is ``status`` go to the :class:`~harvester.follower.S
 ``CONCURRENCY`` workers that ask the :class:`~harvester.pacing.Gate`, GET the result and
 hand the answer to the pure policy; a writer turns decisions into one transaction per
 batch; the store's listener wakes the dispatcher when jobs are fed; a checker sends the
-control requests that tell whose a run of 403s is (:mod:`harvester.refusals`). Metrics and logs
-are the :class:`~harvester.observer.Observer`'s business. If a vital task dies the
-daemon stops with a clear log. On SIGTERM it stops claiming, gives back jobs it has not
+control requests that tell whose a run of 403s is (:mod:`harvester.controls`). What the
+daemon believes about upstream is the :class:`~harvester.upstream_view.UpstreamView`'s
+alone; metrics and logs are the :class:`~harvester.observer.Observer`'s business. If a
+vital task dies the daemon stops with a clear log. On SIGTERM it stops claiming, gives back jobs it has not
 started, lets requests in flight finish within the grace period, flushes its writes and
 returns. A database fault is never fatal: each is handled as the fault table says
 (README "The database's faults"), and every loop that meets the database shares one
@@ -35,6 +36,7 @@ from uuid import UUID
 from harvester import __version__
 from harvester.api import BATCH_STATUS_LIMIT
 from harvester.batching import gather_batch
+from harvester.controls import Controls
 from harvester.errors import StoreError, ValueRefused
 from harvester.fleet import FleetPace
 from harvester.follower import CALLS, TOP_UP_WITHIN, Claimed, StatusFollower
@@ -50,7 +52,6 @@ from harvester.policy import (
     Land,
     PolicyConfig,
     Random,
-    Refusal,
     Response,
     Retry,
     Stuck,
@@ -59,7 +60,6 @@ from harvester.policy import (
 )
 from harvester.ports import Outcome, ReleaseRow, StorePort, UpstreamPort, WorkerState, WriteReport
 from harvester.settings import Settings
-from harvester.status_policy import judge_control
 from harvester.upstream_view import UpstreamView
 
 log = get_logger("harvester.engine")
@@ -85,10 +85,6 @@ OUTAGE_WRITE_FIRST: Final = 0.2
 """While writes wait out the database, the dispatcher looks this often whether they
 got through before claiming again."""
 TICK_EVERY: Final = 1.0
-VERDICT_WAIT: Final = 5.0
-"""How long a 403 waits for the control that tells whose it is (one GET, with its turn at
-the gate); beyond it the refusal is judged not known (README "How upstream answers are
-handled")."""
 LEASE_MARGIN: Final = 2.0
 """A request must end this long before its job's lease does (at most half of what the
 lease leaves beyond the request timeout)."""
@@ -144,10 +140,7 @@ class Engine:
             upstream, self.view, self.observer, self.config, rand,
             fetch=self.local.put_nowait, write=self.outcomes.put, hand_back=self.releases.put,
             patience=self._patience, top_up=self._top_up)
-        self.control_wanted = asyncio.Event()
-        """A refusal waits for a control, or the permission circuit may want a probe."""
-        self._verdicts: asyncio.Future[None] | None = None
-        """Resolved when the next control is answered: what refusals that asked wait for."""
+        self.controls = Controls(self.gate, upstream, self.observer, self.config, rand)
         self._polling = 0
         """Result GETs on their way (read by the in-flight gauge when scraped, not
         counted through the metric's lock twice per request)."""
@@ -228,7 +221,7 @@ class Engine:
             self._spawn("listener", self.store.listen_for_jobs(
                 self._jobs_fed, self._listening, self.fleet.heard)),
             self._spawn("fleet", self.fleet.run()),
-            self._spawn("checker", self._checker()),
+            self._spawn("checker", self.controls.run()),
             *(self._spawn(name, start()) for name, start in self.background.items()),
         ]
         self.started.set()
@@ -480,7 +473,7 @@ class Engine:
         status = answer.status if isinstance(answer, Response) else None
         if status is not None:
             self.observer.dated(answer.date, self.gate.now() - sent)
-        refusal = await self._whose_refusal(sent) if status == 403 else "unknown"
+        refusal = await self.controls.whose(sent) if status == 403 else "unknown"
         context = Context(seen=item.seen, status_usable=item.status_usable, refusal=refusal,
                           trust_not_found=trust)
         decision = decide(answer, job, self.config, datetime.now(UTC), self.rand, context)
@@ -495,67 +488,6 @@ class Engine:
         if pause is not None:
             self.observer.rate_limited()
         await self.outcomes.put(Outcome(job, decision, seen=item.seen, answered_at=time.time()))
-
-    # ------------------------------------------------------------------ 403s
-
-    async def _whose_refusal(self, sent: float) -> Refusal:
-        """Whose is a 403 to the request that left at ``sent``: the job's or the token's
-        (:mod:`harvester.refusals`). Known at once while other requests are answered;
-        otherwise the checker sends a control after this refusal came back, and this
-        waits for its answer, at most VERDICT_WAIT."""
-        refusals = self.gate.refusals
-        if refusals.verdict(sent) != "unknown" or not refusals.ask():
-            return refusals.verdict(sent)
-        if self._verdicts is None:
-            self._verdicts = asyncio.get_running_loop().create_future()
-        answered = self._verdicts
-        self.control_wanted.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(answered), VERDICT_WAIT)
-        return refusals.verdict(sent)
-
-    async def _checker(self) -> None:
-        """Sends the controls: one when refusals ask whose they are, and the permission
-        circuit's probes while it is open and there is a job to check with."""
-        while True:
-            job_id, wait = self.gate.refusals.next_control(self.gate.now())
-            if job_id is None:
-                if self._verdicts is not None and not self.gate.refusals.can_check:
-                    self._settle_verdicts(self._verdicts)  # nothing to check with
-                    self._verdicts = None
-                self.control_wanted.clear()
-                await _wait_for(self.control_wanted, min(wait, IDLE_POLL_LISTENING))
-                continue
-            # Refusals that ask from now on wait for the next control: this one may have
-            # left before their requests did.
-            answered, self._verdicts = self._verdicts, None
-            try:
-                await self._control(job_id)
-            finally:
-                if answered is not None:
-                    self._settle_verdicts(answered)
-
-    @staticmethod
-    def _settle_verdicts(answered: asyncio.Future[None]) -> None:
-        if not answered.done():
-            answered.set_result(None)
-
-    async def _control(self, job_id: UUID) -> None:
-        """GET a job that landed lately, through the gate like any request; not a poll of
-        that job (nothing is written for it)."""
-        try:
-            sent = await self.gate.admit(VERDICT_WAIT, "control")
-        except Released:
-            self.gate.control_lost(job_id)
-            return
-        answer = await self.upstream.fetch_result(job_id)
-        status = None
-        if isinstance(answer, Response):
-            status = answer.status
-            self.observer.dated(answer.date, self.gate.now() - sent)
-        control = judge_control(answer, self.config, datetime.now(UTC), self.rand)
-        changes = self.gate.controlled(job_id, control, status, sent)
-        self.observer.controlled(control, changes)
 
     async def _releaser(self) -> None:
         """Jobs given back unpolled, written in batches (when a circuit opens or a pause

@@ -32,8 +32,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     # 2. The ports and the values that cross them; the operators' questions.
     {"harvester.ports", "harvester.jobquery"},
     # 3. The engine and the rooms it calls; the adapters behind the ports.
-    {"harvester.engine", "harvester.follower", "harvester.observer", "harvester.fleet",
-     "harvester.outage", "harvester.retention",
+    {"harvester.engine", "harvester.follower", "harvester.controls", "harvester.observer",
+     "harvester.fleet", "harvester.outage", "harvester.retention",
      "harvester.store", "harvester.store.connect", "harvester.store.queue",
      "harvester.store.listen", "harvester.store.purge", "harvester.store.operators",
      "harvester.store.figures", "harvester.upstream", "harvester.migrations",
@@ -46,8 +46,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
      } | {f"harvester.commands.{path.stem}" for path in (PACKAGE / "commands").glob("*.py")
           if path.stem != "__init__"},
 ))
-ENGINE_SIDE = frozenset({"harvester.engine", "harvester.follower", "harvester.observer",
-                         "harvester.fleet", "harvester.outage", "harvester.retention",
+ENGINE_SIDE = frozenset({"harvester.engine", "harvester.follower", "harvester.controls",
+                         "harvester.observer", "harvester.fleet", "harvester.outage", "harvester.retention",
                          "harvester.policy", "harvester.pacing", "harvester.alarms",
                          "harvester.ports", "harvester.cadence", "harvester.batching",
                          "harvester.upstream_view", "harvester.status_policy",
