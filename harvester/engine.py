@@ -141,14 +141,6 @@ class Engine:
             fetch=self.local.put_nowait, write=self.outcomes.put, hand_back=self.releases.put,
             patience=self._patience, top_up=self._top_up)
         self.controls = Controls(self.gate, upstream, self.observer, self.config, rand)
-        self._polling = 0
-        """Result GETs on their way (read by the in-flight gauge when scraped, not
-        counted through the metric's lock twice per request)."""
-        metrics.in_flight.set_function(lambda: self._polling)
-        self._freed = 0
-        self._short = 1
-        """While the dispatcher waits for room: how many jobs must leave the workers'
-        hands before a claim is worth making (workers wake it then, not once each)."""
         self.busy: dict[UUID, Claimed] = {}
         self.sent: set[UUID] = set()
         """Jobs whose result request has gone out (a subset of busy)."""
@@ -329,9 +321,6 @@ class Engine:
             waiting = self.local.qsize() + self.follower.holding
             if room <= 0 or (room < self.min_claim and waiting >= self.min_claim):
                 self.room.clear()
-                # Under a send rate room follows the clock as well: woken by every job.
-                self._freed = 0
-                self._short = self.min_claim - room if math.isinf(self.gate.rate.allowed) else 1
                 if not self.stopping.is_set():
                     await self.room.wait()
                 continue
@@ -451,19 +440,17 @@ class Engine:
                 except Released as released:
                     await self.releases.put(ReleaseRow(job, released.delay))
                     continue
-                self._polling += 1
+                self.metrics.in_flight.inc()
                 self.sent.add(job.job_id)
                 try:
                     answer = await self.upstream.fetch_result(job.job_id)
                 finally:
-                    self._polling -= 1
+                    self.metrics.in_flight.dec()
                 await self._handle(item, answer, sent)
             finally:
                 self.busy.pop(job.job_id, None)
                 self.sent.discard(job.job_id)
-                self._freed += 1
-                if self._freed >= self._short:
-                    self.room.set()
+                self.room.set()
 
     async def _handle(self, item: Claimed, answer: Any, sent: float) -> None:
         job = item.job

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final, Literal
 from uuid import UUID
@@ -191,8 +191,4 @@ def with_status(job: Job, seen: str, now: datetime) -> Job:
     """``job`` as it is once batch-status said ``seen`` (what the next decision sees)."""
     since = job.status_since if job.upstream_status == seen else now
     finished = job.finished_seen_at or (now if seen in FINISHED else None)
-    # Spelled out rather than dataclasses.replace (which inspects the fields on every
-    # call): once per followed job.
-    return Job(job.job_id, job.state, job.age_origin, job.polls, job.attempt,
-               job.consecutive_500s, job.lease_seq, job.next_step, seen, since, finished,
-               job.consecutive_403s)
+    return replace(job, upstream_status=seen, status_since=since, finished_seen_at=finished)

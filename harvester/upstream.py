@@ -135,13 +135,9 @@ class Upstream:
         body = LimitedBody(content_coding(resp.headers.getall("Content-Encoding", [])),
                            self._max_body)
         declared = resp.content_length
-        if body.coding is None and declared is not None:
-            if declared > self._max_body:
-                raise BodyTooLarge(
-                    f"body of {declared} bytes exceeds HARVESTER_MAX_BODY_BYTES={self._max_body}")
-            # Not encoded, and its length declared within the limit: the parser holds the
-            # body to that length, so it is read whole at once (the common answer).
-            return await resp.read()
+        if body.coding is None and declared is not None and declared > self._max_body:
+            raise BodyTooLarge(
+                f"body of {declared} bytes exceeds HARVESTER_MAX_BODY_BYTES={self._max_body}")
         async for chunk in resp.content.iter_chunked(_CHUNK):
             body.feed(chunk)
         return body.finish()
