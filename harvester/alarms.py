@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from harvester.policy import backoff
+from harvester.waits import backoff
 
 STATUS_RETRY_BASE: Final = 1.0
 STATUS_RETRY_CAP: Final = 300.0

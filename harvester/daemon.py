@@ -38,7 +38,6 @@ from harvester.migrations import (
     newer_versions,
     pending_migrations,
 )
-from harvester.policy import backoff
 from harvester.ports import OperatorPort
 from harvester.privileges import check_privileges
 from harvester.retention import Purger, Retention
@@ -48,6 +47,7 @@ from harvester.store.operators import OperatorStore
 from harvester.store.purge import PurgeStore
 from harvester.store.queue import QueueStore
 from harvester.upstream import Upstream
+from harvester.waits import backoff
 
 log = get_logger("harvester.daemon")
 

@@ -6,9 +6,10 @@ them; jobs whose next step is ``status`` go to the :class:`~harvester.follower.S
 ``CONCURRENCY`` workers that ask the :class:`~harvester.pacing.Gate`, GET the result and
 hand the answer to the pure policy; a writer turns decisions into one transaction per
 batch; the store's listener wakes the dispatcher when jobs are fed; a checker sends the
-control requests that tell whose a run of 403s is (:mod:`harvester.refusals`). Metrics and logs
-are the :class:`~harvester.observer.Observer`'s business. If a vital task dies the
-daemon stops with a clear log. On SIGTERM it stops claiming, gives back jobs it has not
+control requests that tell whose a run of 403s is (:mod:`harvester.controls`). What the
+daemon believes about upstream is the :class:`~harvester.upstream_view.UpstreamView`'s
+alone; metrics and logs are the :class:`~harvester.observer.Observer`'s business. If a
+vital task dies the daemon stops with a clear log. On SIGTERM it stops claiming, gives back jobs it has not
 started, lets requests in flight finish within the grace period, flushes its writes and
 returns. A database fault is never fatal: each is handled as the fault table says
 (README "The database's faults"), and every loop that meets the database shares one
@@ -33,8 +34,9 @@ from typing import Any, Final
 from uuid import UUID
 
 from harvester import __version__
-from harvester.alarms import BaseUrlCheck, StatusEndpoint
+from harvester.api import BATCH_STATUS_LIMIT
 from harvester.batching import gather_batch
+from harvester.controls import Controls
 from harvester.errors import StoreError, ValueRefused
 from harvester.fleet import FleetPace
 from harvester.follower import CALLS, TOP_UP_WITHIN, Claimed, StatusFollower
@@ -42,7 +44,7 @@ from harvester.logs import get_logger
 from harvester.metrics import Metrics
 from harvester.observer import Observer
 from harvester.outage import Outage, Retrying
-from harvester.pacing import Gate, Released
+from harvester.pacing import Released
 from harvester.policy import (
     Context,
     Hold,
@@ -50,22 +52,25 @@ from harvester.policy import (
     Land,
     PolicyConfig,
     Random,
-    Refusal,
     Response,
     Retry,
     Stuck,
     decide,
-    judge_control,
     store_refused,
 )
 from harvester.ports import Outcome, ReleaseRow, StorePort, UpstreamPort, WorkerState, WriteReport
 from harvester.settings import Settings
+from harvester.upstream_view import UpstreamView
 
 log = get_logger("harvester.engine")
 
 CLAIM_BATCH_MAX: Final = 500
-STATUS_AHEAD: Final = 100 * CALLS
+STATUS_AHEAD: Final = BATCH_STATUS_LIMIT * CALLS
 """Jobs that may wait for batch-status beside the jobs the workers hold."""
+READY_AHEAD: Final = BATCH_STATUS_LIMIT
+"""Jobs claimed (and followed) ahead of the workers beyond that: about one claim's worth
+ready, so a slot that frees takes a job at once instead of waiting for a claim and a
+batch-status call (README "Performance")."""
 CLAIM_HORIZON: Final = 4.0
 """Under a send rate, claim no more than can leave within this many seconds. Shorter
 leaves more of the queue to faster replicas at the end of a burst, but a replica that
@@ -80,10 +85,6 @@ OUTAGE_WRITE_FIRST: Final = 0.2
 """While writes wait out the database, the dispatcher looks this often whether they
 got through before claiming again."""
 TICK_EVERY: Final = 1.0
-VERDICT_WAIT: Final = 5.0
-"""How long a 403 waits for the control that tells whose it is (one GET, with its turn at
-the gate); beyond it the refusal is judged not known (README "How upstream answers are
-handled")."""
 LEASE_MARGIN: Final = 2.0
 """A request must end this long before its job's lease does (at most half of what the
 lease leaves beyond the request timeout)."""
@@ -118,29 +119,30 @@ class Engine:
         self.rand = rand
         self.hostname = socket.gethostname()
         self.worker_id = worker_id or f"{self.hostname}:{os.getpid()}:{random.getrandbits(24):06x}"
-        self.gate = Gate(max_rps=settings.max_rps, probe_interval=settings.auth_probe_interval)
-        self.endpoint = StatusEndpoint()
+        refusals: asyncio.Queue[float] = asyncio.Queue()
+        self.view = UpstreamView(max_rps=settings.max_rps,
+                                 probe_interval=settings.auth_probe_interval,
+                                 on_refused=refusals.put_nowait)
+        """What the daemon believes about upstream; it alone changes it."""
+        self.gate = self.view.gate
         self.outage = Outage()
         """The database as the claim, write and heartbeat loops find it."""
-        self.base_url = BaseUrlCheck()
-        self.observer = Observer(metrics, self.gate, self.endpoint, self.base_url,
-                                 settings.api_base_url)
-        self.fleet = FleetPace(self.gate, store, self.observer, self.worker_id)
-        self.gate.on_refused = self.fleet.refused
+        self.observer = Observer(metrics, self.gate, settings.api_base_url)
+        self.fleet = FleetPace(self.gate, store, self.observer, self.worker_id, refusals)
         self.concurrency = settings.concurrency
         self.min_claim = max(1, min(self.concurrency // 4, 64))
+        """Claim no fewer while this many wait. (Claims of a whole batch-status call, 100,
+        kept 1-2 more requests in flight in bench (b) but cost (e)'s landing lag p99
+        0.2-0.3 s: a due job waited for 100 slots to free.)"""
         self.local: asyncio.Queue[Claimed | None] = asyncio.Queue()
         self.outcomes: asyncio.Queue[Outcome] = asyncio.Queue(
             maxsize=max(4 * self.concurrency, 1024))
         self.releases: asyncio.Queue[ReleaseRow] = asyncio.Queue()
         self.follower = StatusFollower(
-            upstream, self.gate, self.observer, self.config, rand,
+            upstream, self.view, self.observer, self.config, rand,
             fetch=self.local.put_nowait, write=self.outcomes.put, hand_back=self.releases.put,
             patience=self._patience, top_up=self._top_up)
-        self.control_wanted = asyncio.Event()
-        """A refusal waits for a control, or the permission circuit may want a probe."""
-        self._verdicts: asyncio.Future[None] | None = None
-        """Resolved when the next control is answered: what refusals that asked wait for."""
+        self.controls = Controls(self.gate, upstream, self.observer, self.config, rand)
         self.busy: dict[UUID, Claimed] = {}
         self.sent: set[UUID] = set()
         """Jobs whose result request has gone out (a subset of busy)."""
@@ -174,7 +176,7 @@ class Engine:
         return {
             "auth_circuit_closed": not self.gate.auth.is_open,
             "permission_circuit_closed": not self.gate.permission.is_open,
-            "base_url_plausible": not self.base_url.suspect,
+            "base_url_plausible": not self.view.base_url_suspect,
             # A ping is not enough: a read-only node answers SELECT 1 happily.
             "database_serving": not self.outage.active,
             "running": self.started.is_set() and not self.stopping.is_set(),
@@ -213,7 +215,7 @@ class Engine:
             self._spawn("listener", self.store.listen_for_jobs(
                 self._jobs_fed, self._listening, self.fleet.heard)),
             self._spawn("fleet", self.fleet.run()),
-            self._spawn("checker", self._checker()),
+            self._spawn("checker", self.controls.run()),
             *(self._spawn(name, start()) for name, start in self.background.items()),
         ]
         self.started.set()
@@ -301,7 +303,7 @@ class Engine:
     def _room(self) -> int:
         """How many more jobs to claim now: enough to keep every worker and the status
         calls busy, and under a send rate no more than can leave within CLAIM_HORIZON."""
-        room = self.concurrency + STATUS_AHEAD - self._in_hand()
+        room = self.concurrency + READY_AHEAD + STATUS_AHEAD - self._in_hand()
         rate = self.gate.rate.allowed
         if math.isfinite(rate):
             room = min(room, max(1, int(rate * CLAIM_HORIZON)) - self._in_hand())
@@ -342,11 +344,10 @@ class Engine:
             # batch-status answer says nothing about reading results.
             probing = self.gate.permission.is_open
             for job in jobs:
-                if job.next_step == "status" and not probing and self.endpoint.usable(now):
+                if job.next_step == "status" and not probing and self.view.status_usable(now):
                     self.follower.follow(Claimed(job, now))
                 else:
-                    self.local.put_nowait(Claimed(job, now,
-                                                  status_usable=self.endpoint.state == "ok"))
+                    self.local.put_nowait(Claimed(job, now, status_usable=self.view.status_ok))
             if len(jobs) < room:
                 await self._idle(retry)
 
@@ -457,17 +458,17 @@ class Engine:
         job = item.job
         # batch-status itself missing (404, a web page) is already a sign of a wrong base
         # URL: until a result answers, no job is failed not_found because of it.
-        trust = not (self.base_url.suspect or self.base_url.status_missing)
+        trust = self.view.trust_not_found
         status = answer.status if isinstance(answer, Response) else None
         if status is not None:
             self.observer.dated(answer.date, self.gate.now() - sent)
-        refusal = await self._whose_refusal(sent) if status == 403 else "unknown"
+        refusal = await self.controls.whose(sent) if status == 403 else "unknown"
         context = Context(seen=item.seen, status_usable=item.status_usable, refusal=refusal,
                           trust_not_found=trust)
         decision = decide(answer, job, self.config, datetime.now(UTC), self.rand, context)
         pause = decision.pause_for if isinstance(decision, Hold) else None
         fault = isinstance(decision, Retry) and decision.fault
-        changes = self.gate.observe(status, sent, fault=fault, pause_for=pause)
+        changes = self.view.result_answered(answer, sent, fault=fault, pause_for=pause)
         if isinstance(decision, Land):
             # A control to check a run of 403s with: a landed job is polled no more, so
             # a GET of it never overlaps a poll nor comes before a Retry-After.
@@ -476,67 +477,6 @@ class Engine:
         if pause is not None:
             self.observer.rate_limited()
         await self.outcomes.put(Outcome(job, decision, seen=item.seen, answered_at=time.time()))
-
-    # ------------------------------------------------------------------ 403s
-
-    async def _whose_refusal(self, sent: float) -> Refusal:
-        """Whose is a 403 to the request that left at ``sent``: the job's or the token's
-        (:mod:`harvester.refusals`). Known at once while other requests are answered;
-        otherwise the checker sends a control after this refusal came back, and this
-        waits for its answer, at most VERDICT_WAIT."""
-        refusals = self.gate.refusals
-        if refusals.verdict(sent) != "unknown" or not refusals.ask():
-            return refusals.verdict(sent)
-        if self._verdicts is None:
-            self._verdicts = asyncio.get_running_loop().create_future()
-        answered = self._verdicts
-        self.control_wanted.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(answered), VERDICT_WAIT)
-        return refusals.verdict(sent)
-
-    async def _checker(self) -> None:
-        """Sends the controls: one when refusals ask whose they are, and the permission
-        circuit's probes while it is open and there is a job to check with."""
-        while True:
-            job_id, wait = self.gate.refusals.next_control(self.gate.now())
-            if job_id is None:
-                if self._verdicts is not None and not self.gate.refusals.can_check:
-                    self._settle_verdicts(self._verdicts)  # nothing to check with
-                    self._verdicts = None
-                self.control_wanted.clear()
-                await _wait_for(self.control_wanted, min(wait, IDLE_POLL_LISTENING))
-                continue
-            # Refusals that ask from now on wait for the next control: this one may have
-            # left before their requests did.
-            answered, self._verdicts = self._verdicts, None
-            try:
-                await self._control(job_id)
-            finally:
-                if answered is not None:
-                    self._settle_verdicts(answered)
-
-    @staticmethod
-    def _settle_verdicts(answered: asyncio.Future[None]) -> None:
-        if not answered.done():
-            answered.set_result(None)
-
-    async def _control(self, job_id: UUID) -> None:
-        """GET a job that landed lately, through the gate like any request; not a poll of
-        that job (nothing is written for it)."""
-        try:
-            sent = await self.gate.admit(VERDICT_WAIT, "control")
-        except Released:
-            self.gate.control_lost(job_id)
-            return
-        answer = await self.upstream.fetch_result(job_id)
-        status = None
-        if isinstance(answer, Response):
-            status = answer.status
-            self.observer.dated(answer.date, self.gate.now() - sent)
-        control = judge_control(answer, self.config, datetime.now(UTC), self.rand)
-        changes = self.gate.controlled(job_id, control, status, sent)
-        self.observer.controlled(control, changes)
 
     async def _releaser(self) -> None:
         """Jobs given back unpolled, written in batches (when a circuit opens or a pause
@@ -633,7 +573,7 @@ class Engine:
             paused_until=datetime.now(UTC) + timedelta(seconds=paused) if paused > 0 else None,
             in_flight=len(self.sent),
             send_rate=None if rate.ramping and not math.isfinite(rate.ceiling) else rate.allowed,
-            upstream_alarm="base_url_suspect" if self.base_url.suspect else None,
+            upstream_alarm="base_url_suspect" if self.view.base_url_suspect else None,
             upstream_clock_skew=self.observer.clock.skew)
 
     async def _heartbeat(self) -> None:

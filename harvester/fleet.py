@@ -38,17 +38,15 @@ class FleetPace:
     """Announces this daemon's refusals and applies the ones it hears."""
 
     def __init__(self, gate: Gate, store: Announcer, observer: Observer,
-                 worker_id: str) -> None:
+                 worker_id: str, refusals: asyncio.Queue[float]) -> None:
+        """``refusals``: where the gate puts, with the seconds until sending resumes, each
+        answer to this daemon that cut its rate (its ``on_refused`` is that queue's
+        ``put_nowait``; both are wired at construction, see :class:`~harvester.engine.Engine`)."""
         self.gate = gate
         self.store = store
         self.observer = observer
         self.worker_id = worker_id
-        self._outbox: asyncio.Queue[float] = asyncio.Queue()
-
-    def refused(self, resume_in: float) -> None:
-        """An answer to this daemon cut its rate; sending resumes in ``resume_in`` s
-        (the gate's ``on_refused``)."""
-        self._outbox.put_nowait(resume_in)
+        self._outbox = refusals
 
     async def run(self) -> None:
         """Announce refusals until cancelled. An announcement that cannot be sent (the

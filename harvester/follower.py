@@ -3,7 +3,7 @@ batches through batch-status (README "How a job is followed").
 
 The dispatcher hands it jobs whose next step is ``status``; it gathers up to 100 of them
 (waiting at most :data:`LINGER` for a batch to fill), asks the gate for a slot like any
-request, and carries out :func:`~harvester.policy.decide_status` for each job: a job
+request, and carries out :func:`~harvester.status_policy.decide_status` for each job: a job
 that has its row goes straight on to a result GET under the same lease (nothing is
 written in between), the others are written back with their next check time. When
 batch-status itself fails, the batch falls back to result GETs.
@@ -21,18 +21,17 @@ from typing import Final
 from harvester.api import BATCH_STATUS_LIMIT
 from harvester.batching import gather_batch
 from harvester.observer import Observer
-from harvester.pacing import Gate, Released
+from harvester.pacing import Released
 from harvester.policy import (
     UNKNOWN,
     Fetch,
     Job,
     PolicyConfig,
     Random,
-    decide_status,
-    judge_status_call,
-    with_status,
 )
 from harvester.ports import Outcome, ReleaseRow, UpstreamPort
+from harvester.status_policy import decide_status, judge_status_call, with_status
+from harvester.upstream_view import UpstreamView
 
 LINGER: Final = 0.02
 """Seconds a batch may wait for more jobs: claims arrive in bursts, so batches fill."""
@@ -56,7 +55,7 @@ class Claimed:
 
 
 class StatusFollower:
-    def __init__(self, upstream: UpstreamPort, gate: Gate, observer: Observer,
+    def __init__(self, upstream: UpstreamPort, view: UpstreamView, observer: Observer,
                  config: PolicyConfig, rand: Random, *,
                  fetch: Callable[[Claimed], None],
                  write: Callable[[Outcome], Awaitable[None]],
@@ -64,7 +63,8 @@ class StatusFollower:
                  patience: Callable[[Claimed], float],
                  top_up: Callable[[int], Awaitable[list[Job]]] | None = None) -> None:
         self.upstream = upstream
-        self.gate = gate
+        self.view = view
+        self.gate = view.gate
         self.observer = observer
         self.config = config
         self.rand = rand
@@ -118,9 +118,7 @@ class StatusFollower:
         self.observer.dated(answer.date, self.gate.now() - sent)
         now = datetime.now(UTC)
         call = judge_status_call(answer, self.config, now, self.rand)
-        fault = call.kind == "failed" and (answer.status is None or answer.status >= 500)
-        changes = self.gate.observe(answer.status, sent, fault=fault, pause_for=call.pause_for,
-                                    request="status")
+        changes = self.view.status_answered(answer.status, sent, call, jobs=len(batch))
         self.observer.status_answered(len(batch), call, changes)
         if call.kind == "rate_limited":
             self.observer.rate_limited()

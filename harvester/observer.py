@@ -18,13 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from harvester.alarms import BaseUrlCheck, ResultKind, StatusEndpoint
 from harvester.logs import get_logger
 from harvester.metrics import Metrics, status_class
 from harvester.pacing import Gate, Transition
 from harvester.policy import (
     Answer,
-    ControlAnswer,
     Decision,
     Fail,
     Hold,
@@ -32,12 +30,11 @@ from harvester.policy import (
     Land,
     Response,
     Retry,
-    StatusCall,
     Stuck,
     TransportFailure,
-    looks_like_html,
 )
 from harvester.ports import Outcome, WriteReport
+from harvester.status_policy import ControlAnswer, StatusCall
 from harvester.upstream_clock import UpstreamClock
 
 log = get_logger("harvester.engine")
@@ -112,12 +109,11 @@ def outcome_label(decision: Decision) -> str:
 class Observer:
     """Metrics, logs and alarms for one daemon."""
 
-    def __init__(self, metrics: Metrics, gate: Gate, endpoint: StatusEndpoint,
-                 base_url: BaseUrlCheck, api_base_url: str) -> None:
+    def __init__(self, metrics: Metrics, gate: Gate, api_base_url: str) -> None:
+        """``gate`` is read, never changed: its circuits' probe intervals and the gauges
+        that drift (the send rate, the time paused, the throttle's spacing)."""
         self.metrics = metrics
         self.gate = gate
-        self.endpoint = endpoint
-        self.base_url = base_url
         self.api_base_url = api_base_url
         self.digest = WarningDigest()
         self.clock = UpstreamClock()
@@ -140,11 +136,6 @@ class Observer:
         counter.inc()
         if changes:
             self.transitions(changes, job_id=str(job.job_id))
-        kind: ResultKind = (
-            "html" if _html(answer) else "answer" if status in (200, 202) else
-            "not_found" if status == 404 else "other")
-        if self.base_url.on_result(kind):
-            self._base_url_changed()
         if isinstance(decision, Retry) and (isinstance(answer, TransportFailure)
                                             or decision.status == 200):
             self.digest.warn("job.poll_error", str(job.job_id), decision.error or "error",
@@ -161,25 +152,6 @@ class Observer:
         self.metrics.batch_status.labels("ok" if call.kind == "ok" else "error").inc()
         self.metrics.batch_status_ids.observe(ids)
         self.transitions(changes)
-        if call.kind == "ok" and self.endpoint.on_ok():
-            log.info("upstream.batch_status_recovered", note="following jobs by status again")
-        failing = call.kind in ("missing", "failed")
-        if failing and self.endpoint.on_failure(self.gate.now(), call.error or call.kind):
-            log.warning("upstream.batch_status_failing", error=call.error, jobs=ids,
-                        fallback="polling results with backoff until it answers again")
-        changed = call.kind in ("ok", "missing") and self.base_url.on_status(call.kind == "missing")
-        if changed:
-            self._base_url_changed()
-
-    def _base_url_changed(self) -> None:
-        if self.base_url.suspect:
-            log.error("upstream.base_url_suspect", api_base_url=self.api_base_url,
-                      hint=self.base_url.reason,
-                      effect="readiness fails; no job is failed not_found meanwhile")
-            self.metrics.upstream_alarm.labels("base_url_suspect").set(1)
-        else:
-            log.info("upstream.base_url_ok", api_base_url=self.api_base_url)
-            self.metrics.upstream_alarm.labels("base_url_suspect").set(0)
 
     def transitions(self, changes: Iterable[Transition], **context: str) -> None:
         """Log what changed for the whole daemon, once per change."""
@@ -211,6 +183,18 @@ class Observer:
             elif change.event == "upstream.throttled":
                 log.warning(change.event, reason="sustained upstream faults", **detail)
                 self.metrics.throttle_spacing.set(self.gate.throttle.spacing)
+            elif change.event == "upstream.batch_status_recovered":
+                log.info(change.event, note="following jobs by status again")
+            elif change.event == "upstream.batch_status_failing":
+                log.warning(change.event, **detail,
+                            fallback="polling results with backoff until it answers again")
+            elif change.event == "upstream.base_url_suspect":
+                log.error(change.event, api_base_url=self.api_base_url, **detail,
+                          effect="readiness fails; no job is failed not_found meanwhile")
+                self.metrics.upstream_alarm.labels("base_url_suspect").set(1)
+            elif change.event == "upstream.base_url_ok":
+                log.info(change.event, api_base_url=self.api_base_url)
+                self.metrics.upstream_alarm.labels("base_url_suspect").set(0)
             else:  # pragma: no cover - every transition the gate makes is listed above
                 log.info(change.event, **detail)
 
@@ -294,6 +278,3 @@ class Observer:
                                  consecutive_500s=d.consecutive_500s, polls=polls,
                                  recheck_in=d.delay)
 
-
-def _html(answer: Answer) -> bool:
-    return isinstance(answer, Response) and answer.status == 200 and looks_like_html(answer)

@@ -16,7 +16,8 @@ from typing import Final
 from harvester.errors import StoreConflict, StoreError, StoreUnavailable
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
-from harvester.policy import Random, backoff
+from harvester.policy import Random
+from harvester.waits import backoff
 
 log = get_logger("harvester.engine")
 

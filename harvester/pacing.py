@@ -30,8 +30,9 @@ from typing import Final, Literal
 from uuid import UUID
 
 from harvester.circuit import Circuit
-from harvester.policy import READABLE, ControlAnswer
+from harvester.policy import READABLE
 from harvester.refusals import FIRST_PROBE, Change, Refusals
+from harvester.status_policy import ControlAnswer
 
 Request = Literal["result", "status", "control"]
 """What a request is: a result GET for a job, a batch-status call, or a control (a GET
@@ -397,8 +398,9 @@ class Gate:
     """Everything a request must respect before it leaves, and learns from its answer."""
 
     def __init__(self, *, max_rps: float, probe_interval: float,
+                 on_refused: Callable[[float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.on_refused: Callable[[float], None] | None = None
+        self.on_refused = on_refused
         """Told, with the seconds until sending resumes, whenever an answer to this
         daemon cut its send rate (the fleet hears of it: :mod:`harvester.fleet`)."""
         self.auth = Circuit(probe_interval)

@@ -4,42 +4,35 @@ Two questions are answered here, each by one function returning a decision value
 the engine only carries out:
 
 - :func:`decide`: a result GET came back (a response or a transport failure);
-- :func:`decide_status`: batch-status said something about a job (README "How a job is
-  followed").
+- :func:`~harvester.status_policy.decide_status`: batch-status said something about a
+  job (README "How a job is followed"), beside it in :mod:`harvester.status_policy`.
 
 Nothing here touches a socket, a database or the clock: ``now`` and the random source
 are arguments, so every row of the README's answer table is tested from a table, and
 the numeric edges (Retry-After of ``-5``, ``1.5``, a date in 2100, attempt 10,000) with
-hypothesis. The follow cadence lives beside it in :mod:`harvester.cadence`.
+hypothesis. The follow cadence lives beside it in :mod:`harvester.cadence`, the numbers
+for waiting (backoff, jitter, Retry-After) in :mod:`harvester.waits`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 from uuid import UUID
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from harvester.api import COMPLETED, FAILED, FINISHED, INDEXING
-from harvester.cadence import follow_interval, indexing_interval
-from harvester.model import BatchStatusEntry, ExtractionResult
+from harvester.api import FINISHED
+from harvester.cadence import follow_interval
+from harvester.model import ExtractionResult
+from harvester.waits import backoff, body_retry_after, clamp, jittered, parse_retry_after
 
 Random = Callable[[], float]
 """A source of uniform floats in [0, 1): ``random.random`` in production."""
 
-JITTER: Final = 0.05
-"""Positive jitter on upstream-given delays: never earlier than asked, at most 5 % later.
-
-Up to 10 % would be allowed; 5 % already spreads a herd of jobs that got the same 202 at
-the same second (0.25 s over a 5 s Retry-After) while keeping the landing lag after a
-Retry-After well inside half a second."""
 FAULT_BACKOFF_BASE: Final = 1.0
 FAULT_BACKOFF_CAP: Final = 300.0
 NOT_FOUND_BACKOFF_BASE: Final = 5.0
@@ -254,101 +247,6 @@ Decision = Land | Retry | Stuck | Fail | Hold
 StatusDecision = Fetch | Retry | Fail
 
 # ---------------------------------------------------------------- numbers
-
-
-def clamp(value: float, low: float, high: float) -> float:
-    if math.isnan(value):
-        return low
-    return min(max(value, low), high)
-
-
-def backoff(attempt: int, *, base: float, cap: float, rand: float | None = None) -> float:
-    """The one exponential backoff: ``base × 2^attempt`` capped at ``cap``.
-
-    With ``rand`` (uniform in [0, 1)) it is full jitter between ``base`` and that ceiling;
-    without, the ceiling itself. Safe for any attempt: the exponent is bounded before it
-    is computed, so attempt 10,000 (or a negative one) never overflows.
-    """
-    exponent = min(max(attempt, 0), 62)
-    ceiling = max(base, min(cap, base * float(2**exponent)))
-    if rand is None:
-        return ceiling
-    return base + (ceiling - base) * clamp(rand, 0.0, 1.0)
-
-
-def jittered(seconds: float, rand: float) -> float:
-    """``seconds`` stretched by up to :data:`JITTER`, never shortened."""
-    return seconds * (1.0 + JITTER * clamp(rand, 0.0, 1.0))
-
-
-_DELTA_SECONDS = re.compile(r"(\d+)(?:\.(\d*))?", re.ASCII)
-_HUGE = 1e12
-_HUGE_DIGITS = 12
-"""Whole seconds with more significant digits than this are at least ``_HUGE``."""
-
-
-def parse_retry_after(value: str | None, now: datetime, date: str | None = None
-                      ) -> float | None:
-    """Seconds to wait according to a Retry-After header value, or None if unusable.
-
-    delta-seconds (``5``; a decimal such as ``1.5`` or ``5.`` is tolerated), or an
-    HTTP-date. An HTTP-date names a moment on upstream's clock, so the wait is that
-    moment minus the answer's own Date header (``date``, upstream's clock when it
-    answered; RFC 9110 §10.2.3 with §6.6.1); only without a usable Date is it read
-    against ``now``, our clock. Date is the answer's second rounded down and the answer
-    took time to reach us, so the wait it gives is never shorter than upstream meant;
-    reading the date against our clock instead would be off by the clocks' difference,
-    in either direction (README "How upstream answers are handled"). A date at or before
-    Date means "now". Negative numbers and garbage are unusable. A delta with more
-    digits than any sane delay is still a request to wait, so it is returned as a huge
-    number for the caller to clamp: were it "unusable", the caller would fall back to a
-    default and poll earlier than upstream asked.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    delta = _DELTA_SECONDS.fullmatch(text)
-    if delta is not None:
-        whole, fraction = delta.group(1).lstrip("0") or "0", delta.group(2) or ""
-        if len(whole) > _HUGE_DIGITS:
-            return _HUGE
-        # Only the leading digits matter; float() never sees an absurdly long string.
-        return min(float(f"{whole}.{fraction[:9] or 0}"), _HUGE)
-    when = http_date(text)
-    if when is None:
-        return None
-    origin = http_date(date) or now
-    return clamp((when - origin).total_seconds(), 0.0, _HUGE)
-
-
-def http_date(value: str | None) -> datetime | None:
-    """An HTTP-date (IMF-fixdate, or the obsolete forms email.utils reads) as an aware
-    datetime, or None for anything else."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text or len(text) > 64:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when
-
-
-def body_retry_after(document: Any) -> float | None:
-    """``retryAfterSeconds`` from a JSON body, if it is a sane non-negative number."""
-    if not isinstance(document, dict):
-        return None
-    raw = document.get("retryAfterSeconds")
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        return None
-    seconds = float(raw)
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return min(seconds, _HUGE)
 
 
 def upstream_delay(
@@ -681,159 +579,3 @@ def _validation_summary(exc: ValidationError) -> str:
     where = ".".join(str(part) for part in first.get("loc", ())) or "body"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return shorten(f"{where}: {first.get('msg', 'invalid')}{more}", 300)
-
-
-# ---------------------------------------------------------------- a status answer
-
-
-def decide_status(job: Job, seen: str, config: PolicyConfig, now: datetime
-                  ) -> StatusDecision:
-    """The next step for ``job`` after batch-status said ``seen`` about it (``unknown``
-    when it left the job out). README "How a job is followed":
-
-    - ``completed``: GET the row now;
-    - ``extraction_done``: the row is seconds away; check again soon rather than collect
-      a 202 (a GET then would cost a request and wait out a Retry-After anyway);
-    - ``failed``: fail ``upstream_failed`` without a GET;
-    - left out: GET once (the result endpoint may know it), then follow it until
-      NOT_FOUND_TIMEOUT;
-    - anything else (pending, running, a status this version does not know): follow it,
-      often while it is young and less often as it keeps running.
-    """
-    age = age_seconds(job, now)
-    if seen == FAILED:
-        return Fail(reason="upstream_failed", error="upstream reports the job failed",
-                    status=None)
-    if seen == COMPLETED:
-        return Fetch()
-    if seen == UNKNOWN:
-        if job.upstream_status != UNKNOWN or job.consecutive_403s:
-            # Once, or again for a job the result endpoint refused: only a GET ends that
-            # (another organisation's job is left out of batch-status).
-            return Fetch()
-        if age >= config.not_found_timeout:
-            return _not_found(age, "unknown to batch-status")
-        delay = follow_interval(age, config, now)
-    elif seen == INDEXING:
-        since = job.status_since if job.upstream_status == INDEXING else None
-        in_state = 0.0 if since is None else max(0.0, (now - since).total_seconds())
-        delay = indexing_interval(in_state, config, now)
-    else:
-        delay = follow_interval(age, config, now)
-    follow = Retry(delay=delay, status=None, error=None, attempt=job.attempt,
-                   consecutive_500s=job.consecutive_500s,
-                   state="stuck" if job.state == "stuck" else "pending",
-                   step="status", keep_last_answer=True, due_at=now + timedelta(seconds=delay))
-    return _expire(follow, job, config, now)  # type: ignore[no-any-return]
-
-
-@dataclass(frozen=True, slots=True)
-class StatusCall:
-    """What a batch-status call as a whole means for the daemon.
-
-    ``ok``: use the statuses. ``unauthorized``: the token (auth circuit). ``rate_limited``:
-    pause for ``pause_for`` and slow down. ``missing``: the endpoint is not there (404, or
-    a web page): the base URL may be wrong. ``failed``: anything else (5xx, a timeout,
-    403 for this endpoint, garbage): fall back to result GETs for now.
-    """
-
-    kind: Literal["ok", "unauthorized", "rate_limited", "missing", "failed"]
-    error: str | None = None
-    pause_for: float | None = None
-
-
-def judge_status_call(answer: StatusAnswer, config: PolicyConfig, now: datetime,
-                      rand: Random) -> StatusCall:
-    if answer.statuses is not None:
-        return StatusCall("ok")
-    status = answer.status
-    error = answer.error or (f"batch-status answered HTTP {status}" if status
-                             else "batch-status failed")
-    if status == 401:
-        return StatusCall("unauthorized", error)
-    if status in (429, 503):
-        pause = parse_retry_after(answer.retry_after, now, answer.date)
-        if status == 429 or pause is not None:
-            return StatusCall("rate_limited", error,
-                              rate_limited(status, pause, config, rand).pause_for)
-    if status == 404 or answer.html:
-        return StatusCall("missing", error)
-    return StatusCall("failed", error)
-
-
-@dataclass(frozen=True, slots=True)
-class ControlAnswer:
-    """What the answer to a control request (a GET of a job that landed lately, asked
-    when 403s come in a run) says about the token.
-
-    ``readable``: the token reads results; ``refused``: it is refused too;
-    ``inconclusive``: no telling (a fault, a 401, a pause). ``gone``: this job is no use
-    as a control any more. ``pause_for`` and ``fault`` are for the gate, as for any
-    answer."""
-
-    result: ControlResult
-    gone: bool = False
-    fault: bool = False
-    pause_for: float | None = None
-
-
-def judge_control(answer: Answer, config: PolicyConfig, now: datetime, rand: Random
-                  ) -> ControlAnswer:
-    if isinstance(answer, TransportFailure):
-        return ControlAnswer("inconclusive", fault=True)
-    status = answer.status
-    if status == 403:
-        return ControlAnswer("refused")
-    if status in (200, 202) and not looks_like_html(answer):
-        return ControlAnswer("readable")
-    if status == 404:
-        return ControlAnswer("readable", gone=True)  # the endpoint answered: the row went
-    if status in (429, 503):
-        pause = parse_retry_after(answer.retry_after, now, answer.date)
-        if status == 429 or pause is not None:
-            return ControlAnswer("inconclusive",
-                                 pause_for=rate_limited(status, pause, config, rand).pause_for)
-    if status >= 500:
-        return ControlAnswer("inconclusive", fault=True)
-    return ControlAnswer("inconclusive", gone=status != 401)
-
-
-_STATUS_LIST: Final = TypeAdapter(list[BatchStatusEntry])
-
-
-def parse_batch_status(body: bytes) -> Mapping[UUID, str]:
-    """The batch-status answer as {job_id: status}; raises ValueError on garbage.
-
-    A well-formed answer is validated in one pass from the bytes (pydantic-core parses
-    and validates together: half the CPU of json.loads and a model per element); only
-    an answer with an odd element takes the slow path, element by element."""
-    try:
-        entries = _STATUS_LIST.validate_json(body)
-    except ValidationError:
-        return _parse_element_by_element(body)
-    return {entry.id: shorten(entry.status, 40) for entry in entries}
-
-
-def _parse_element_by_element(body: bytes) -> Mapping[UUID, str]:
-    try:
-        document = json.loads(body)
-    except RecursionError:
-        # Deeply nested garbage: the caller handles ValueError, not this.
-        raise ValueError("batch-status answer is nested too deeply") from None
-    if not isinstance(document, list):
-        raise ValueError("batch-status answer is not a JSON array")
-    statuses: dict[UUID, str] = {}
-    for item in document:
-        try:
-            entry = BatchStatusEntry.model_validate(item)
-        except ValidationError:
-            continue  # one odd element does not spoil the others
-        statuses[entry.id] = shorten(entry.status, 40)
-    return statuses
-
-
-def with_status(job: Job, seen: str, now: datetime) -> Job:
-    """``job`` as it is once batch-status said ``seen`` (what the next decision sees)."""
-    since = job.status_since if job.upstream_status == seen else now
-    finished = job.finished_seen_at or (now if seen in FINISHED else None)
-    return replace(job, upstream_status=seen, status_since=since, finished_seen_at=finished)

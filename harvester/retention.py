@@ -33,9 +33,10 @@ from harvester.errors import StoreError, StoreTimedOut, StoreUnavailable
 from harvester.logs import get_logger
 from harvester.metrics import Metrics
 from harvester.outage import Retrying
-from harvester.policy import Random, backoff, clamp
+from harvester.policy import Random
 from harvester.ports import PurgeBatches, RetentionPort
 from harvester.settings import Settings
+from harvester.waits import backoff, clamp
 
 log = get_logger("harvester.retention")
 

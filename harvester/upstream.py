@@ -35,9 +35,9 @@ from harvester.policy import (
     StatusAnswer,
     TransportFailure,
     looks_like_html,
-    parse_batch_status,
 )
 from harvester.settings import Settings
+from harvester.status_policy import parse_batch_status
 
 _CHUNK: Final = 64 * 1024
 
@@ -145,7 +145,7 @@ class Upstream:
     async def batch_status(self, job_ids: Sequence[UUID]) -> StatusAnswer:
         """POST batch-status for at most 100 IDs. Never raises for network or HTTP trouble:
         the answer says what came back, and the policy judges it
-        (:func:`~harvester.policy.judge_status_call`)."""
+        (:func:`~harvester.status_policy.judge_status_call`)."""
         if len(job_ids) > BATCH_STATUS_LIMIT:
             raise ValueError(f"batch-status takes at most {BATCH_STATUS_LIMIT} IDs")
         if not job_ids:

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from harvester.policy import http_date
+from harvester.waits import http_date
 
 WINDOW: Final = 64
 """Answers the estimate is the median of."""

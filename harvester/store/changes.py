@@ -23,9 +23,9 @@ import asyncpg
 
 from harvester.errors import StoreUnavailable
 from harvester.logs import get_logger
-from harvester.policy import backoff
 from harvester.store import queries
 from harvester.store.connect import Connection, ConnectTarget, translated
+from harvester.waits import backoff
 
 CHANNEL_LANDED: Final = "harvester_landed"
 """Sent by each write that landed or changed a row: a wake-up, never the data."""

@@ -19,9 +19,9 @@ import asyncpg
 
 from harvester.errors import StoreError
 from harvester.logs import get_logger
-from harvester.policy import backoff
 from harvester.store import queries
 from harvester.store.connect import ConnectTarget, translated
+from harvester.waits import backoff
 
 CHANNEL_JOBS: Final = "harvester_jobs"
 """Sent once per INSERT statement into harvester.jobs (a trigger), and by requeue."""

@@ -28,15 +28,12 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any, TextIO
 
 import aiohttp
@@ -46,10 +43,23 @@ from harvester.api import RESULTS_PREFIX
 from harvester.commands.database import check_scratch
 from harvester.embedded import database_url, recreate_database
 from harvester.settings import Settings
-from harvester.tools.processes import free_port, percentile, wait_ready
+from harvester.tools.bench_mixes import gateway, lifecycle, limit_change
+from harvester.tools.benchkit import (
+    BENCH_TOKEN,
+    BusyMeter,
+    CpuMeter,
+    InFlightSampler,
+    Phase,
+    Report,
+    daemon_process,
+    peak_rss_mib,
+    postmaster_of,
+    simulator_process,
+)
+from harvester.tools.processes import percentile
 
 BENCH_DATABASE = "harvester_bench"
-BENCH_TOKEN = "bench-token"  # noqa: S105 - the simulator's fake token
+__all__ = ["BENCH_TOKEN", "daemon_process", "simulator_process"]
 
 
 def add_parser(sub: Any) -> None:
@@ -76,165 +86,6 @@ def add_parser(sub: Any) -> None:
                         help="the scratch database on the same server, DROPPED and recreated "
                              f"at start (default {BENCH_DATABASE})")
     parser.set_defaults(handler=cmd_bench)
-
-
-@dataclass
-class Phase:
-    name: str
-    jobs: int
-    seconds: float
-    rate: float
-    peak_rss_mib: float | None = None
-    lag_p50: float | None = None
-    lag_p99: float | None = None
-    note: str = ""
-    cpu_us_per_job: dict[str, float] = field(default_factory=dict)
-    """CPU time per job by process (Linux): where the time goes."""
-    figures: dict[str, float | str] = field(default_factory=dict)
-    """Phase-specific figures (requests per job, shares of a limit, …)."""
-
-
-@dataclass
-class Report:
-    machine: dict[str, Any]
-    concurrency: int
-    phases: list[Phase] = field(default_factory=list)
-
-    def phase(self, name: str) -> Phase | None:
-        return next((p for p in self.phases if p.name == name), None)
-
-    def ratios(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        raw, daemon, backlog = self.phase("a"), self.phase("b"), self.phase("c")
-        if raw and daemon and raw.rate:
-            out["b/a"] = daemon.rate / raw.rate
-        if daemon and backlog and daemon.rate:
-            out["c/b"] = backlog.rate / daemon.rate
-        return out
-
-
-# ---------------------------------------------------------------- processes
-
-
-@asynccontextmanager
-async def simulator_process(mix: str, *sets: str, own_session: bool = False
-                            ) -> AsyncIterator[tuple[str, int]]:
-    """The simulator in a subprocess; yields its base URL and pid. ``own_session``: see
-    :func:`daemon_process`."""
-    args = [sys.executable, "-m", "harvester", "simulate", "--port", "0", "--mix", mix,
-            "--token", BENCH_TOKEN, "--log-level", "warning",
-            *[a for s in sets for a in ("--set", s)]]
-    if mix != "demo":
-        args.append("--no-record")
-    proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE,
-                                                start_new_session=own_session)
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
-        if not line.startswith("HARVESTER_API_BASE_URL="):
-            raise RuntimeError(f"simulator did not start: {line!r}")
-        yield line.split("=", 1)[1], proc.pid
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        await proc.wait()
-
-
-class CpuMeter:
-    """CPU seconds used by the processes of a phase, read from /proc (Linux only)."""
-
-    def __init__(self, roles: dict[str, int]) -> None:
-        self.roles = roles
-        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self._start = self._read()
-
-    def _cpu(self, pid: int) -> float:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / self._tick
-
-    def _postgres(self) -> float:
-        total = 0.0
-        for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-            if entry.name.isdigit():
-                try:
-                    if (entry / "comm").read_text().strip() == "postgres":
-                        total += self._cpu(int(entry.name))
-                except OSError:
-                    continue
-        return total
-
-    def _read(self) -> dict[str, float]:
-        readings = {role: self._cpu(pid) for role, pid in self.roles.items()}
-        readings["postgres"] = self._postgres()
-        return readings
-
-    def per_job(self, jobs: int) -> dict[str, float]:
-        if not Path("/proc/self/stat").exists() or jobs <= 0:
-            return {}
-        end = self._read()
-        return {role: (end[role] - self._start.get(role, 0.0)) / jobs * 1e6 for role in end}
-
-
-@dataclass(frozen=True)
-class Running:
-    pid: int
-    admin_url: str
-
-    async def counter(self, session: aiohttp.ClientSession, *names: str) -> float:
-        """The sum of every sample of these counters in the daemon's /metrics."""
-        async with session.get(self.admin_url + "/metrics") as resp:
-            text = await resp.text()
-        total = 0.0
-        for line in text.splitlines():
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in names:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-
-@asynccontextmanager
-async def daemon_process(dsn: str, api_url: str, concurrency: int, *, own_session: bool = False
-                         ) -> AsyncIterator[Running]:
-    """``harvester run`` in a subprocess, ready to work.
-
-    ``own_session`` starts it in a session of its own, as PostgreSQL starts each backend:
-    where the kernel groups processes by session for scheduling (autogroup), a machine
-    busy with other work then shares the cores between it and the backends as between
-    equals, instead of between all of this process tree and each backend."""
-    admin_port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(Path.home())),
-        "HARVESTER_DATABASE_URL": dsn, "HARVESTER_API_BASE_URL": api_url,
-        "HARVESTER_API_TOKEN": BENCH_TOKEN, "HARVESTER_CONCURRENCY": str(concurrency),
-        "HARVESTER_ADMIN_PORT": str(admin_port), "HARVESTER_LOG_LEVEL": "warning",
-        "HARVESTER_LOG_FORMAT": "json",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "harvester", "run", "--no-migrate", env=env,
-        stdout=subprocess.DEVNULL, start_new_session=own_session)
-    try:
-        await wait_ready(f"http://127.0.0.1:{admin_port}/readyz", proc)
-        yield Running(proc.pid, f"http://127.0.0.1:{admin_port}")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        await proc.wait()
-
-
-
-
-def peak_rss_mib(pid: int) -> float | None:
-    """VmHWM of a live process (Linux)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 # ---------------------------------------------------------------- phases
@@ -265,8 +116,13 @@ async def raw_ceiling(api_url: str, jobs: int, concurrency: int) -> Phase:
 
 
 async def harvest(pool: asyncpg.Pool, pid: int, jobs: int, name: str, note: str,
-                  ready: dict[str, float] | None = None, limit: float = 600) -> Phase:
+                  ready: dict[str, float] | None = None, limit: float = 600,
+                  admin_url: str | None = None) -> Phase:
     """Feed ``jobs`` due jobs in one statement and time until all have landed.
+
+    With ``admin_url`` (the daemon's admin server) the phase also says how many CPUs of
+    the machine were busy meanwhile and how many requests the daemon had in flight on
+    average (its /metrics read every 0.1 s), of its concurrency.
 
     Landings are counted from the daemon's own ``harvester_landed`` notifications, so
     measuring costs the database nothing; a count query every 2 s catches jobs that
@@ -283,8 +139,11 @@ async def harvest(pool: asyncpg.Pool, pid: int, jobs: int, name: str, note: str,
             if len(landed_ids) == jobs:
                 all_landed.set()
 
-    async with pool.acquire() as listener:
+    sampler = InFlightSampler(admin_url) if admin_url else None
+    async with pool.acquire() as listener, \
+            sampler if sampler is not None else contextlib.nullcontext():
         await listener.add_listener("harvester_landed", on_landed)
+        busy = BusyMeter()
         try:
             started = time.perf_counter()
             await pool.execute(
@@ -301,13 +160,20 @@ async def harvest(pool: asyncpg.Pool, pid: int, jobs: int, name: str, note: str,
                 if done >= jobs:
                     break
             seconds = time.perf_counter() - started
+            busy_cpus = busy.busy_cpus()
         finally:
             await listener.remove_listener("harvester_landed", on_landed)
     lags = await landing_lags(pool, ids, ready)
     landed = await pool.fetchval("SELECT count(*) FROM harvester.jobs WHERE job_id = ANY($1::uuid[]) "
                                  "AND state = 'landed'", ids)
-    return Phase(name, int(landed), seconds, landed / seconds, peak_rss_mib(pid),
-                 percentile(lags, 50), percentile(lags, 99), note)
+    phase = Phase(name, int(landed), seconds, landed / seconds, peak_rss_mib(pid),
+                  percentile(lags, 50), percentile(lags, 99), note)
+    if sampler is not None:
+        if busy_cpus is not None:
+            phase.figures["CPUs busy (the whole machine)"] = round(busy_cpus, 2)
+        if sampler.mean is not None:
+            phase.figures["mean requests in flight"] = round(sampler.mean, 1)
+    return phase
 
 
 async def landing_lags(pool: asyncpg.Pool, ids: Sequence[uuid.UUID],
@@ -355,26 +221,29 @@ async def run_bench(settings: Settings, args: argparse.Namespace,
     async with bench_database(settings, args.database) as dsn:
         pool = await asyncpg.create_pool(dsn, min_size=2, max_size=3)
         try:
+            server = postmaster_of(await pool.fetchval("SELECT pg_backend_pid()"))
             async with simulator_process("first-poll") as (api_url, sim_pid):
                 say(f"(a) raw aiohttp GET loop, {args.jobs} requests, concurrency {args.concurrency}")
-                meter = CpuMeter({"client": os.getpid(), "simulator": sim_pid})
+                meter = CpuMeter({"client": os.getpid(), "simulator": sim_pid}, server)
                 phase = await raw_ceiling(api_url, args.jobs, args.concurrency)
                 phase.cpu_us_per_job = meter.per_job(phase.jobs)
                 report.phases.append(phase)
                 async with daemon_process(dsn, api_url, args.concurrency) as daemon:
                     pid = daemon.pid
                     say(f"(b) daemon harvesting {args.jobs} jobs that land on the first poll")
-                    meter = CpuMeter({"daemon": pid, "simulator": sim_pid})
-                    phase = await harvest(pool, pid, args.jobs, "b", "daemon, empty queue")
+                    meter = CpuMeter({"daemon": pid, "simulator": sim_pid}, server)
+                    phase = await harvest(pool, pid, args.jobs, "b", "daemon, empty queue",
+                                          admin_url=daemon.admin_url)
                     phase.cpu_us_per_job = meter.per_job(phase.jobs)
                     report.phases.append(phase)
                     if args.backlog:
                         say(f"(c) adding {args.backlog:,} jobs that are not due, then again")
                         await add_backlog(pool, args.backlog)
-                        meter = CpuMeter({"daemon": pid, "simulator": sim_pid})
+                        meter = CpuMeter({"daemon": pid, "simulator": sim_pid}, server)
                         phase = await harvest(
                             pool, pid, args.jobs, "c",
-                            f"daemon, {args.backlog:,} not-due jobs in the queue")
+                            f"daemon, {args.backlog:,} not-due jobs in the queue",
+                            admin_url=daemon.admin_url)
                         phase.cpu_us_per_job = meter.per_job(phase.jobs)
                         report.phases.append(phase)
             if args.inflight:
@@ -429,147 +298,6 @@ async def run_bench(settings: Settings, args: argparse.Namespace,
             await pool.close()
     return report
 
-
-async def _sim_get(url: str, path: str) -> Any:
-    async with aiohttp.ClientSession() as session, session.get(url + path) as resp:
-        return await resp.json()
-
-
-async def _feed_and_wait(pool: asyncpg.Pool, jobs: int, limit: float
-                         ) -> tuple[list[uuid.UUID], float]:
-    """Feed ``jobs`` new jobs in one statement; wait until none is open (or ``limit`` s)."""
-    ids = [uuid.uuid4() for _ in range(jobs)]
-    started = time.perf_counter()
-    await pool.execute("INSERT INTO harvester.jobs (job_id) SELECT unnest($1::uuid[])", ids)
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        open_jobs = await pool.fetchval(
-            "SELECT count(*) FROM harvester.jobs WHERE job_id = ANY($1::uuid[]) "
-            "AND state IN ('pending', 'stuck')", ids)
-        if open_jobs == 0:
-            break
-        await asyncio.sleep(0.25)
-    return ids, time.perf_counter() - started
-
-
-async def _landed(pool: asyncpg.Pool, ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
-    return list(await pool.fetch(
-        "SELECT job_id, extract(epoch FROM landed_at)::float8 AS landed FROM harvester.jobs "
-        "WHERE job_id = ANY($1::uuid[]) AND state = 'landed'", ids))
-
-
-async def lifecycle(pool: asyncpg.Pool, dsn: str, concurrency: int, jobs: int) -> Phase:
-    """(f) Requests per landed job and the lag from the moment upstream had the row."""
-    async with simulator_process("lifecycle") as (url, _sim), \
-            daemon_process(dsn, url, concurrency) as daemon:
-        ids, seconds = await _feed_and_wait(pool, jobs, 400)
-        stats = await _sim_get(url, "/_sim/stats")
-        ready = await _sim_get(url, "/_sim/ready")
-        rows = await _landed(pool, ids)
-    lags = [r["landed"] - ready[str(r["job_id"])] for r in rows if str(r["job_id"]) in ready]
-    landed = len(rows)
-    gets, calls = stats["requests"], stats["batch_requests"]
-    phase = Phase("f", landed, seconds, landed / seconds, peak_rss_mib(daemon.pid),
-                  percentile(lags, 50), percentile(lags, 99),
-                  "lifecycle mix: fed as crawls start, 2-120 s running, 4 s indexing")
-    phase.figures = {
-        "requests per landed job": round((gets + calls) / max(landed, 1), 3),
-        "result GETs per landed job": round(gets / max(landed, 1), 3),
-        "batch-status calls per landed job": round(calls / max(landed, 1), 3),
-        "IDs per batch-status call": round(stats["batch_ids"] / max(calls, 1), 1),
-        "batch-status calls by IDs asked": " ".join(f"{k}:{v}"
-                                                    for k, v in stats["batch_sizes"].items()),
-        "landing lag p90 (s)": round(percentile(lags, 90) or 0.0, 3),
-        "early polls": stats["early_polls"],
-        "not landed": jobs - landed,
-    }
-    return phase
-
-
-@asynccontextmanager
-async def _daemons(dsn: str, url: str, concurrency: int, count: int
-                   ) -> AsyncIterator[list[Running]]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(daemon_process(dsn, url, concurrency))
-               for _ in range(count)]
-
-
-async def _request_shares(daemons: list[Running]) -> list[float]:
-    async with aiohttp.ClientSession() as session:
-        sent = [await d.counter(session, "harvester_polls_total",
-                                "harvester_batch_status_requests_total") for d in daemons]
-    return [s / max(sum(sent), 1.0) for s in sent]
-
-
-def _gateway_args(limit: float) -> tuple[str, ...]:
-    return (f"rate_limit={limit}", "rate_burst=30", "rate_retry_after=1")
-
-
-async def gateway(pool: asyncpg.Pool, dsn: str, concurrency: int, jobs: int, count: int,
-                  limit: float) -> Phase:
-    """(g) A gateway limit nobody told the daemons about."""
-    async with simulator_process("first-poll", *_gateway_args(limit)) as (url, _sim), \
-            _daemons(dsn, url, concurrency, count) as daemons:
-        ids, seconds = await _feed_and_wait(pool, jobs, 300)
-        stats = await _sim_get(url, "/_sim/stats")
-        shares = await _request_shares(daemons)
-        landed = len(await _landed(pool, ids))
-    requests = stats["requests"] + stats["batch_requests"]
-    phase = Phase("g", landed, seconds, landed / seconds, None, None, None,
-                  f"gateway {limit:g}/s burst 30, {count} daemon(s), not told")
-    phase.figures = {
-        "landed rate / limit": round(landed / seconds / limit, 3),
-        "429 share of requests": round(stats["rate_limited"] / max(requests, 1), 4),
-        "requests while a 429 asked to wait": stats["during_pause"],
-        "smallest daemon share of requests": round(min(shares), 3),
-        "early polls": stats["early_polls"],
-        "not landed": jobs - landed,
-    }
-    return phase
-
-
-async def limit_change(pool: asyncpg.Pool, dsn: str, concurrency: int, limit: float
-                       ) -> Phase:
-    """(g) The limit drops to a third at 20 s and comes back at 40 s: seconds until the
-    landed rate follows (within 15 % of the new limit for 3 s in a row)."""
-    low = limit / 3
-    async with simulator_process("first-poll", *_gateway_args(limit)) as (url, _sim), \
-            _daemons(dsn, url, concurrency, 3) as daemons:
-        ids = [uuid.uuid4() for _ in range(int(limit * 70))]
-        start = time.time()
-        await pool.execute("INSERT INTO harvester.jobs (job_id) SELECT unnest($1::uuid[])", ids)
-        async with aiohttp.ClientSession() as session:
-            for at, rate in ((20.0, low), (40.0, limit)):
-                await asyncio.sleep(max(0.0, start + at - time.time()))
-                async with session.post(url + "/_sim/control", json={"rate_limit": rate}):
-                    pass
-        await asyncio.sleep(max(0.0, start + 60.0 - time.time()))
-        stats = await _sim_get(url, "/_sim/stats")
-        rows = await _landed(pool, ids)
-        shares = await _request_shares(daemons)
-    per_second = [0] * 61
-    for r in rows:
-        second = int(r["landed"] - start)
-        if 0 <= second <= 60:
-            per_second[second] += 1
-
-    def follows(at: int, target: float) -> float | str:
-        for s in range(at, 58):
-            if all(abs(per_second[s + k] - target) <= 0.15 * target for k in range(3)):
-                return float(s - at)
-        return "not within the run"
-
-    requests = stats["requests"] + stats["batch_requests"]
-    phase = Phase("g", len(rows), 60.0, len(rows) / 60.0, None, None, None,
-                  f"three daemons, limit {limit:g} → {low:g} at 20 s → {limit:g} at 40 s")
-    phase.figures = {
-        "seconds to follow the drop": follows(20, low),
-        "seconds to follow the rise": follows(40, limit),
-        "landed per second, 15-60 s": " ".join(str(n) for n in per_second[15:60]),
-        "429 share of requests": round(stats["rate_limited"] / max(requests, 1), 4),
-        "smallest daemon share of requests": round(min(shares), 3),
-    }
-    return phase
 
 
 def _machine() -> dict[str, Any]:

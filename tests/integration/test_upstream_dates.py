@@ -8,10 +8,11 @@ import uuid
 
 import pytest
 
-from harvester.policy import Response, http_date
+from harvester.policy import Response
 from harvester.settings import load_settings
 from harvester.tools.simulator import SIM_TOKEN, Mix
 from harvester.upstream import Upstream
+from harvester.waits import http_date
 from tests.helpers import SimulatedUpstream
 
 SKEW = 3600.0

@@ -14,12 +14,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from harvester.engine import Engine
+from harvester.engine import READY_AHEAD, STATUS_AHEAD, Engine
 from harvester.errors import (
     DatabaseConfigError,
     StoreConflict,
@@ -515,3 +516,18 @@ async def test_top_up_claims_that_come_back_during_shutdown_are_handed_back() ->
     leased = [r.job_id for r in store.rows.values()
               if r.state == "pending" and r.leased_until > time.monotonic()]
     assert leased == []
+
+
+async def test_one_call_of_jobs_is_claimed_ready_beyond_the_status_calls_and_no_more() -> None:
+    """README "How a job is followed": beyond its workers the daemon holds up to
+    STATUS_AHEAD jobs for batch-status and READY_AHEAD more followed and ready, so a
+    worker whose request ends takes a job at once; the claim stops there."""
+    engine = engine_for(MemoryStore(), ScriptedUpstream(), concurrency=8)
+    job = Job(uuid.uuid4(), "pending", datetime.now(UTC))
+    assert engine._room() == 8 + STATUS_AHEAD + READY_AHEAD
+    for _ in range(8 + STATUS_AHEAD):
+        engine.local.put_nowait(Claimed(job, time.monotonic()))
+    assert engine._room() == READY_AHEAD >= engine.min_claim  # a claim still goes out
+    for _ in range(READY_AHEAD):
+        engine.local.put_nowait(Claimed(job, time.monotonic()))
+    assert engine._room() == 0

@@ -10,7 +10,6 @@ import math
 
 import pytest
 
-from harvester.alarms import BaseUrlCheck, StatusEndpoint
 from harvester.fleet import PAYLOAD_LIMIT, FleetPace, _parse
 from harvester.metrics import Metrics
 from harvester.observer import Observer
@@ -37,10 +36,10 @@ def test_only_a_well_formed_announcement_is_read(payload: str,
 
 
 def fleet_of(worker_id: str) -> tuple[FleetPace, Gate]:
-    gate = Gate(max_rps=0, probe_interval=30.0)
-    observer = Observer(Metrics(), gate, StatusEndpoint(), BaseUrlCheck(), "http://127.0.0.1:9")
-    fleet = FleetPace(gate, MemoryStore(), observer, worker_id)
-    gate.on_refused = fleet.refused  # as the engine wires them
+    refusals: asyncio.Queue[float] = asyncio.Queue()
+    gate = Gate(max_rps=0, probe_interval=30.0, on_refused=refusals.put_nowait)
+    observer = Observer(Metrics(), gate, "http://127.0.0.1:9")
+    fleet = FleetPace(gate, MemoryStore(), observer, worker_id, refusals)  # as the engine
     return fleet, gate
 
 

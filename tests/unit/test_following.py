@@ -23,11 +23,8 @@ from harvester.policy import (
     PolicyConfig,
     Retry,
     StatusAnswer,
-    decide_status,
-    judge_status_call,
-    parse_batch_status,
-    with_status,
 )
+from harvester.status_policy import decide_status, judge_status_call, parse_batch_status, with_status
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)  # on every grid up to 2**n s, n ≤ 4
 CONFIG = PolicyConfig()

@@ -35,12 +35,13 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     # 1. The pure core (decisions, pacing, alarms), the metrics' names, the settings.
     {"harvester.policy", "harvester.pacing", "harvester.alarms", "harvester.metrics",
      "harvester.settings", "harvester.database_faults", "harvester.refusals",
-     "harvester.upstream_clock", *SIMULATOR_PURE},
+     "harvester.upstream_clock", "harvester.upstream_view", "harvester.status_policy",
+     "harvester.waits", *SIMULATOR_PURE},
     # 2. The ports and the values that cross them; the operators' questions.
     {"harvester.ports", "harvester.jobquery"},
     # 3. The engine and the rooms it calls; the adapters behind the ports.
-    {"harvester.engine", "harvester.follower", "harvester.observer", "harvester.fleet",
-     "harvester.outage", "harvester.retention",
+    {"harvester.engine", "harvester.follower", "harvester.controls", "harvester.observer",
+     "harvester.fleet", "harvester.outage", "harvester.retention",
      "harvester.store", "harvester.store.connect", "harvester.store.queue",
      "harvester.store.listen", "harvester.store.purge", "harvester.store.operators",
      "harvester.store.mirror", "harvester.store.changes",
@@ -50,15 +51,18 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"harvester.daemon", "harvester.admin", "harvester.admin_connections",
      "harvester.healthcheck", "harvester.cli",
      "harvester.__main__", "harvester.tools.simulator", "harvester.tools.simulator.app",
-     "harvester.tools.simulator.cli", "harvester.tools.demo",
-     "harvester.tools.bench"} | {f"harvester.commands.{path.stem}"
-                                 for path in (PACKAGE / "commands").glob("*.py")
-                                 if path.stem != "__init__"},
+     "harvester.tools.simulator.cli", "harvester.tools.demo", "harvester.tools.bench",
+     "harvester.tools.bench_mixes", "harvester.tools.benchkit",
+     } | {f"harvester.commands.{path.stem}" for path in (PACKAGE / "commands").glob("*.py")
+          if path.stem != "__init__"},
 ))
-ENGINE_SIDE = frozenset({"harvester.engine", "harvester.follower", "harvester.observer",
-                         "harvester.fleet", "harvester.outage", "harvester.retention",
+ENGINE_SIDE = frozenset({"harvester.engine", "harvester.follower", "harvester.controls",
+                         "harvester.observer", "harvester.fleet", "harvester.outage",
+                         "harvester.retention",
                          "harvester.policy", "harvester.pacing", "harvester.alarms",
-                         "harvester.ports", "harvester.cadence", "harvester.batching"})
+                         "harvester.ports", "harvester.cadence", "harvester.batching",
+                         "harvester.upstream_view", "harvester.status_policy",
+                         "harvester.waits"})
 ADAPTERS = ("harvester.store", "harvester.upstream", "asyncpg", "aiohttp")
 
 
@@ -113,8 +117,9 @@ def test_no_module_imports_one_above_it() -> None:
 
 PURE_CORE = frozenset({"harvester.policy", "harvester.pacing", "harvester.refusals",
                        "harvester.circuit", "harvester.cadence", "harvester.alarms",
-                       "harvester.upstream_clock", "harvester.tools.simulator.plans",
-                       "harvester.tools.simulator.answers"})
+                       "harvester.upstream_clock", "harvester.upstream_view",
+                       "harvester.status_policy", "harvester.waits",
+                       "harvester.tools.simulator.plans", "harvester.tools.simulator.answers"})
 """Decisions and state machines with time as an argument: no I/O, nothing of the daemon."""
 
 
@@ -134,7 +139,8 @@ def test_the_engine_side_imports_no_adapter_and_no_driver() -> None:
 def test_the_adapters_import_nothing_of_the_engine() -> None:
     adapters = [m for m in modules() if m.startswith("harvester.store") or m == "harvester.upstream"]
     rooms = ENGINE_SIDE - {"harvester.policy", "harvester.pacing", "harvester.alarms",
-                           "harvester.ports", "harvester.cadence", "harvester.batching"}
+                           "harvester.ports", "harvester.cadence", "harvester.batching",
+                           "harvester.status_policy", "harvester.waits"}
     for module in adapters:
         assert not internal(module) & rooms, (module, internal(module) & rooms)
 

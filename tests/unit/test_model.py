@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from harvester.model import INT32_MAX, ExtractionResult
-from harvester.policy import _parse_element_by_element, parse_batch_status
+from harvester.status_policy import _parse_element_by_element, parse_batch_status
 from harvester.tools.simulator import ORG_ID, result_row
 
 JOB_ID = UUID("5d2b8c1e-4f7a-4c3b-9e21-7a6f0d3c8b45")

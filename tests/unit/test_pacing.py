@@ -37,8 +37,8 @@ from harvester.pacing import (
     Released,
     SendRate,
 )
-from harvester.policy import ControlAnswer
 from harvester.refusals import BLIND_RUN
+from harvester.status_policy import ControlAnswer
 
 
 class Clock:

@@ -25,11 +25,9 @@ from harvester.api import FINISHED, IN_PROGRESS
 from harvester.policy import (
     FAULT_BACKOFF_CAP,
     FORBIDDEN_AFTER,
-    JITTER,
     NOT_FOUND_BACKOFF_CAP,
     UNKNOWN,
     Context,
-    ControlAnswer,
     Decision,
     Fail,
     Hold,
@@ -40,16 +38,14 @@ from harvester.policy import (
     Retry,
     Stuck,
     TransportFailure,
-    backoff,
     decide,
     fault_delay,
-    judge_control,
     not_found_delay,
-    parse_batch_status,
-    parse_retry_after,
     upstream_delay,
 )
+from harvester.status_policy import ControlAnswer, judge_control, parse_batch_status
 from harvester.tools.simulator import result_row
+from harvester.waits import JITTER, backoff, parse_retry_after
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 JOB_ID = UUID("5d2b8c1e-4f7a-4c3b-9e21-7a6f0d3c8b45")
