@@ -121,8 +121,12 @@ async def follow_changes(dsn: str, after: str | None, limit: int,
                     continue
                 # The next read, at least every ``poll`` seconds, is also the keepalive:
                 # a connection that died quietly fails it (within READ_TIMEOUT).
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+                # result when the wake-up and a cancel (Ctrl-C) arrive together, and the
+                # follower would not stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), poll)
+                    async with asyncio.timeout(poll):
+                        await woken.wait()
             failures = 1
             log.warning("changes.lost", error="connection closed")
         except StoreUnavailable as exc:

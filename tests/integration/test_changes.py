@@ -319,7 +319,12 @@ async def test_the_feed_reads_by_its_index_on_a_large_mirror(db_url: str, pool: 
     conn = await asyncpg.connect(db_url)  # its own session: auto_explain stays with it
     conn.add_log_listener(lambda _conn, message: notices.append(str(message)))
     try:
-        await conn.execute("LOAD 'auto_explain'")
+        try:
+            await conn.execute("LOAD 'auto_explain'")
+        except asyncpg.UndefinedFileError:
+            # The embedded server (pgserver) ships without contrib's auto_explain; CI
+            # runs this file against the machine's PostgreSQL too, which has it.
+            pytest.skip("this PostgreSQL has no auto_explain module")
         for setting in ("log_min_duration = 0", "log_nested_statements = on",
                         "log_level = notice"):
             await conn.execute(f"SET auto_explain.{setting}")
