@@ -139,7 +139,6 @@ async def follow_changes(dsn: str, after: str | None, limit: int,
         await asyncio.sleep(backoff(failures, base=0.5, cap=RETRY_CAP))
 
 
-
 class _Wake:
     """What ends a following consumer's wait: a notification, or the connection's end."""
 
