@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+import structlog
 
 from harvester.embedded import EmbeddedPostgres
 from harvester.migrations import migrate
@@ -55,6 +56,16 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("HARVESTER_") or key == "COLUMNS":
             monkeypatch.delenv(key)
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """Each test starts from structlog's defaults (every level kept): a command run
+    in-process by an earlier test configures logging at ``info``, which would hide the
+    debug lines a later test captures, depending on the order tests ran in."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")
