@@ -243,9 +243,11 @@ class BusyMeter:
 
 class InFlightSampler:
     """The daemon's ``harvester_in_flight_requests`` read from its /metrics every
-    ``every`` s while a phase runs: the mean is how full it kept its concurrency."""
+    ``every`` s while a phase runs: the mean is how full it kept its concurrency. (Each
+    read renders the whole page, ~1 ms of the daemon's CPU: at 0.1 s that was 2 % of
+    what phase b measures.)"""
 
-    def __init__(self, admin_url: str, every: float = 0.1) -> None:
+    def __init__(self, admin_url: str, every: float = 0.25) -> None:
         self.url = admin_url + "/metrics"
         self.every = every
         self.samples: list[float] = []
