@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Final
 from uuid import UUID
 
+from harvester.batching import wait_set
 from harvester.observer import Observer
 from harvester.pacing import Gate, Released
 from harvester.policy import PolicyConfig, Random, Refusal, Response
@@ -58,7 +59,8 @@ class Controls:
         answered = self._verdicts
         self.wanted.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(answered), VERDICT_WAIT)
+            async with asyncio.timeout(VERDICT_WAIT):
+                await asyncio.shield(answered)
         return refusals.verdict(sent)
 
     async def run(self) -> None:
@@ -71,7 +73,7 @@ class Controls:
                     self._settle_verdicts(self._verdicts)  # nothing to check with
                     self._verdicts = None
                 self.wanted.clear()
-                await _wait_for(self.wanted, min(wait, IDLE_CHECK))
+                await wait_set(self.wanted, min(wait, IDLE_CHECK))
                 continue
             # Refusals that ask from now on wait for the next control: this one may have
             # left before their requests did.
@@ -103,8 +105,3 @@ class Controls:
         control = judge_control(answer, self.config, datetime.now(UTC), self.rand)
         changes = self.gate.controlled(job_id, control, status, sent)
         self.observer.controlled(control, changes)
-
-
-async def _wait_for(event: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout=seconds)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -54,7 +55,24 @@ log = get_logger("harvester.daemon")
 MIGRATIONS_RECHECK: Final = 30.0
 SCHEMA_WAIT_RECHECK: Final = 5.0
 POOL_CLOSE_TIMEOUT: Final = 5.0
+GC_THRESHOLDS: Final = (20_000, 50, 100)
+"""The cyclic collector's thresholds while the daemon runs (CPython's are 700, 10, 10)."""
 T = TypeVar("T")
+
+
+def collect_less() -> None:
+    """Tune the cyclic garbage collector for a long-running loop (README "Performance").
+
+    Nearly everything a job allocates is freed by reference counting the moment it is
+    done; at CPython's default the collector still ran every 700 allocations, walking
+    the young objects and, every hundred runs, everything the daemon holds. What exists
+    once the modules are loaded is frozen out of its sight (``gc.freeze``, as Instagram
+    does for its workers) and it runs every 20,000 allocations: in ``harvester bench``
+    (b), 40,000 jobs, three alternated runs each, the daemon's CPU per job went from
+    181-186 µs to 167-172 µs with the same peak RSS (71-73 MiB)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def until_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:

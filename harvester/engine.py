@@ -35,7 +35,7 @@ from uuid import UUID
 
 from harvester import __version__
 from harvester.api import BATCH_STATUS_LIMIT
-from harvester.batching import gather_batch
+from harvester.batching import gather_batch, wait_set
 from harvester.controls import Controls
 from harvester.errors import StoreError, ValueRefused
 from harvester.fleet import FleetPace
@@ -88,12 +88,6 @@ TICK_EVERY: Final = 1.0
 LEASE_MARGIN: Final = 2.0
 """A request must end this long before its job's lease does (at most half of what the
 lease leaves beyond the request timeout)."""
-
-
-async def _wait_for(event: asyncio.Event, seconds: float) -> None:
-    """Until ``event`` is set or ``seconds`` have passed, whichever comes first."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout=seconds)
 
 
 class Engine:
@@ -314,10 +308,10 @@ class Engine:
         while not self.stopping.is_set():
             blocked = self.gate.blocked_for()
             if blocked > 0:
-                await _wait_for(self.stopping, min(blocked, 1.0))
+                await wait_set(self.stopping, min(blocked, 1.0))
                 continue
             if self._answers_waiting():
-                await _wait_for(self.stopping, OUTAGE_WRITE_FIRST)
+                await wait_set(self.stopping, OUTAGE_WRITE_FIRST)
                 continue
             room = self._room()
             waiting = self.local.qsize() + self.follower.holding
@@ -368,7 +362,7 @@ class Engine:
         delay = max(delay, self.gate.blocked_for())
         self._next_wake = time.monotonic() + delay
         if delay > 0:
-            await _wait_for(self.work_ready, delay)
+            await wait_set(self.work_ready, delay)
         self._next_wake = None
 
     def _due_soon(self, delay: float) -> None:
@@ -402,7 +396,10 @@ class Engine:
         The claim is shielded: cancelled at shutdown while it is on its way back, it may
         have committed on the server, and its jobs are handed back rather than left
         under a lease nobody works on."""
-        if self.stopping.is_set() or self._answers_waiting():
+        # No more than the engine may hold: the calling batch is counted already, and
+        # under a send rate _room() keeps to what can leave within CLAIM_HORIZON.
+        room = min(room, self._room())
+        if room <= 0 or self.stopping.is_set() or self._answers_waiting():
             return []
         claim = asyncio.ensure_future(self.store.claim_soon(
             room, self.settings.lease_seconds, self.worker_id, TOP_UP_WITHIN))
@@ -588,12 +585,12 @@ class Engine:
             except StoreError as exc:
                 # At the outage's pace: readiness waits for this loop to get through too.
                 pause = min(pause, retry.failed(exc))
-            await _wait_for(self.stopping, pause)
+            await wait_set(self.stopping, pause)
 
     async def _ticker(self) -> None:
         while not self.stopping.is_set():
             self.observer.tick()
-            await _wait_for(self.stopping, TICK_EVERY)
+            await wait_set(self.stopping, TICK_EVERY)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -80,6 +80,9 @@ class Upstream:
             raise_for_status=False,
             auto_decompress=False,  # decoded under the body limit: harvester.decoding
             trust_env=False,
+            # Upstream's cookies are neither kept nor sent back: nothing of ours needs
+            # them, and no request pays for looking them up.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         # aiohttp (>= 3.10) silently repeats an idempotent request once when a kept-alive
         # connection is reset under it. For us a repeat is a poll upstream sees and
@@ -135,9 +138,13 @@ class Upstream:
         body = LimitedBody(content_coding(resp.headers.getall("Content-Encoding", [])),
                            self._max_body)
         declared = resp.content_length
-        if body.coding is None and declared is not None and declared > self._max_body:
-            raise BodyTooLarge(
-                f"body of {declared} bytes exceeds HARVESTER_MAX_BODY_BYTES={self._max_body}")
+        if body.coding is None and declared is not None:
+            if declared > self._max_body:
+                raise BodyTooLarge(
+                    f"body of {declared} bytes exceeds HARVESTER_MAX_BODY_BYTES={self._max_body}")
+            # Not encoded, and its length declared within the limit: the parser stops at
+            # Content-Length, so it is read whole (the common answer, in one step).
+            return await resp.read()
         async for chunk in resp.content.iter_chunked(_CHUNK):
             body.feed(chunk)
         return body.finish()

@@ -33,11 +33,12 @@ def add_parser(sub: Any) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    from harvester.daemon import run_daemon  # noqa: PLC0415 - the daemon loads only when it runs
+    from harvester.daemon import collect_less, run_daemon  # noqa: PLC0415 - loads only when it runs
 
     settings.require_api_token()
     if args.database is not None and not args.database.strip():
         raise UserError("--database needs a database name")
+    collect_less()
     asyncio.run(run_daemon(settings, apply_migrations=not args.no_migrate,
                            database=args.database))
     return 0

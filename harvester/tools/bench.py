@@ -122,7 +122,7 @@ async def harvest(pool: asyncpg.Pool, pid: int, jobs: int, name: str, note: str,
 
     With ``admin_url`` (the daemon's admin server) the phase also says how many CPUs of
     the machine were busy meanwhile and how many requests the daemon had in flight on
-    average (its /metrics read every 0.1 s), of its concurrency.
+    average (its /metrics read every 0.25 s), of its concurrency.
 
     Landings are counted from the daemon's own ``harvester_landed`` notifications, so
     measuring costs the database nothing; a count query every 2 s catches jobs that

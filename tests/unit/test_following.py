@@ -4,6 +4,7 @@ means. Pure functions: ``now`` is an argument."""
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import math
@@ -147,6 +148,22 @@ def test_what_was_seen_becomes_the_job_history() -> None:
     done = with_status(same, "extraction_done", later)
     assert (done.status_since, done.finished_seen_at) == (later, later)
     assert with_status(done, "completed", later + timedelta(seconds=4)).finished_seen_at == later
+
+
+def test_what_was_seen_changes_nothing_else() -> None:
+    """with_status builds the Job field by field (it runs once per job answered for): a
+    field added to Job and not carried over fails here."""
+    claimed = Job(job_id=UUID(int=7), state="stuck", age_origin=NOW - timedelta(hours=1),
+                  polls=3, attempt=2, consecutive_500s=1, lease_seq=9, next_step="result",
+                  upstream_status="running", status_since=NOW - timedelta(minutes=5),
+                  finished_seen_at=None, consecutive_403s=4)
+    seen = with_status(claimed, "completed", NOW)
+    assert seen == dataclasses.replace(claimed, upstream_status="completed", status_since=NOW,
+                                       finished_seen_at=NOW)
+    untouched = [f.name for f in dataclasses.fields(Job)
+                 if f.name not in ("upstream_status", "status_since", "finished_seen_at")]
+    defaults = Job(job_id=UUID(int=8), state="pending", age_origin=NOW)
+    assert all(getattr(claimed, name) != getattr(defaults, name) for name in untouched)
 
 
 # ---------------------------------------------------------------- a call as a whole
