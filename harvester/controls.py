@@ -102,6 +102,7 @@ class Controls:
         if isinstance(answer, Response):
             status = answer.status
             self.observer.dated(answer.date, self.gate.now() - sent)
-        control = judge_control(answer, self.config, datetime.now(UTC), self.rand)
+        control = judge_control(answer, self.config, datetime.now(UTC), self.rand,
+                                self.observer.clock.floor)
         changes = self.gate.controlled(job_id, control, status, sent)
         self.observer.controlled(control, changes)

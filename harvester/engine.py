@@ -461,7 +461,7 @@ class Engine:
             self.observer.dated(answer.date, self.gate.now() - sent)
         refusal = await self.controls.whose(sent) if status == 403 else "unknown"
         context = Context(seen=item.seen, status_usable=item.status_usable, refusal=refusal,
-                          trust_not_found=trust)
+                          trust_not_found=trust, clock_floor=self.observer.clock.floor)
         decision = decide(answer, job, self.config, datetime.now(UTC), self.rand, context)
         pause = decision.pause_for if isinstance(decision, Hold) else None
         fault = isinstance(decision, Retry) and decision.fault

@@ -117,7 +117,8 @@ class StatusFollower:
         answer = await self.upstream.batch_status([c.job.job_id for c in batch])
         self.observer.dated(answer.date, self.gate.now() - sent)
         now = datetime.now(UTC)
-        call = judge_status_call(answer, self.config, now, self.rand)
+        call = judge_status_call(answer, self.config, now, self.rand,
+                                 self.observer.clock.floor)
         changes = self.view.status_answered(answer.status, sent, call, jobs=len(batch))
         self.observer.status_answered(len(batch), call, changes)
         if call.kind == "rate_limited":

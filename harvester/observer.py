@@ -145,7 +145,7 @@ class Observer:
         """An answer's Date header, ``elapsed`` seconds after its request left: a reading
         of upstream's clock (:mod:`harvester.upstream_clock`)."""
         received = time.time()
-        self.clock.observe(date, received - elapsed, received)
+        self.clock.observe(date, received - elapsed, received, received - time.monotonic())
 
     def status_answered(self, ids: int, call: StatusCall, changes: Iterable[Transition]
                         ) -> None:

@@ -150,12 +150,16 @@ class Context:
     answered about then), the token's (the permission circuit is open), or not known.
     ``trust_not_found``: False while the base URL is suspect (every path answers 404),
     so that no job is failed ``not_found`` because of a configuration mistake.
+    ``clock_floor``: how far upstream's clock is at least ahead of ours, from earlier
+    answers' Date headers (None: not known); an HTTP-date in Retry-After is read
+    closer with it (:func:`~harvester.waits.parse_retry_after`).
     """
 
     seen: str | None = None
     status_usable: bool = True
     refusal: Refusal = "unknown"
     trust_not_found: bool = True
+    clock_floor: float | None = None
 
 
 ASKED_NOTHING: Final = Context()
@@ -251,11 +255,11 @@ StatusDecision = Fetch | Retry | Fail
 
 def upstream_delay(
     header: str | None, document: Any, config: PolicyConfig, now: datetime, rand: float,
-    date: str | None = None,
+    date: str | None = None, floor: float | None = None,
 ) -> float:
     """The wait upstream asked for: header (an HTTP-date read against the answer's
-    ``date``), else body, else default; clamped; jittered."""
-    seconds = parse_retry_after(header, now, date)
+    ``date`` and the clock's ``floor``), else body, else default; clamped; jittered."""
+    seconds = parse_retry_after(header, now, date, floor)
     if seconds is None:
         seconds = body_retry_after(document)
     if seconds is None:
@@ -379,7 +383,7 @@ def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand:
 
     if status == 202:
         delay = upstream_delay(answer.retry_after, _json(answer), config, now, rand(),
-                               answer.date)
+                               answer.date, context.clock_floor)
         return Retry(delay=delay, status=202, error=None, attempt=0, consecutive_500s=0)
 
     if status == 401:
@@ -407,7 +411,7 @@ def _decide(answer: Answer, job: Job, config: PolicyConfig, now: datetime, rand:
                      attempt=job.attempt + 1, consecutive_500s=streak, state="pending")
 
     if status in (429, 503):
-        pause = parse_retry_after(answer.retry_after, now, answer.date)
+        pause = parse_retry_after(answer.retry_after, now, answer.date, context.clock_floor)
         if status == 503 and pause is None:
             return _fault(job, config, rand, status, "503 service unavailable")
         return replace(rate_limited(status, pause, config, rand),

@@ -98,7 +98,9 @@ class StatusCall:
 
 
 def judge_status_call(answer: StatusAnswer, config: PolicyConfig, now: datetime,
-                      rand: Random) -> StatusCall:
+                      rand: Random, clock_floor: float | None = None) -> StatusCall:
+    """What a batch-status call's answer means for the calls and jobs after it
+    (``clock_floor``: see :class:`~harvester.policy.Context`)."""
     if answer.statuses is not None:
         return StatusCall("ok")
     status = answer.status
@@ -107,7 +109,7 @@ def judge_status_call(answer: StatusAnswer, config: PolicyConfig, now: datetime,
     if status == 401:
         return StatusCall("unauthorized", error)
     if status in (429, 503):
-        pause = parse_retry_after(answer.retry_after, now, answer.date)
+        pause = parse_retry_after(answer.retry_after, now, answer.date, clock_floor)
         if status == 429 or pause is not None:
             return StatusCall("rate_limited", error,
                               rate_limited(status, pause, config, rand).pause_for)
@@ -132,8 +134,8 @@ class ControlAnswer:
     pause_for: float | None = None
 
 
-def judge_control(answer: Answer, config: PolicyConfig, now: datetime, rand: Random
-                  ) -> ControlAnswer:
+def judge_control(answer: Answer, config: PolicyConfig, now: datetime, rand: Random,
+                  clock_floor: float | None = None) -> ControlAnswer:
     if isinstance(answer, TransportFailure):
         return ControlAnswer("inconclusive", fault=True)
     status = answer.status
@@ -144,7 +146,7 @@ def judge_control(answer: Answer, config: PolicyConfig, now: datetime, rand: Ran
     if status == 404:
         return ControlAnswer("readable", gone=True)  # the endpoint answered: the row went
     if status in (429, 503):
-        pause = parse_retry_after(answer.retry_after, now, answer.date)
+        pause = parse_retry_after(answer.retry_after, now, answer.date, clock_floor)
         if status == 429 or pause is not None:
             return ControlAnswer("inconclusive",
                                  pause_for=rate_limited(status, pause, config, rand).pause_for)

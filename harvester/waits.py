@@ -50,8 +50,8 @@ _HUGE_DIGITS = 12
 """Whole seconds with more significant digits than this are at least ``_HUGE``."""
 
 
-def parse_retry_after(value: str | None, now: datetime, date: str | None = None
-                      ) -> float | None:
+def parse_retry_after(value: str | None, now: datetime, date: str | None = None,
+                      floor: float | None = None) -> float | None:
     """Seconds to wait according to a Retry-After header value, or None if unusable.
 
     delta-seconds (``5``; a decimal such as ``1.5`` or ``5.`` is tolerated), or an
@@ -61,11 +61,17 @@ def parse_retry_after(value: str | None, now: datetime, date: str | None = None
     against ``now``, our clock. Date is the answer's second rounded down and the answer
     took time to reach us, so the wait it gives is never shorter than upstream meant;
     reading the date against our clock instead would be off by the clocks' difference,
-    in either direction (README "How upstream answers are handled"). A date at or before
-    Date means "now". Negative numbers and garbage are unusable. A delta with more
-    digits than any sane delay is still a request to wait, so it is returned as a huge
-    number for the caller to clamp: were it "unusable", the caller would fall back to a
-    default and poll earlier than upstream asked.
+    in either direction (README "How upstream answers are handled"). ``floor``, if
+    known, is how far upstream's clock is at least ahead of ours
+    (:attr:`~harvester.upstream_clock.UpstreamClock.floor`): the date read against
+    ``now`` plus it is never shorter than meant either, and takes back most of the
+    second Date's rounding may add; it may shorten the Date reading by less than a
+    second, never more (a floor a stepped clock left wrong cannot make a wait much
+    shorter than the answer's own Date says). A date at or before Date means "now".
+    Negative numbers and garbage are unusable. A delta with more digits than any sane
+    delay is still a request to wait, so it is returned as a huge number for the caller
+    to clamp: were it "unusable", the caller would fall back to a default and poll
+    earlier than upstream asked.
     """
     if value is None:
         return None
@@ -80,8 +86,14 @@ def parse_retry_after(value: str | None, now: datetime, date: str | None = None
     when = http_date(text)
     if when is None:
         return None
-    origin = http_date(date) or now
-    return clamp((when - origin).total_seconds(), 0.0, _HUGE)
+    ours = (when - now).total_seconds() - (floor or 0.0)
+    origin = http_date(date)
+    if origin is None:
+        return clamp(ours, 0.0, _HUGE)
+    dated = (when - origin).total_seconds()
+    if floor is not None:
+        dated = max(dated - 1.0, min(dated, ours))
+    return clamp(dated, 0.0, _HUGE)
 
 
 def http_date(value: str | None) -> datetime | None:

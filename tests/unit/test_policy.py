@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -45,6 +46,7 @@ from harvester.policy import (
 )
 from harvester.status_policy import ControlAnswer, judge_control, parse_batch_status
 from harvester.tools.simulator import result_row
+from harvester.upstream_clock import WINDOW, UpstreamClock
 from harvester.waits import JITTER, backoff, parse_retry_after
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -571,6 +573,79 @@ def test_an_http_date_never_waits_less_than_upstream_meant(skew: float, wait: fl
     meant = math.ceil(upstream_moment + wait) - upstream_moment
     assert meant <= seconds <= meant + 1.0
     assert wait - 1e-6 <= seconds <= wait + 2.0
+
+
+def _answer_seen(clock: UpstreamClock, ours: float, skew: float, latency: float,
+                 stamped_at: float) -> tuple[str, float]:
+    """An answer sent at ``ours`` reaches us ``latency`` later, stamped ``stamped_at`` of
+    the way through by a clock ``skew`` from ours; the clock sees it as the engine's
+    observer does. Returns its Date and the upstream moment it was stamped at."""
+    upstream = ours + stamped_at * latency + skew
+    date = email.utils.formatdate(math.floor(upstream), usegmt=True)
+    clock.observe(date, ours, ours + latency)
+    return date, upstream
+
+
+@given(skew=st.floats(min_value=-6 * 3600, max_value=6 * 3600),
+       earlier=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
+                                  st.floats(min_value=0.0, max_value=2.0),
+                                  st.floats(min_value=0.0, max_value=1.0)), max_size=WINDOW),
+       wait=st.floats(min_value=0.0, max_value=3600.0),
+       latency=st.floats(min_value=0.0, max_value=2.0),
+       stamped_at=st.floats(min_value=0.0, max_value=1.0))
+def test_an_http_date_read_with_the_clocks_floor_never_waits_less_than_meant(
+        skew: float, earlier: list[tuple[float, float, float]], wait: float, latency: float,
+        stamped_at: float) -> None:
+    """The floor of upstream's clock (harvester.upstream_clock) from any earlier answers
+    and this one: the wait read with it is never shorter than what is left of upstream's
+    wait when the answer arrives, and never longer than the Date reading alone."""
+    clock = UpstreamClock()
+    t0 = NOW.timestamp()
+    for n, (phase, trip, where) in enumerate(earlier):
+        _answer_seen(clock, t0 - 1000 + 10 * n + phase, skew, trip, where)
+    date, upstream = _answer_seen(clock, t0, skew, latency, stamped_at)
+    named = math.ceil(upstream + wait)
+    received = t0 + latency
+    seconds = parse_retry_after(email.utils.formatdate(named, usegmt=True),
+                                datetime.fromtimestamp(received, UTC), date, clock.floor)
+    assert seconds is not None
+    left = named - (received + skew)  # upstream's wait, as it stands on arrival
+    assert seconds >= left - 1e-6
+    dated = parse_retry_after(email.utils.formatdate(named, usegmt=True),
+                              datetime.fromtimestamp(received, UTC), date)
+    assert dated is not None and seconds <= dated + 1e-6
+
+
+@pytest.mark.parametrize("skew", [-20.0, 0.0, 20.0])
+@pytest.mark.parametrize("stamped", [0.05, 0.5, 0.95])
+def test_with_the_floor_a_dated_wait_is_late_by_about_a_round_trip_not_a_second(
+        skew: float, stamped: float) -> None:
+    """README "How upstream answers are handled": answers at every phase of the second
+    put the floor within a round trip of the skew, so a wait named as a date ends that
+    close to the moment named, where Date alone may add up to a second."""
+    clock = UpstreamClock()
+    rng = random.Random(5)
+    t0 = NOW.timestamp()
+    for n in range(WINDOW):
+        _answer_seen(clock, t0 - 100 + n * 0.37 + rng.random(), skew, rng.uniform(0.001, 0.02),
+                     0.5)
+    ours = t0 + stamped  # this answer is stamped `stamped` into upstream's second
+    date, upstream = _answer_seen(clock, ours - 0.01, skew, 0.02, 0.5)
+    named = math.floor(upstream) + 3
+    received = ours + 0.01
+    seconds = parse_retry_after(email.utils.formatdate(named, usegmt=True),
+                                datetime.fromtimestamp(received, UTC), date, clock.floor)
+    left = named - (received + skew)
+    assert seconds is not None and left <= seconds <= left + 0.15
+
+
+def test_a_wrong_floor_shortens_a_dated_wait_by_less_than_a_second() -> None:
+    """A floor left too high by a stepped clock (until the next answer empties it) takes
+    at most a second off what the answer's own Date says."""
+    named, date = http_date(90), http_date(60)
+    assert parse_retry_after(named, NOW, date, floor=0.0) == 30.0
+    assert parse_retry_after(named, NOW, date, floor=1000.0) == 29.0
+    assert parse_retry_after(named, NOW, None, floor=10.0) == 80.0  # no Date: our clock
 
 
 DATE_HEADERS = st.one_of(st.none(), st.text(max_size=70), st.datetimes(timezones=st.just(UTC)).map(

@@ -85,3 +85,65 @@ def test_one_line_when_the_skew_passes_a_few_seconds_and_one_when_it_is_back() -
         said.append(clock.transition())
     assert said == [None, None, None, "skewed", None, None, None, None, "agrees", None,
                     "skewed", None, "agrees"]
+
+
+# ---------------------------------------------------------------- the floor
+
+
+@given(skew=st.floats(min_value=-6 * 3600, max_value=6 * 3600),
+       answers=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
+                                  st.floats(min_value=0.0, max_value=2.0),
+                                  st.floats(min_value=0.0, max_value=1.0)),
+                        min_size=1, max_size=2 * WINDOW))
+def test_the_floor_is_never_above_the_skew(
+        skew: float, answers: list[tuple[float, float, float]]) -> None:
+    """Date rounds down and is stamped before the answer arrives: whatever the phase of
+    the second, the round trip and where in it upstream stamped, Date − received is at
+    most the skew, so a wait read with the floor is never shorter than meant."""
+    clock = UpstreamClock()
+    for n, (phase, latency, stamped_at) in enumerate(answers):
+        answered(clock, T0 + 10 * n + phase, skew, latency, stamped_at)
+        assert clock.floor is not None
+        assert clock.floor <= skew + 1e-6
+
+
+@pytest.mark.parametrize("skew", [-20.0, 0.0, 0.4, 20.0])
+def test_the_floor_comes_within_a_round_trip_of_the_skew(skew: float) -> None:
+    """Answers at every phase of the second: one of them was stamped just after a
+    second began, and its reading is the skew less its trip."""
+    clock = UpstreamClock()
+    rng = random.Random(11)
+    for n in range(WINDOW):
+        answered(clock, T0 + n * 0.37 + rng.random(), skew, latency=rng.uniform(0.001, 0.03))
+    assert clock.floor is not None
+    assert skew - 0.03 - 0.1 <= clock.floor <= skew
+
+
+def test_a_step_of_either_clock_starts_the_floor_again() -> None:
+    clock = UpstreamClock()
+    for n in range(WINDOW):
+        clock.observe(email.utils.formatdate(math.floor(T0 + n * 0.37 + 5.0), usegmt=True),
+                      T0 + n * 0.37, T0 + n * 0.37, steady=1000.0)
+    high = clock.floor
+    assert high is not None and 4.0 <= high <= 5.0
+    # Upstream's clock stepped back 5 s: the next reading is far below the floor.
+    answered(clock, T0 + 40.0, 0.0)
+    assert clock.floor is not None and clock.floor <= 0.0
+    # Ours stepped (the wall clock moved 2 s against the monotonic one): a reading that
+    # alone would not lower the floor still starts it again.
+    clock.observe(email.utils.formatdate(math.floor(T0 + 50.0), usegmt=True),
+                  T0 + 50.0, T0 + 50.0, steady=1000.0)
+    before = clock.floor
+    clock.observe(email.utils.formatdate(math.floor(T0 + 60.0) - 1, usegmt=True),
+                  T0 + 60.0, T0 + 60.0, steady=1002.0)
+    assert before is not None and clock.floor is not None and clock.floor < before
+
+
+def test_the_floor_forgets_readings_older_than_its_window() -> None:
+    clock = UpstreamClock(window=4)
+    clock.observe(email.utils.formatdate(math.floor(T0), usegmt=True), T0 - 0.001, T0)
+    assert clock.floor == pytest.approx(math.floor(T0) - T0, abs=1e-6)
+    for n in range(1, 5):  # later answers stamped late in their second
+        clock.observe(email.utils.formatdate(math.floor(T0 + n), usegmt=True),
+                      T0 + n + 0.9, T0 + n + 0.9)
+    assert clock.floor == pytest.approx(-0.9 - (T0 - math.floor(T0)), abs=1e-6)
