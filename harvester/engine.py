@@ -396,10 +396,7 @@ class Engine:
         The claim is shielded: cancelled at shutdown while it is on its way back, it may
         have committed on the server, and its jobs are handed back rather than left
         under a lease nobody works on."""
-        # No more than the engine may hold: the calling batch is counted already, and
-        # under a send rate _room() keeps to what can leave within CLAIM_HORIZON.
-        room = min(room, self._room())
-        if room <= 0 or self.stopping.is_set() or self._answers_waiting():
+        if self.stopping.is_set() or self._answers_waiting():
             return []
         claim = asyncio.ensure_future(self.store.claim_soon(
             room, self.settings.lease_seconds, self.worker_id, TOP_UP_WITHIN))
