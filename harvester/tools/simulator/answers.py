@@ -85,8 +85,9 @@ INDEXING_BODY: Final = {"indexingPending": True, "status": "extraction_done",
 
 
 def simulated(kind: str) -> Answer:
-    """Any other kind: a bare status (``410``), or a 500 naming an unknown kind."""
-    if kind.isdigit():
+    """Any other kind: a bare status (``410``, ASCII digits: ``str.isdigit`` also takes
+    ``¹``, which ``int`` refuses), or a 500 naming an unknown kind."""
+    if kind.isascii() and kind.isdigit():
         return Answer(int(kind), {"error": f"simulated {kind}"})
     return Answer(500, {"error": f"unknown simulated step {kind}"})
 
