@@ -37,7 +37,9 @@ def output_width(out: TextIO, environ: Mapping[str, str] | None = None) -> int |
     if out.isatty():
         return None
     columns = (os.environ if environ is None else environ).get("COLUMNS", "").strip()
-    return int(columns) if columns.isdigit() and int(columns) > 0 else PIPED_WIDTH
+    # ASCII digits only: str.isdigit also takes "¹", which int() refuses.
+    return int(columns) if columns.isascii() and columns.isdigit() and int(columns) > 0 \
+        else PIPED_WIDTH
 
 
 def console(out: TextIO) -> Console:

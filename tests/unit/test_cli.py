@@ -130,7 +130,7 @@ def test_tables_fit_columns_or_120_when_piped() -> None:
     piped = io.StringIO()
     assert output_width(piped, {}) == PIPED_WIDTH == 120
     assert output_width(piped, {"COLUMNS": "90"}) == 90
-    for bad in ("", "wide", "0", "-5"):
+    for bad in ("", "wide", "0", "-5", "¹", "٩٠"):
         assert output_width(piped, {"COLUMNS": bad}) == 120
 
 
