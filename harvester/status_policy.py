@@ -195,7 +195,7 @@ def with_status(job: Job, seen: str, now: datetime) -> Job:
     finished = job.finished_seen_at or (now if seen in FINISHED else None)
     # Job(...) rather than dataclasses.replace: this runs once per job batch-status
     # answered for, and replace() looks the fields up each time (about 3x the cost).
-    # (tests/unit/test_status_policy.py checks every other field is carried over.)
+    # (tests/unit/test_following.py checks every other field is carried over.)
     return Job(job_id=job.job_id, state=job.state, age_origin=job.age_origin,
                polls=job.polls, attempt=job.attempt, consecutive_500s=job.consecutive_500s,
                lease_seq=job.lease_seq, next_step=job.next_step, upstream_status=seen,

@@ -58,8 +58,7 @@ def add_parser(sub: Any) -> None:
                           "resolved_by, note} as JSON")
     # The same options as `stuck`, before or after `ack`: SUPPRESS keeps a value given
     # before `ack` from being reset by this parser's defaults.
-    for option in (options.add_database, options.add_database_name, options.add_logging):
-        option(ack)
+    options.add_reading(ack)
     for action in ack._actions:
         if action.dest in ("data_dir", "database", "log_level", "log_format"):
             action.default = argparse.SUPPRESS

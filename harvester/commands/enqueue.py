@@ -58,9 +58,7 @@ def add_parser(sub: Any) -> None:
     enq.add_argument("--json", action="store_true",
                      help="print {new, known, invalid, valid, committed, errors, "
                           "errors_not_shown} as JSON")
-    options.add_database(enq)
-    options.add_database_name(enq)
-    options.add_logging(enq)
+    options.add_reading(enq)
     enq.set_defaults(handler=run)
 
 

@@ -48,9 +48,7 @@ def add_parser(sub: Any) -> None:
     jobs.add_argument("--after", metavar="CURSOR", help="the cursor a previous page printed")
     jobs.add_argument("--json", action="store_true",
                       help='print {"jobs": [...], "next": CURSOR or null} as JSON')
-    options.add_database(jobs)
-    options.add_database_name(jobs)
-    options.add_logging(jobs)
+    options.add_reading(jobs)
     jobs.set_defaults(handler=run)
 
 

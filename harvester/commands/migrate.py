@@ -21,9 +21,7 @@ def add_parser(sub: Any) -> None:
                          description="Apply the migrations in sql/ in order under an advisory "
                                      "lock; prints what it applied. The only command that creates "
                                      "the embedded PostgreSQL or a database on it.")
-    options.add_database(mig)
-    options.add_database_name(mig)
-    options.add_logging(mig)
+    options.add_reading(mig)
     mig.set_defaults(handler=run)
 
 

@@ -42,9 +42,7 @@ def add_parser(sub: Any) -> None:
                          help="sleep between batches (default 0)")
     compact.add_argument("--json", action="store_true",
                          help="print {scanned, rewritten, seconds} as JSON")
-    options.add_database(compact)
-    options.add_database_name(compact)
-    options.add_logging(compact)
+    options.add_reading(compact)
     compact.set_defaults(handler=run)
 
 

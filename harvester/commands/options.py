@@ -52,7 +52,8 @@ def add_logging(parser: argparse.ArgumentParser) -> None:
 
 
 def add_reading(parser: argparse.ArgumentParser) -> None:
-    """The options of every command that reads or changes the queue."""
+    """The options of every command that touches the database: where it is, which
+    database on it, how to log."""
     add_database(parser)
     add_database_name(parser)
     add_logging(parser)

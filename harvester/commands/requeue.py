@@ -69,9 +69,7 @@ def add_parser(sub: Any) -> None:
                     help="print {requeued, dry_run, landed_polled_again, "
                          "landed_polled_again_count, unknown, unknown_count} as JSON (the ID "
                          "lists hold the first 20)")
-    options.add_database(rq)
-    options.add_database_name(rq)
-    options.add_logging(rq)
+    options.add_reading(rq)
     rq.set_defaults(handler=run)
 
 

@@ -25,9 +25,7 @@ def add_parser(sub: Any) -> None:
     daemon.add_argument("--max-rps", dest="max_rps", type=float, metavar="N")
     daemon.add_argument("--admin-host", dest="admin_host", metavar="HOST")
     daemon.add_argument("--admin-port", dest="admin_port", type=int, metavar="PORT")
-    options.add_database(daemon)
-    options.add_database_name(daemon)
-    options.add_logging(daemon)
+    options.add_reading(daemon)
     # Its warnings are log events (harvester.cli), the other commands' plain lines.
     daemon.set_defaults(handler=run, speaks_in_logs=True)
 

@@ -26,9 +26,7 @@ def add_parser(sub: Any) -> None:
                                     "reason, the auth and permission circuits, and each live "
                                     "daemon's requests in flight and send rate.")
     st.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    options.add_database(st)
-    options.add_database_name(st)
-    options.add_logging(st)
+    options.add_reading(st)
     st.set_defaults(handler=run)
 
 

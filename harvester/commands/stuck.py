@@ -36,9 +36,7 @@ def add_parser(sub: Any) -> None:
                        default="open", help="closed records instead, most recently closed first")
     which.add_argument("--all", dest="which", action="store_const", const="all",
                        help="open and closed records, oldest first")
-    options.add_database(stuck)
-    options.add_database_name(stuck)
-    options.add_logging(stuck)
+    options.add_reading(stuck)
     stuck.set_defaults(handler=run)
     ack.add_parser(stuck.add_subparsers(dest="stuck_action", metavar="[ack]"))
 
