@@ -15,7 +15,6 @@ migrating, waiting for someone else's migration (``--no-migrate``) and running;
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import signal
 import time
@@ -27,6 +26,7 @@ import prometheus_client
 
 from harvester import __version__
 from harvester.admin import Admin
+from harvester.batching import wait_set
 from harvester.dsn import with_database
 from harvester.embedded import DEFAULT_DATABASE, database_url
 from harvester.engine import Engine
@@ -119,8 +119,7 @@ async def connect_with_retry(dsn: str, stop: asyncio.Event, max_size: int) -> as
             delay = backoff(attempt, base=0.5, cap=30.0)
             log.warning("store.connect_failed", error=str(exc), attempt=attempt,
                         retry_in=delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+            await wait_set(stop, delay)
     return None
 
 
@@ -285,8 +284,7 @@ async def _with_retry(what: str, stop: asyncio.Event,
             attempt += 1
             delay = backoff(attempt, base=0.5, cap=30.0)
             log.warning("store.unavailable", during=what, error=str(exc), retry_in=delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+            await wait_set(stop, delay)
 
 
 def _readiness(engine: Engine, store: OperatorPort, pool: asyncpg.Pool

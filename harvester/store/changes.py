@@ -12,7 +12,6 @@ connection, where a ``harvester_landed`` notification only wakes the next read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from typing import Final
 
 import asyncpg
 
+from harvester.batching import wait_set
 from harvester.errors import StoreUnavailable
 from harvester.logs import get_logger
 from harvester.store import queries
@@ -120,13 +120,10 @@ async def follow_changes(dsn: str, after: str | None, limit: int,
                 if len(page) == limit:
                     continue
                 # The next read, at least every ``poll`` seconds, is also the keepalive:
-                # a connection that died quietly fails it (within READ_TIMEOUT).
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
-                # result when the wake-up and a cancel (Ctrl-C) arrive together, and the
-                # follower would not stop.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(poll):
-                        await woken.wait()
+                # a connection that died quietly fails it (within READ_TIMEOUT). (A
+                # wake-up and a cancel, Ctrl-C, arriving together still stop it:
+                # harvester.batching.)
+                await wait_set(woken, poll)
             failures = 1
             log.warning("changes.lost", error="connection closed")
         except StoreUnavailable as exc:

@@ -17,6 +17,7 @@ from typing import Final
 
 import asyncpg
 
+from harvester.batching import wait_set
 from harvester.errors import StoreError
 from harvester.logs import get_logger
 from harvester.store import queries
@@ -74,8 +75,7 @@ async def listen_for_jobs(dsn: str | None, on_fed: Callable[[], None],
             on_listening(True)
             on_fed()  # anything fed while nobody listened
             while not lost.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), LISTEN_KEEPALIVE)
+                await wait_set(lost, LISTEN_KEEPALIVE)
                 if not lost.is_set():
                     async with translated():
                         await asyncio.wait_for(conn.fetchval(SQL["keepalive"]), timeout=5.0)
