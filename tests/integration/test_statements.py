@@ -142,10 +142,7 @@ async def large_queue(pool: asyncpg.Pool) -> asyncpg.Pool:
     """25,000 jobs in each state; stuck records for a tenth of the stuck, landed and
     failed jobs, most of them closed; mirror rows for the landed jobs and for 100,000
     more whose queue rows retention already deleted (the mirror outgrows the queue).
-
-    With a mirror smaller than that, PostgreSQL 16 may rightly hash the whole mirror
-    once rather than probe it for each of a hundred due jobs (the embedded server did,
-    with 25,000 mirror rows: a Seq Scan costed 761 against 109 probes at 8.3)."""
+    (A small mirror: test_the_claim_probes_the_mirror_however_small_it_looks.)"""
     await pool.execute(
         """
         INSERT INTO harvester.jobs (job_id, state, next_poll_at, landed_at, failed_reason,
@@ -251,3 +248,37 @@ def _check(file: str, name: str, parts: dict[str, str], plan: dict[str, Any]) ->
     assert not seq & ({"jobs", "extraction_results", "stuck_jobs"} - allowed), where
     used = {n["Index Name"] for n in nodes if "Index Name" in n}
     assert INDEXES.get((file, name), set()) <= used, where
+
+
+async def test_the_claim_probes_the_mirror_however_small_it_looks(
+        pool: asyncpg.Pool, db_url: str) -> None:
+    """A fresh deployment's bulk landing: 30,000 jobs due and a mirror of 30,000 rows
+    (analyzed) that grows by hundreds a second. Asked for a full batch, the planner
+    would hash the whole mirror at every claim (a Seq Scan costed 2,802 against 1,000
+    probes at 8.3); the claim probes its primary key instead (README "Performance")."""
+    await pool.execute(
+        """
+        INSERT INTO harvester.jobs (job_id, next_poll_at)
+        SELECT gen_random_uuid(), now() - g * interval '1 ms' FROM generate_series(1, 30000) g
+        """)
+    await pool.execute(
+        """
+        INSERT INTO harvester.extraction_results (job_id, id, org_id, domain, data_type,
+               normalized, quality_completeness, quality_validation, quality_composite,
+               created_at, payload)
+        SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'example.com',
+               'product', '{}', 1, 1, 1, now(), '{}'
+          FROM generate_series(1, 30000)
+        """)
+    await pool.execute("ANALYZE harvester.jobs; ANALYZE harvester.extraction_results")
+    daemon = await create_pool(db_url, min_size=1, max_size=1, queue_plans=True)
+    try:
+        for sql, args in ((queue.CLAIM_SQL, (1000, 60.0, "w")),
+                          (queue.CLAIM_SOON_SQL, (1000, 60.0, "w", 1.0))):
+            plan = json.loads(await daemon.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args))
+            nodes = _nodes(plan[0]["Plan"])
+            mirror = [(n["Node Type"], n.get("Index Name")) for n in nodes
+                      if n.get("Relation Name") == "extraction_results"]
+            assert mirror == [("Index Only Scan", "extraction_results_pkey")], mirror
+    finally:
+        await daemon.close()
