@@ -116,7 +116,10 @@ WITH u AS (
      WHERE j.job_id = u.job_id
        AND j.lease_seq = u.lease_seq
     RETURNING j.job_id, j.state, j.failed_reason
-), r AS (
+), r AS MATERIALIZED (
+    -- Materialized: each body parsed once. Inlined, every use of body below (the
+    -- normalized column and result_payload's arguments, itself inlined since schema
+    -- version 7) would parse the text again.
     SELECT r.*, r.payload_text::jsonb AS body
       FROM {result_columns}
       JOIN fenced USING (job_id)
