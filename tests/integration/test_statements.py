@@ -282,3 +282,33 @@ async def test_the_claim_probes_the_mirror_however_small_it_looks(
             assert mirror == [("Index Only Scan", "extraction_results_pkey")], mirror
     finally:
         await daemon.close()
+
+
+async def test_a_large_write_looks_its_jobs_up_by_key(pool: asyncpg.Pool, db_url: str) -> None:
+    """The outcomes of 500 jobs written to a queue of 30,000 (analyzed): the fenced
+    update finds each by the primary key rather than reading the whole queue into a
+    hash table, as it did at PostgreSQL's default random_page_cost (create_pool's
+    queue_plans; README "Performance")."""
+    ids = await pool.fetch(
+        """
+        INSERT INTO harvester.jobs (job_id, next_poll_at)
+        SELECT gen_random_uuid(), now() FROM generate_series(1, 30000)
+        RETURNING job_id
+        """)
+    await pool.execute("ANALYZE harvester.jobs")
+    rows = [{"job_id": r["job_id"], "lease_seq": 1, "state": "landed", "delay": 0.0,
+             "polled": 1, "status": 200, "error": None, "keep_answer": False, "attempt": 0,
+             "c500": 0, "c403": 0, "failed_reason": None, "step": None, "seen": None,
+             "due_at": None} for r in ids[:500]]
+    args = (*queue.JOB_COLUMNS.arrays(rows), *queue.RESULT_COLUMNS.arrays([]),
+            *queue.STUCK_COLUMNS.arrays([]))
+    daemon = await create_pool(db_url, min_size=1, max_size=1, queue_plans=True)
+    try:
+        plan = json.loads(await daemon.fetchval("EXPLAIN (FORMAT JSON) " + queue.SQL["write"],
+                                                *args))
+    finally:
+        await daemon.close()
+    nodes = _nodes(plan[0]["Plan"])
+    jobs = [(n["Node Type"], n.get("Index Name")) for n in nodes
+            if n.get("Relation Name") == "jobs" and n["Node Type"] != "ModifyTable"]
+    assert jobs == [("Index Scan", "jobs_pkey")], jobs
