@@ -1,16 +1,18 @@
 """The upstream client: the justcrawl API as seen through aiohttp.
 
 One ``ClientSession`` with a connector sized to the concurrency, a total timeout per
-request, no redirects (a redirect could carry the token to another host), and a body
-limit enforced while reading, on the bytes held after decoding: a body larger than
-``MAX_BODY_BYTES`` is refused after at most that many bytes, never held whole, however
-small it was on the wire (:mod:`harvester.decoding`). aiohttp's exceptions stop here; what comes out
-is a :class:`~harvester.policy.Response`, a :class:`~harvester.policy.TransportFailure`
-or, for batch-status, a :class:`~harvester.policy.StatusAnswer`.
+request (kept by :mod:`harvester.deadlines`, not by aiohttp), no redirects (a redirect
+could carry the token to another host), and a body limit enforced while reading, on the
+bytes held after decoding: a body larger than ``MAX_BODY_BYTES`` is refused after at
+most that many bytes, never held whole, however small it was on the wire
+(:mod:`harvester.decoding`). aiohttp's exceptions stop here; what comes out is a
+:class:`~harvester.policy.Response`, a :class:`~harvester.policy.TransportFailure` or,
+for batch-status, a :class:`~harvester.policy.StatusAnswer`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from types import TracebackType
@@ -22,6 +24,7 @@ from yarl import URL
 
 from harvester import __version__
 from harvester.api import BATCH_STATUS_LIMIT, BATCH_STATUS_PATH, RESULTS_PREFIX
+from harvester.deadlines import Deadlines
 from harvester.decoding import (
     ACCEPT_ENCODING,
     BodyTooLarge,
@@ -52,7 +55,7 @@ class Upstream:
         self._origin = URL(self._base)
         self._results_path = self._origin.raw_path.rstrip("/") + RESULTS_PREFIX
         self._max_body = settings.max_body_bytes
-        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
+        self._deadlines = Deadlines(settings.request_timeout)
         self._limit = limit or settings.concurrency
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self._headers = {
@@ -75,7 +78,8 @@ class Upstream:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=self._timeout,
+            # No timer per request: self._deadlines keeps one watchdog for them all.
+            timeout=aiohttp.ClientTimeout(total=None),
             headers=self._headers,
             raise_for_status=False,
             auto_decompress=False,  # decoded under the body limit: harvester.decoding
@@ -90,10 +94,12 @@ class Upstream:
         # Private, but the only switch; were it to disappear, aiohttp warns on setting
         # an unknown attribute, and the tests turn that warning into a failure.
         self._session._retry_connection = False
+        self._deadlines.start()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self._deadlines.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -109,6 +115,7 @@ class Upstream:
 
     async def fetch_result(self, job_id: UUID) -> Answer:
         """GET one job's result. Never raises for network or HTTP trouble."""
+        task = self._deadlines.begin()
         try:
             async with self.session.get(self.result_url(job_id), allow_redirects=False) as resp:
                 body = await self._read_limited(resp)
@@ -119,18 +126,27 @@ class Upstream:
                     retry_after=resp.headers.get("Retry-After"),
                     date=resp.headers.get("Date"),
                 )
+        except asyncio.CancelledError:
+            if self._deadlines.expired(task):
+                return TransportFailure("timeout", self._timed_out())
+            raise
         except BodyTooLarge as exc:
             return TransportFailure("too_large", str(exc))
         except UndecodableBody as exc:
             return TransportFailure("protocol", str(exc))
         except TimeoutError:
-            return TransportFailure("timeout", f"no complete answer within {self._timeout.total:g}s")
+            return TransportFailure("timeout", self._timed_out())
         except aiohttp.ClientPayloadError as exc:
             return TransportFailure("protocol", f"truncated or malformed body ({_brief(exc)})")
         except aiohttp.ClientResponseError as exc:
             return TransportFailure("protocol", f"malformed response ({_brief(exc)})")
         except (aiohttp.ClientError, OSError) as exc:
             return TransportFailure("connection", _brief(exc))
+        finally:
+            self._deadlines.end(task)
+
+    def _timed_out(self) -> str:
+        return f"no complete answer within {self._deadlines.timeout:g}s"
 
     async def _read_limited(self, resp: aiohttp.ClientResponse) -> bytes:
         """The decoded body, read as it arrives; raises BodyTooLarge as soon as more
@@ -158,6 +174,7 @@ class Upstream:
         if not job_ids:
             return StatusAnswer({})
         payload = json.dumps({"jobIds": [str(j) for j in job_ids]})
+        task = self._deadlines.begin()
         try:
             async with self.session.post(
                 self._base + BATCH_STATUS_PATH, data=payload, allow_redirects=False,
@@ -166,12 +183,18 @@ class Upstream:
                 body = await self._read_limited(resp)
                 status, content_type = resp.status, resp.headers.get("Content-Type")
                 retry_after, date = resp.headers.get("Retry-After"), resp.headers.get("Date")
+        except asyncio.CancelledError:
+            if self._deadlines.expired(task):
+                return StatusAnswer(None, None, "batch-status timed out")
+            raise
         except (BodyTooLarge, UndecodableBody) as exc:
             return StatusAnswer(None, None, f"batch-status: {exc}")
         except TimeoutError:
             return StatusAnswer(None, None, "batch-status timed out")
         except (aiohttp.ClientError, OSError) as exc:
             return StatusAnswer(None, None, f"batch-status failed: {_brief(exc)}")
+        finally:
+            self._deadlines.end(task)
         html = looks_like_html(Response(status, body, content_type))
         if status != 200 or html:
             return StatusAnswer(None, status, f"batch-status answered HTTP {status}"

@@ -31,7 +31,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     {"harvester", "harvester.api", "harvester.errors", "harvester.model", "harvester.dsn",
      "harvester.logs", "harvester.feed", "harvester.batching", "harvester.cadence",
      "harvester.tools", "harvester.tools.processes", "harvester.commands",
-     "harvester.store.queries", "harvester.decoding", "harvester.circuit"},
+     "harvester.store.queries", "harvester.decoding", "harvester.circuit",
+     "harvester.deadlines"},
     # 1. The pure core (decisions, pacing, alarms), the metrics' names, the settings.
     {"harvester.policy", "harvester.pacing", "harvester.alarms", "harvester.metrics",
      "harvester.settings", "harvester.database_faults", "harvester.refusals",
