@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harvester.upstream_clock import AGREES, NOTABLE, WINDOW, UpstreamClock
+from harvester.upstream_clock import AGREES, NOTABLE, OURS_STEPPED, STEPPED, WINDOW, UpstreamClock
 
 T0 = 1_772_366_400.0  # 2026-03-01 12:00:00 UTC
 
@@ -147,3 +147,41 @@ def test_the_floor_forgets_readings_older_than_its_window() -> None:
         clock.observe(email.utils.formatdate(math.floor(T0 + n), usegmt=True),
                       T0 + n + 0.9, T0 + n + 0.9)
     assert clock.floor == pytest.approx(-0.9 - (T0 - math.floor(T0)), abs=1e-6)
+
+
+def _floors_as_defined(readings: list[tuple[float, float]], window: int) -> list[float]:
+    """The floor as README "How upstream answers are handled" defines it: the highest
+    Date − received over the last ``window`` answers since the last step (a reading more
+    than STEPPED below the floor, or our clock moved against the monotonic one)."""
+    floors: list[float] = []
+    kept: list[float] = []
+    steady: float | None = None
+    for low, now_steady in readings:
+        stepped = steady is not None and abs(now_steady - steady) > OURS_STEPPED
+        steady = now_steady
+        if stepped or (kept and low < max(kept[-window:]) - STEPPED):
+            kept = []
+        kept.append(low)
+        floors.append(max(kept[-window:]))
+    return floors
+
+
+@given(window=st.integers(min_value=1, max_value=8),
+       readings=st.lists(st.tuples(st.integers(min_value=-4, max_value=4),
+                                   st.floats(min_value=0.0, max_value=1.0),
+                                   st.sampled_from([0.0, 0.0, 0.0, 2.0])),
+                         min_size=1, max_size=60))
+def test_the_floor_is_the_highest_reading_of_its_window(
+        window: int, readings: list[tuple[int, float, float]]) -> None:
+    """Kept as a sliding maximum (cheap per answer): the same floor as the highest
+    reading of the window, through steps of either clock and readings of equal value."""
+    clock = UpstreamClock(window=window)
+    lows: list[tuple[float, float]] = []
+    steady = 0.0
+    for n, (seconds, into, step) in enumerate(readings):
+        steady += step
+        received = T0 + 10 * n + into
+        date = email.utils.formatdate(math.floor(T0) + 10 * n + seconds, usegmt=True)
+        clock.observe(date, received, received, steady=steady)
+        lows.append((math.floor(T0) + 10 * n + seconds - received, steady))
+        assert clock.floor == pytest.approx(_floors_as_defined(lows, window)[-1], abs=1e-9)
