@@ -13,6 +13,7 @@ import asyncio
 import io
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -220,20 +221,23 @@ def bodies(draw: st.DrawFn) -> dict[str, Any]:
     return body
 
 
-def test_any_body_reads_back_as_received(db_url: str) -> None:
-    """result_body(result_payload(body)) is body, for bodies of any shape the model
-    accepts: unknown fields of any JSON, nulls and absent keys, either name of a field,
-    texts a typed value would not give back."""
+COLUMN_PARAMETERS = ", ".join(f"${n + 2}" for n in range(len(COLUMNS)))
+"""$2.. in a statement that takes a body's text as $1 and its typed values after it."""
+
+
+def check_bodies(db_url: str, strategy: st.SearchStrategy[dict[str, Any]], sql: str,
+                 holds: Callable[[asyncpg.Record, str], bool], examples: int,
+                 setup: str | None = None) -> None:
+    """``sql`` run on each body ``strategy`` draws ($1 its text, then the typed values
+    the model gives it, as the write passes them); ``holds`` judges the row."""
     loop = asyncio.new_event_loop()
     conn = loop.run_until_complete(asyncpg.connect(db_url))
-    columns = ", ".join(f"${n + 2}" for n in range(len(COLUMNS)))
-    sql = (f"SELECT harvester.result_body(harvester.result_payload($1::jsonb, {columns}), "
-           f"{columns})::text = $1::jsonb::text, "
-           f"NOT harvester.result_payload($1::jsonb, {columns}) ? 'normalized'")
+    if setup:
+        loop.run_until_complete(conn.execute(setup))
 
-    @settings(max_examples=300, deadline=None,
+    @settings(max_examples=examples, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-    @given(bodies())
+    @given(strategy)
     def check(body: dict[str, Any]) -> None:
         text = json.dumps(body)
         r = ExtractionResult.model_validate_json(text)
@@ -241,14 +245,24 @@ def test_any_body_reads_back_as_received(db_url: str) -> None:
                   json.dumps(body["normalized"]), r.raw_blob_key, r.latency_ms]
         row = loop.run_until_complete(conn.fetchrow(sql, text, *values))
         assert row is not None
-        assert row[0], text
-        assert row[1]
+        assert holds(row, text), (text, tuple(row))
 
     try:
         check()
     finally:
         loop.run_until_complete(conn.close())
         loop.close()
+
+
+def test_any_body_reads_back_as_received(db_url: str) -> None:
+    """result_body(result_payload(body)) is body, for bodies of any shape the model
+    accepts: unknown fields of any JSON, nulls and absent keys, either name of a field,
+    texts a typed value would not give back."""
+    columns = COLUMN_PARAMETERS
+    sql = (f"SELECT harvester.result_body(harvester.result_payload($1::jsonb, {columns}), "
+           f"{columns})::text = $1::jsonb::text, "
+           f"NOT harvester.result_payload($1::jsonb, {columns}) ? 'normalized'")
+    check_bodies(db_url, bodies(), sql, lambda row, _: bool(row[0] and row[1]), 300)
 
 
 ODD_UUID = st.uuids().flatmap(lambda u: st.sampled_from(
@@ -275,27 +289,8 @@ def test_the_payload_leaves_out_what_version_5_left_out(db_url: str) -> None:
     start = text.index("CREATE FUNCTION harvester.result_payload(")
     version_5 = text[start:text.index("$$;", start) + 3].replace(
         "harvester.result_payload(", "pg_temp.result_payload_5(", 1)
-    loop = asyncio.new_event_loop()
-    conn = loop.run_until_complete(asyncpg.connect(db_url))
-    loop.run_until_complete(conn.execute(version_5))
-    columns = ", ".join(f"${n + 2}" for n in range(len(COLUMNS)))
+    columns = COLUMN_PARAMETERS
     sql = (f"SELECT harvester.result_payload($1::jsonb, {columns})::text, "
            f"       pg_temp.result_payload_5($1::jsonb, {columns})::text")
-
-    @settings(max_examples=400, deadline=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-    @given(odd_bodies())
-    def check(body: dict[str, Any]) -> None:
-        text = json.dumps(body)
-        r = ExtractionResult.model_validate_json(text)
-        values = [r.job_id, r.id, r.org_id, r.domain, r.schema_id, r.data_type,
-                  json.dumps(body["normalized"]), r.raw_blob_key, r.latency_ms]
-        row = loop.run_until_complete(conn.fetchrow(sql, text, *values))
-        assert row is not None
-        assert row[0] == row[1], text
-
-    try:
-        check()
-    finally:
-        loop.run_until_complete(conn.close())
-        loop.close()
+    check_bodies(db_url, odd_bodies(), sql, lambda row, _: bool(row[0] == row[1]), 300,
+                 setup=version_5)
