@@ -24,13 +24,18 @@ MAX_TICK: Final = 0.25
 under 2.5 s: a tenth of the timeout)."""
 
 
+def overrun(timeout: float) -> float:
+    """The most a request given ``timeout`` seconds may last beyond them: one tick."""
+    return min(MAX_TICK, timeout / 10)
+
+
 class Deadlines:
     """The deadlines of the requests in flight. ``start()`` the watchdog inside the
     event loop, ``stop()`` it when done."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self.tick = min(MAX_TICK, timeout / 10)
+        self.tick = overrun(timeout)
         self._due: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None

@@ -37,6 +37,7 @@ from harvester import __version__
 from harvester.api import BATCH_STATUS_LIMIT
 from harvester.batching import gather_batch, wait_set
 from harvester.controls import Controls
+from harvester.deadlines import overrun
 from harvester.errors import StoreError, ValueRefused
 from harvester.fleet import FleetPace
 from harvester.follower import CALLS, TOP_UP_WITHIN, Claimed, StatusFollower
@@ -414,7 +415,9 @@ class Engine:
         still cover the whole request when it leaves."""
         lease, timeout = self.settings.lease_seconds, self.settings.request_timeout
         lease_left = item.claimed_at + lease - time.monotonic()
-        return lease_left - timeout - min(LEASE_MARGIN, (lease - timeout) / 2)
+        # A request ends at most a watchdog's tick after its timeout (harvester.deadlines).
+        longest = timeout + overrun(timeout)
+        return lease_left - longest - min(LEASE_MARGIN, (lease - timeout) / 2)
 
     # ------------------------------------------------------------------ workers
 
