@@ -128,14 +128,13 @@ class Upstream:
                 )
         except asyncio.CancelledError:
             if self._deadlines.expired(task):
-                return TransportFailure("timeout", self._timed_out())
+                return TransportFailure(
+                    "timeout", f"no complete answer within {self._deadlines.timeout:g}s")
             raise
         except BodyTooLarge as exc:
             return TransportFailure("too_large", str(exc))
         except UndecodableBody as exc:
             return TransportFailure("protocol", str(exc))
-        except TimeoutError:
-            return TransportFailure("timeout", self._timed_out())
         except aiohttp.ClientPayloadError as exc:
             return TransportFailure("protocol", f"truncated or malformed body ({_brief(exc)})")
         except aiohttp.ClientResponseError as exc:
@@ -144,9 +143,6 @@ class Upstream:
             return TransportFailure("connection", _brief(exc))
         finally:
             self._deadlines.end(task)
-
-    def _timed_out(self) -> str:
-        return f"no complete answer within {self._deadlines.timeout:g}s"
 
     async def _read_limited(self, resp: aiohttp.ClientResponse) -> bytes:
         """The decoded body, read as it arrives; raises BodyTooLarge as soon as more
@@ -189,8 +185,6 @@ class Upstream:
             raise
         except (BodyTooLarge, UndecodableBody) as exc:
             return StatusAnswer(None, None, f"batch-status: {exc}")
-        except TimeoutError:
-            return StatusAnswer(None, None, "batch-status timed out")
         except (aiohttp.ClientError, OSError) as exc:
             return StatusAnswer(None, None, f"batch-status failed: {_brief(exc)}")
         finally:
